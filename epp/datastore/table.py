@@ -1,0 +1,238 @@
+"""The columnar endpoint table: one row slot per endpoint, numpy columns for everything scorers read.
+
+Slots are stable for an endpoint's lifetime and reused after it leaves. Identity data (name, address,
+labels, LoRA adapter sets) lives in Python lists indexed by slot and is only read off the hot path or
+for the few rows a pick returns; load data lives in contiguous float64 columns that filters and
+scorers index with candidate slot arrays.
+
+The numeric columns sit in one flat buffer so that another process (the scrape plane) can map the
+same memory and write load columns in place; see `EndpointTable.create(buffer=...)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatColumn = npt.NDArray[np.float64]
+SlotArray = npt.NDArray[np.intp]
+
+#: Numeric columns, in buffer order. Scraped columns are written by the data layer; the in-flight
+#: columns by the EPP's own accounting; `metrics_time` is the monotonic time of the last good scrape
+#: (0.0 = never scraped).
+COLUMNS: tuple[str, ...] = (
+    "waiting_queue",
+    "running_requests",
+    "kv_usage",
+    "cache_block_size",
+    "cache_num_blocks",
+    "max_lora",
+    "metrics_time",
+    "scrape_errors",
+    "inflight_requests",
+    "inflight_tokens",
+)
+
+DEFAULT_CAPACITY = 16384
+
+
+class TableFullError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What discovery knows about one model-server endpoint (a pod's target port, or a static entry)."""
+
+    address: str
+    port: int
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metrics_port: int | None = None
+
+    @property
+    def hostport(self) -> str:
+        """`ip:port` as Envoy's ORIGINAL_DST cluster expects it (IPv6 bracketed)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @property
+    def key(self) -> str:
+        return self.name or self.hostport
+
+
+class EndpointTable:
+    """Struct-of-arrays table of endpoints. Mutations take a lock; reads on the hot path do not."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, buffer: memoryview | bytearray | None = None) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        nbytes = self.buffer_size(capacity)
+        if buffer is None:
+            buffer = bytearray(nbytes)
+        elif len(buffer) < nbytes:
+            raise ValueError(f"buffer of {len(buffer)} bytes is smaller than the {nbytes} a table of {capacity} needs")
+        self.buffer = buffer
+        flat = np.frombuffer(buffer, dtype=np.float64, count=capacity * len(COLUMNS))
+        self._columns: dict[str, FloatColumn] = {
+            name: flat[i * capacity : (i + 1) * capacity] for i, name in enumerate(COLUMNS)
+        }
+        self.waiting_queue = self._columns["waiting_queue"]
+        self.running_requests = self._columns["running_requests"]
+        self.kv_usage = self._columns["kv_usage"]
+        self.cache_block_size = self._columns["cache_block_size"]
+        self.cache_num_blocks = self._columns["cache_num_blocks"]
+        self.max_lora = self._columns["max_lora"]
+        self.metrics_time = self._columns["metrics_time"]
+        self.scrape_errors = self._columns["scrape_errors"]
+        self.inflight_requests = self._columns["inflight_requests"]
+        self.inflight_tokens = self._columns["inflight_tokens"]
+
+        self.present = np.zeros(capacity, dtype=np.bool_)
+        self.endpoints: list[Endpoint | None] = [None] * capacity
+        self.hostports: list[str] = [""] * capacity
+        self.lora_active: list[frozenset[str]] = [frozenset()] * capacity
+        self.lora_waiting: list[frozenset[str]] = [frozenset()] * capacity
+        self._slot_by_key: dict[str, int] = {}
+        self._slot_by_hostport: dict[str, int] = {}
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._lock = threading.Lock()
+        #: bumps on every add/remove; caches keyed on it (e.g. the live slot array) stay valid until then
+        self.generation = 0
+        self.lora_generation = 0
+        self._live_cache: tuple[int, SlotArray] = (-1, np.empty(0, dtype=np.intp))
+        self._listeners: list[Listener] = []
+
+    @staticmethod
+    def buffer_size(capacity: int) -> int:
+        return capacity * len(COLUMNS) * 8
+
+    def column(self, name: str) -> FloatColumn:
+        try:
+            return self._columns[name]
+        except KeyError:
+            raise KeyError(f"unknown column {name!r}; columns are {', '.join(COLUMNS)}") from None
+
+    # --- membership -------------------------------------------------------------------------
+
+    def add(self, endpoint: Endpoint) -> int:
+        """Insert or update an endpoint; returns its slot. Load columns start at zero for a new slot."""
+        with self._lock:
+            slot = self._slot_by_key.get(endpoint.key)
+            if slot is not None:
+                old = self.endpoints[slot]
+                if old == endpoint:
+                    return slot
+                assert old is not None
+                del self._slot_by_hostport[old.hostport]
+                self.endpoints[slot] = endpoint
+                self.hostports[slot] = endpoint.hostport
+                self._slot_by_hostport[endpoint.hostport] = slot
+                self.generation += 1
+                self._notify("update", slot, endpoint)
+                return slot
+            if not self._free:
+                raise TableFullError(
+                    f"endpoint table is full ({self.capacity} endpoints); start epp with a larger --max-endpoints"
+                )
+            slot = self._free.pop()
+            for column in self._columns.values():
+                column[slot] = 0.0
+            self.endpoints[slot] = endpoint
+            self.hostports[slot] = endpoint.hostport
+            self.lora_active[slot] = frozenset()
+            self.lora_waiting[slot] = frozenset()
+            self._slot_by_key[endpoint.key] = slot
+            self._slot_by_hostport[endpoint.hostport] = slot
+            self.present[slot] = True
+            self.generation += 1
+            self._notify("add", slot, endpoint)
+            return slot
+
+    def remove(self, key: str) -> int | None:
+        """Remove the endpoint with this key; returns the freed slot, or None if it was not there."""
+        with self._lock:
+            slot = self._slot_by_key.pop(key, None)
+            if slot is None:
+                return None
+            endpoint = self.endpoints[slot]
+            assert endpoint is not None
+            del self._slot_by_hostport[endpoint.hostport]
+            self.present[slot] = False
+            self.endpoints[slot] = None
+            self.hostports[slot] = ""
+            self._free.append(slot)
+            self.generation += 1
+            self._notify("remove", slot, endpoint)
+            return slot
+
+    def replace_all(self, endpoints: list[Endpoint]) -> None:
+        """Make the table hold exactly these endpoints, keeping slots of those that stay."""
+        wanted = {e.key: e for e in endpoints}
+        if len(wanted) != len(endpoints):
+            seen: set[str] = set()
+            dupes = sorted({e.key for e in endpoints if e.key in seen or seen.add(e.key)})  # type: ignore[func-returns-value]
+            raise ValueError(f"duplicate endpoints: {', '.join(dupes)}")
+        for key in [k for k in self._slot_by_key if k not in wanted]:
+            self.remove(key)
+        for endpoint in endpoints:
+            self.add(endpoint)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._slot_by_key)
+
+    def live_slots(self) -> SlotArray:
+        """Sorted slots of present endpoints (cached until membership changes)."""
+        generation, slots = self._live_cache
+        if generation != self.generation:
+            generation = self.generation
+            slots = np.flatnonzero(self.present).astype(np.intp)
+            self._live_cache = (generation, slots)
+        return slots
+
+    def slot_of(self, key: str) -> int | None:
+        return self._slot_by_key.get(key)
+
+    def slot_of_hostport(self, hostport: str) -> int | None:
+        return self._slot_by_hostport.get(hostport)
+
+    def endpoint(self, slot: int) -> Endpoint:
+        endpoint = self.endpoints[slot]
+        if endpoint is None:
+            raise KeyError(f"slot {slot} is empty")
+        return endpoint
+
+    def items(self) -> Iterator[tuple[int, Endpoint]]:
+        for slot in self.live_slots():
+            endpoint = self.endpoints[int(slot)]
+            if endpoint is not None:
+                yield int(slot), endpoint
+
+    # --- LoRA state (sets of adapter names; columns are derived per adapter on demand) -------
+
+    def set_lora(self, slot: int, active: frozenset[str], waiting: frozenset[str], max_lora: float) -> None:
+        if self.lora_active[slot] != active or self.lora_waiting[slot] != waiting:
+            self.lora_active[slot] = active
+            self.lora_waiting[slot] = waiting
+            self.lora_generation += 1
+        self.max_lora[slot] = max_lora
+
+    # --- change listeners (discovery → scrapers, prefix index) ---------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(kind, slot, endpoint)` runs (under the table lock) on add, update and remove."""
+        self._listeners.append(listener)
+
+    def _notify(self, kind: str, slot: int, endpoint: Endpoint) -> None:
+        for listener in self._listeners:
+            listener(kind, slot, endpoint)
+
+
+Listener = Callable[[str, int, Endpoint], None]

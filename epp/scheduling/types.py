@@ -1,0 +1,99 @@
+"""What the director hands the scheduler and what it gets back.
+
+The scheduler is pure: given a parsed request and candidate slots of the endpoint table it returns
+ordered slots (primary first, then fallbacks). Everything here is plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from epp.datastore.table import EndpointTable, SlotArray
+
+
+@dataclass
+class LLMRequest:
+    """A parsed inference request as the scheduler and request-control plugins see it."""
+
+    request_id: str
+    #: model name as the client sent it (body "model")
+    model: str
+    #: model the request is sent to after rewrites (header x-gateway-model-name-rewrite or a rewrite rule)
+    target_model: str
+    #: lower-cased request headers (values as strings)
+    headers: Mapping[str, str]
+    #: "completions" | "chat/completions" | "responses" | "conversations" | "embeddings" | "" (header-only / passthrough)
+    api: str = "completions"
+    #: the bytes prefix-cache hashing runs over (completions: prompt text; chat: JSON of messages; ...)
+    prompt_bytes: bytes = b""
+    cache_salt: str = ""
+    stream: bool = False
+    priority: int = 0
+    fairness_id: str = "default-flow"
+    objective: str = ""
+    #: size of the request body in bytes (token estimates derive from it)
+    body_size: int = 0
+    #: the parsed JSON body when there is one (read-only for plugins)
+    body: Mapping[str, Any] | None = None
+
+    @property
+    def estimated_input_tokens(self) -> int:
+        return max(self.body_size // 4, 1)
+
+
+@dataclass
+class ProfileResult:
+    #: picked slots, best first (length = the picker's maxNumOfEndpoints, or fewer)
+    slots: SlotArray
+    #: final scores of the picked slots, aligned with `slots`
+    scores: np.ndarray[Any, np.dtype[np.float64]] | None = None
+
+
+@dataclass
+class SchedulingResult:
+    profile_results: dict[str, ProfileResult]
+    primary_profile: str
+    #: extra request headers to add upstream (e.g. x-prefiller-host-port from the disagg handler)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> SlotArray:
+        return self.profile_results[self.primary_profile].slots
+
+
+class SchedulingError(Exception):
+    """No endpoint could be picked (all filtered out); the director answers 429."""
+
+
+class Scheduler(Protocol):
+    def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
+        """Pick endpoints among `candidates` (non-empty slot array). Raises SchedulingError."""
+        ...
+
+
+@dataclass
+class Usage:
+    """Token usage read from a model server's response (JSON `usage` or the SSE chunk carrying it)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class RequestHooks(Protocol):
+    """Request-control points around the pick; the scheduling framework implements them for its plugins."""
+
+    def pre_request(self, request: LLMRequest, result: SchedulingResult, table: EndpointTable) -> None:
+        """Runs right after a pick, before the request goes upstream (prefix index insert, in-flight accounting)."""
+        ...
+
+    def response_complete(
+        self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable
+    ) -> None:
+        """Runs once when the response ends, or when the stream ends without one (client gone)."""
+        ...
