@@ -26,7 +26,7 @@ class LLMRequest:
     target_model: str
     #: lower-cased request headers (values as strings)
     headers: Mapping[str, str]
-    #: "completions" | "chat/completions" | "responses" | "conversations" | "embeddings" | "" (header-only / passthrough)
+    #: "completions", "chat/completions", "responses", "conversations", "embeddings"; "" = no body or passthrough
     api: str = "completions"
     #: the bytes prefix-cache hashing runs over (completions: prompt text; chat: JSON of messages; ...)
     prompt_bytes: bytes = b""

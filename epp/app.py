@@ -1,0 +1,141 @@
+"""Wiring and lifecycle of the EPP process: start, ready, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvloop
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+
+from epp import tls
+from epp.cli import Settings
+from epp.datastore.table import EndpointTable
+from epp.director import Director
+from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, parse_endpoints_flag
+from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.servicer import ExtProcServicer
+from epp.health import HealthState, add_health
+from epp.observability import logging as epp_logging
+from epp.observability.metrics import RequestMetrics
+from epp.scheduling_fallback import LeastQueueScheduler
+from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("epp")
+
+
+class StartupError(Exception):
+    pass
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    table: EndpointTable
+    health: HealthState
+    director: Director
+    servicer: ExtProcServicer
+    registry: CollectorRegistry
+    grpc_server: grpc.aio.Server
+    health_server: grpc.aio.Server
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    watcher: EndpointsFileWatcher | None = None
+    grpc_port: int = 0
+    health_port: int = 0
+
+
+async def start(settings: Settings) -> Runtime:
+    """Build and start everything; returns once the servers listen (ports may be 0 = ephemeral)."""
+    if settings.config_file or settings.config_text:
+        raise StartupError("--config-file/--config-text: EndpointPickerConfig support is not built yet")
+    table = EndpointTable(settings.max_endpoints)
+    health = HealthState()
+    director = Director(table, LeastQueueScheduler(), subset_filter=not settings.disable_endpoint_subset_filter)
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics))
+
+    options = [
+        ("grpc.max_receive_message_length", settings.grpc_max_recv_msg_size),
+        ("grpc.max_send_message_length", settings.grpc_max_send_msg_size),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    if settings.health_checking:
+        add_health(server, health)
+    address = f"[::]:{settings.grpc_port}"
+    if settings.secure_serving:
+        try:
+            credentials = tls.server_credentials(settings.cert_path, settings.enable_cert_reload)
+        except (OSError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        grpc_port = server.add_secure_port(address, credentials)
+    else:
+        grpc_port = server.add_insecure_port(address)
+    health_server = grpc.aio.server()
+    add_health(health_server, health)
+    health_port = health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}")
+
+    runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server)
+    runtime.grpc_port, runtime.health_port = grpc_port, health_port
+    try:
+        if settings.endpoints:
+            table.replace_all(parse_endpoints_flag(settings.endpoints))
+            health.synced = True
+        elif settings.endpoints_file:
+            runtime.watcher = EndpointsFileWatcher(Path(settings.endpoints_file), table)
+            runtime.watcher.load_now()
+            health.synced = True
+            runtime.watcher.start()
+    except EndpointSpecError as exc:
+        raise StartupError(str(exc)) from None
+
+    await server.start()
+    await health_server.start()
+    start_http_server(settings.metrics_port, registry=registry)
+    log.info(
+        "epp serving: ext_proc :%d (%s), health :%d, metrics :%d, %d endpoints",
+        grpc_port,
+        "TLS" if settings.secure_serving else "plaintext",
+        health_port,
+        settings.metrics_port,
+        len(table),
+    )
+    return runtime
+
+
+async def stop(runtime: Runtime) -> None:
+    """Drain: health goes NOT_SERVING, new streams are refused, in-flight ones get --drain-timeout."""
+    runtime.health.draining = True
+    log.info("draining: %d ext_proc streams in flight", runtime.servicer.streams_in_flight)
+    if runtime.watcher is not None:
+        await runtime.watcher.stop()
+    await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
+    await runtime.health_server.stop(grace=None)
+    log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    runtime = await start(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stopping.set)
+    await runtime.stopping.wait()
+    await stop(runtime)
+
+
+def run(settings: Settings) -> int:
+    epp_logging.configure(settings.v, settings.zap_encoder)
+    try:
+        uvloop.run(serve(settings))
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"epp: {exc}", flush=True, file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,293 @@
+"""`epp` command line: the reference EPP's flags (same names, forms and defaults) plus standalone discovery.
+
+Forms accepted as pflag does: `--flag value`, `--flag=value`, bare `--bool-flag` (= true) and
+`--bool-flag=false`. A flag whose feature is not built yet stops the process with a message naming it.
+Sub-commands: `epp config check FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[kKMGT]B?|B)?$")
+_QUANTITY_UNITS = {"": 1, "B": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_duration(text: str) -> float:
+    """Go duration (`50ms`, `2s`, `1m30s`, `0`) → seconds."""
+    value = text.strip()
+    if value in ("0", "-0", "+0"):
+        return 0.0
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(value) or position == 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use a number with a unit, e.g. 50ms, 2s, 1m30s")
+    return total
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true"):
+        return True
+    if lowered in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}; use true or false")
+
+
+def parse_quantity(text: str) -> int:
+    """`25MiB`, `4Mi`, `10M`, `1048576` → bytes."""
+    match = _QUANTITY.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use bytes or a quantity such as 4MiB, 25Mi, 10M")
+    number, unit = float(match.group(1)), (match.group(2) or "").removesuffix("B")
+    factor = 1024 ** "KMGT".index(unit[0]) * 1024 if unit.endswith("i") else _QUANTITY_UNITS[unit]
+    return int(number * factor)
+
+
+def parse_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} out of range 0..65535")
+    return port
+
+
+def parse_ports(text: str) -> list[int]:
+    ports = list(dict.fromkeys(parse_port(p) for p in text.split(",") if p.strip()))
+    if not 1 <= len(ports) <= 8:
+        raise argparse.ArgumentTypeError(f"--endpoint-target-ports takes 1 to 8 ports, got {text!r}")
+    return ports
+
+
+@dataclass
+class Settings:
+    values: dict[str, Any]
+    #: flags the user actually gave (dest names)
+    explicit: set[str] = field(default_factory=set)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# (flag, default, parser, help). A parser of parse_bool makes a pflag-style boolean.
+_Flag = tuple[str, Any, Callable[[str], Any], str]
+FLAGS: tuple[_Flag, ...] = (
+    ("grpc-port", 9002, parse_port, "ext_proc gRPC listen port"),
+    ("grpc-health-port", 9003, parse_port, "gRPC health service port"),
+    ("metrics-port", 9090, parse_port, "Prometheus /metrics port"),
+    ("metrics-endpoint-auth", True, parse_bool, "authenticate /metrics with Kubernetes TokenReview (Kubernetes only)"),
+    ("enable-pprof", True, parse_bool, "Go pprof endpoints (not available in the Python EPP)"),
+    ("pool-name", "", str, "InferencePool name (Kubernetes discovery)"),
+    ("pool-namespace", "", str, "InferencePool namespace (flag → NAMESPACE env → default)"),
+    ("pool-group", "inference.networking.k8s.io", str, "InferencePool API group"),
+    ("endpoint-selector", "", str, "pod label selector k=v,k2=v2 (Kubernetes without the InferencePool CRD)"),
+    ("endpoint-target-ports", [], parse_ports, "target ports for --endpoint-selector, comma separated"),
+    ("disable-endpoint-subset-filter", False, parse_bool, "ignore the envoy.lb.subset_hint metadata"),
+    ("refresh-metrics-interval", 0.05, parse_duration, "model-server /metrics scrape interval"),
+    ("refresh-prometheus-metrics-interval", 5.0, parse_duration, "refresh interval of the pool gauges"),
+    ("metrics-staleness-threshold", 2.0, parse_duration, "age after which an endpoint's metrics are stale"),
+    ("secure-serving", True, parse_bool, "serve ext_proc over TLS"),
+    ("cert-path", "", str, "directory with tls.crt and tls.key (empty: self-signed)"),
+    ("enable-cert-reload", False, parse_bool, "reload --cert-path files when they change"),
+    ("health-checking", False, parse_bool, "also serve gRPC health on the ext_proc port"),
+    ("ha-enable-leader-election", False, parse_bool, "leader election through a coordination.k8s.io Lease"),
+    ("tracing", True, parse_bool, "OpenTelemetry tracing"),
+    ("config-file", "", str, "EndpointPickerConfig file"),
+    ("config-text", "", str, "EndpointPickerConfig as text"),
+    ("v", 2, int, "log verbosity: 1 quiet, 2 default, 3 verbose, 4 debug, 5 trace"),
+    ("zap-encoder", "console", str, "log encoding: json or console"),
+    ("zap-log-level", "", str, "log level (debug, info, error or an integer); derived from --v when unset"),
+    ("zap-devel", True, parse_bool, "development logging defaults"),
+    ("zap-stacktrace-level", "error", str, "level from which stack traces are logged"),
+    ("zap-time-encoding", "epoch", str, "time encoding: epoch, millis, nano, iso8601, rfc3339, rfc3339nano"),
+    ("model-server-metrics-scheme", "http", str, "deprecated: scheme of model-server metrics"),
+    ("model-server-metrics-path", "/metrics", str, "deprecated: path of model-server metrics"),
+    ("model-server-metrics-https-insecure-skip-verify", True, parse_bool, "deprecated: skip TLS verification"),
+    ("model-server-metrics-port", 0, parse_port, "deprecated: scrape this port when the pool has one target port"),
+    ("total-queued-requests-metric", "", str, "deprecated: configure via engineConfigs"),
+    ("total-running-requests-metric", "", str, "deprecated: configure via engineConfigs"),
+    ("kv-cache-usage-percentage-metric", "", str, "deprecated: configure via engineConfigs"),
+    ("lora-info-metric", "", str, "deprecated: configure via engineConfigs"),
+    ("cache-info-metric", "", str, "deprecated: configure via engineConfigs"),
+    ("drain-timeout", 30.0, parse_duration, "on SIGTERM, how long in-flight streams may take to finish"),
+    ("grpc-max-recv-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message accepted (e.g. 25MiB)"),
+    ("grpc-max-send-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message sent"),
+    ("emit-endpoint-scores", False, parse_bool, "per-endpoint scores in dynamic metadata"),
+    ("enable-grpc-stream-metrics", False, parse_bool, "ext_proc stream metrics"),
+    ("tls-min-version", "", str, "minimum TLS version of the ext_proc server"),
+    ("tls-cipher-suites", "", str, "TLS cipher suites of the ext_proc server"),
+    ("metrics-cert-dir", "", str, "serve /metrics over TLS with the certificate in this directory"),
+    ("metrics-client-ca-file", "", str, "require client certificates on /metrics signed by this CA"),
+    ("allow-experimental-plugins", False, parse_bool, "allow Alpha-stability plugins"),
+    # Standalone discovery (not in the reference):
+    ("endpoints", "", str, "static endpoints host:port[,host:port...] (standalone, no Kubernetes)"),
+    ("endpoints-file", "", str, "YAML file of endpoints (address, port, name, labels); re-read on change"),
+    ("max-endpoints", 16384, int, "capacity of the endpoint table"),
+)
+
+_DEPRECATED_METRIC_FLAGS = (
+    "total-queued-requests-metric",
+    "total-running-requests-metric",
+    "kv-cache-usage-percentage-metric",
+    "lora-info-metric",
+    "cache-info-metric",
+)
+
+#: flag → why it stops the process when given (features not built in this version)
+NOT_BUILT: dict[str, str] = {
+    "pool-name": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
+    "pool-namespace": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
+    "pool-group": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
+    "endpoint-selector": "Kubernetes pod discovery is not built yet; use --endpoints or --endpoints-file",
+    "endpoint-target-ports": "Kubernetes pod discovery is not built yet; use --endpoints or --endpoints-file",
+    "ha-enable-leader-election": "leader election needs Kubernetes discovery, which is not built yet",
+    "metrics-endpoint-auth": "/metrics authentication uses Kubernetes TokenReview, which is not built yet",
+    "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
+    "tracing": "OpenTelemetry tracing is not built yet",
+    "refresh-prometheus-metrics-interval": "the pool gauges are not built yet",
+    "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
+    "emit-endpoint-scores": "per-endpoint scores in dynamic metadata are not built yet",
+    "tls-min-version": "TLS version selection is not supported by the gRPC Python server",
+    "tls-cipher-suites": "TLS cipher-suite selection is not supported by the gRPC Python server",
+    "metrics-cert-dir": "TLS on /metrics is not built yet",
+    "metrics-client-ca-file": "mTLS on /metrics is not built yet",
+    "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
+    "zap-stacktrace-level": "stack-trace level selection is not built yet",
+    "zap-devel": "zap development mode has no equivalent in this build",
+}
+#: flags whose value is fine only when it is the (disabled) default
+_ONLY_FALSE = {
+    "ha-enable-leader-election",
+    "metrics-endpoint-auth",
+    "enable-pprof",
+    "tracing",
+    "allow-experimental-plugins",
+    "enable-grpc-stream-metrics",
+    "emit-endpoint-scores",
+    "zap-devel",
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.replace("-", "_")
+
+
+class _Recorder(argparse.Action):
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace._explicit.add(self.dest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="epp",
+        description="Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
+        "Sub-commands: 'epp config check FILE'.",
+        allow_abbrev=False,
+    )
+    for flag, default, kind, help_text in FLAGS:
+        extra: dict[str, Any] = {}
+        if kind is parse_bool:
+            extra = {"nargs": "?", "const": True, "metavar": "BOOL"}
+        parser.add_argument(
+            f"--{flag}",
+            dest=_dest(flag),
+            default=default,
+            type=kind,
+            action=_Recorder,
+            help=f"{help_text} (default {default!r})",
+            **extra,
+        )
+    return parser
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    parser = build_parser()
+    namespace = argparse.Namespace(_explicit=set())
+    parser.parse_args(list(argv), namespace=namespace)
+    explicit: set[str] = namespace._explicit
+    values = {k: v for k, v in vars(namespace).items() if k != "_explicit"}
+    settings = Settings(values, explicit)
+    errors = validate(settings)
+    if errors:
+        parser.exit(2, "".join(f"epp: {e}\n" for e in errors))
+    return settings
+
+
+def validate(settings: Settings) -> list[str]:
+    errors: list[str] = []
+    given = settings.explicit
+    for flag in _DEPRECATED_METRIC_FLAGS:
+        if _dest(flag) in given:
+            errors.append(
+                f"--{flag} is no longer supported; configure metric names via engineConfigs of the "
+                "core-metrics-extractor in the EndpointPickerConfig"
+            )
+    for flag, why in NOT_BUILT.items():
+        dest = _dest(flag)
+        if dest not in given:
+            continue
+        if flag in _ONLY_FALSE and settings.values[dest] is False:
+            continue
+        errors.append(f"--{flag}: {why}")
+    if settings.config_file and settings.config_text:
+        errors.append("--config-file and --config-text are mutually exclusive; give one")
+    sources = [
+        f for f in ("pool-name", "endpoint-selector", "endpoints", "endpoints-file") if settings.values[_dest(f)]
+    ]
+    if len(sources) != 1:
+        errors.append(
+            "exactly one source of endpoints is required: --endpoints, --endpoints-file, --pool-name or "
+            f"--endpoint-selector (got {', '.join('--' + s for s in sources) or 'none'})"
+        )
+    if settings.v < 0:
+        errors.append(f"--v {settings.v}: verbosity must be 0 or more")
+    if settings.zap_encoder not in ("json", "console"):
+        errors.append(f"--zap-encoder {settings.zap_encoder!r}: use json or console")
+    if settings.model_server_metrics_scheme not in ("http", "https"):
+        errors.append(f"--model-server-metrics-scheme {settings.model_server_metrics_scheme!r}: use http or https")
+    if settings.enable_cert_reload and not settings.cert_path:
+        errors.append("--enable-cert-reload needs --cert-path")
+    if settings.max_endpoints <= 0:
+        errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
+    return errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:2] == ["config", "check"]:
+        from epp.config.check import main as config_check
+
+        return config_check(args[2:])
+    if args and args[0] == "config":
+        print("usage: epp config check FILE", file=sys.stderr)
+        return 2
+    settings = parse_settings(args)
+    if not settings.pool_namespace:
+        settings.values["pool_namespace"] = os.environ.get("NAMESPACE", "default")
+    from epp.app import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

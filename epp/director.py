@@ -1,0 +1,181 @@
+"""The director: from a parsed request to a routing decision, and the bookkeeping around it.
+
+Order (reference §2.4): model and rewrite → objective (priority) → admission → candidates (subset
+hint) → scheduler → pre-request hooks and in-flight accounting. Completion releases what the pick
+took. Pure and synchronous: no I/O, no clock reads beyond `time.perf_counter` for metrics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from epp.datastore.table import EndpointTable, SlotArray
+from epp.errors import EppError
+from epp.requests.openai import ParsedBody, rewrite_model
+from epp.scheduling.types import (
+    LLMRequest,
+    ProfileResult,
+    RequestHooks,
+    Scheduler,
+    SchedulingError,
+    SchedulingResult,
+    Usage,
+)
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+REWRITE_HEADER = "x-gateway-model-name-rewrite"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+DEFAULT_FAIRNESS_ID = "default-flow"
+#: predicted output tokens per input token for in-flight token accounting (reference inflight-load-producer)
+OUTPUT_TOKEN_RATIO = 1.5
+
+
+@dataclass
+class Decision:
+    request: LLMRequest
+    result: SchedulingResult
+    #: `ip:port[,ip:port...]`, primary first
+    destination: str
+    #: the body to send upstream, or None when it is unchanged
+    new_body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: what the pick added to the in-flight columns, released on completion
+    charged_slot: int = -1
+    charged_tokens: float = 0.0
+    released: bool = False
+
+
+class Director:
+    def __init__(
+        self,
+        table: EndpointTable,
+        scheduler: Scheduler,
+        hooks: RequestHooks | None = None,
+        subset_filter: bool = True,
+        objectives: Mapping[str, int] | None = None,
+        saturation: Any = None,
+    ) -> None:
+        self.table = table
+        self.scheduler = scheduler
+        self.hooks = hooks
+        self.subset_filter = subset_filter
+        #: InferenceObjective name → priority (filled by Kubernetes discovery; empty when standalone)
+        self.objectives: Mapping[str, int] = objectives if objectives is not None else {}
+        #: callable(candidates) -> float in [0, ∞); ≥ 1.0 means saturated (sheddable requests are dropped)
+        self.saturation = saturation
+        self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
+        self._rng = random.Random()
+
+    # --- request path ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        request_id: str,
+        headers: Mapping[str, str],
+        parsed: ParsedBody | None,
+        raw_body: bytes,
+        subset: Sequence[str] | None,
+    ) -> Decision:
+        """Route a request whose body is complete. Raises EppError with the reference code."""
+        model = parsed.model if parsed else ""
+        target = headers.get(REWRITE_HEADER) or model
+        objective = headers.get(OBJECTIVE_HEADER, "")
+        request = LLMRequest(
+            request_id=request_id,
+            model=model,
+            target_model=target,
+            headers=headers,
+            api=parsed.api if parsed else "",
+            prompt_bytes=parsed.prompt_bytes if parsed else b"",
+            cache_salt=parsed.cache_salt if parsed else "",
+            stream=parsed.stream if parsed else False,
+            priority=self.objectives.get(objective, 0),
+            fairness_id=headers.get(FAIRNESS_HEADER) or DEFAULT_FAIRNESS_ID,
+            objective=objective,
+            body_size=len(raw_body),
+            body=parsed.body if parsed else None,
+        )
+        candidates = self.candidates(subset)
+        if request.priority < 0 and self.saturation is not None and self.saturation(candidates) >= 1.0:
+            raise EppError("ResourceExhausted", "system saturated, sheddable request dropped")
+        if len(candidates) == 0:
+            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+        try:
+            result = self.scheduler.schedule(request, self.table, candidates)
+        except SchedulingError as exc:
+            raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
+        new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
+        return self._commit(request, result, new_body)
+
+    def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
+        """A request without a body (e.g. GET): a uniformly random endpoint, as the reference does."""
+        if len(self.table) == 0:
+            raise EppError("Internal", "no pods available in datastore")
+        candidates = self.candidates(subset)
+        if len(candidates) == 0:
+            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+        slot = candidates[self._rng.randrange(len(candidates))]
+        request = LLMRequest(request_id=request_id, model="", target_model="", headers=headers, api="")
+        result = SchedulingResult({"default": ProfileResult(np.array([slot], dtype=np.intp))}, "default")
+        return self._commit(request, result, None, run_hooks=False)
+
+    def candidates(self, subset: Sequence[str] | None) -> SlotArray:
+        live = self.table.live_slots()
+        if subset is None or not self.subset_filter:
+            return live
+        index = self._slots_by_ip()
+        slots = sorted({slot for hint in subset for slot in index.get(_ip_of(hint), ())})
+        return np.array(slots, dtype=np.intp)
+
+    def _slots_by_ip(self) -> dict[str, list[int]]:
+        generation, index = self._ip_index
+        if generation != self.table.generation:
+            index = {}
+            for slot, endpoint in self.table.items():
+                index.setdefault(endpoint.address, []).append(slot)
+            self._ip_index = (self.table.generation, index)
+        return index
+
+    def _commit(
+        self, request: LLMRequest, result: SchedulingResult, new_body: bytes | None, run_hooks: bool = True
+    ) -> Decision:
+        slots = result.primary
+        hostports = self.table.hostports
+        destination = ",".join(hostports[int(s)] for s in slots)
+        primary = int(slots[0])
+        tokens = request.estimated_input_tokens * (1.0 + OUTPUT_TOKEN_RATIO) if request.body_size else 0.0
+        self.table.inflight_requests[primary] += 1.0
+        self.table.inflight_tokens[primary] += tokens
+        decision = Decision(request, result, destination, new_body, dict(result.headers), primary, tokens)
+        if run_hooks and self.hooks is not None:
+            self.hooks.pre_request(request, result, self.table)
+        return decision
+
+    # --- completion -------------------------------------------------------------------------------
+
+    def complete(self, decision: Decision, usage: Usage | None) -> None:
+        """The response ended (or the stream did): release in-flight load and run completion hooks once."""
+        if decision.released:
+            return
+        decision.released = True
+        slot = decision.charged_slot
+        # The endpoint may have left and its slot been reused; only release what is still ours.
+        if self.table.present[slot] and self.table.inflight_requests[slot] >= 1.0:
+            self.table.inflight_requests[slot] -= 1.0
+            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - decision.charged_tokens)
+        if self.hooks is not None and decision.request.api:
+            self.hooks.response_complete(decision.request, decision.result, usage, self.table)
+
+
+def _ip_of(hostport: str) -> str:
+    """`10.0.0.1:8000` → `10.0.0.1`; `[::1]:8000` → `::1`; a bare IP stays as it is."""
+    if hostport.startswith("["):
+        return hostport[1 : hostport.find("]")]
+    if hostport.count(":") == 1:
+        return hostport.rsplit(":", 1)[0]
+    return hostport

@@ -1,0 +1,366 @@
+"""The ext_proc protocol core: one `ExtProcStream` per gRPC stream (= one HTTP request).
+
+Sans-I/O: `process(message)` takes one ProcessingRequest and returns the ProcessingResponses to send,
+in order. The servicer only pumps messages through it and calls `close()` when the stream ends.
+
+Modes (from `protocol_config` on the first message; Envoy without it is assumed to be configured as
+the reference expects, FULL_DUPLEX_STREAMED both ways):
+- FULL_DUPLEX_STREAMED: the request-headers response is held until the body is complete, then the
+  headers response (carrying the pick) and the body as streamed chunks of ≤ 62,000 bytes are sent.
+- BUFFERED: headers are answered at once; the single body message gets the pick as a header mutation.
+- no body (headers with end_of_stream, or request_body_mode NONE): the pick goes on the headers response.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from epp.director import Decision, Director
+from epp.errors import EppError
+from epp.requests.openai import ParsedBody, parse_openai_body, request_path
+from epp.requests.usage import SSEUsageScanner, usage_from_json
+from epp.scheduling.types import Usage
+from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
+from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
+from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+BODY_CHUNK_LIMIT = 62_000
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+LB_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+REQUEST_ID_HEADER = "x-request-id"
+#: non-streaming response bodies are kept (for usage) up to this size; larger ones are not parsed
+MAX_USAGE_BODY = 8 * 1024 * 1024
+
+FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = mode_pb.ProcessingMode.BUFFERED
+NO_BODY = mode_pb.ProcessingMode.NONE
+_SUPPORTED_REQUEST_MODES = {FULL_DUPLEX: "FULL_DUPLEX_STREAMED", BUFFERED: "BUFFERED", NO_BODY: "NONE"}
+_OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+BodyParser = Callable[[bytes, str], ParsedBody | None]
+
+
+def openai_parser(raw: bytes, path: str) -> ParsedBody | None:
+    return parse_openai_body(raw, path)
+
+
+def passthrough_parser(raw: bytes, path: str) -> ParsedBody | None:
+    return None
+
+
+class StreamObserver(Protocol):
+    """What the core reports for metrics; every method must be cheap."""
+
+    def picked(self, decision: Decision) -> None: ...
+
+    def failed(self, error: EppError, model: str, target_model: str) -> None: ...
+
+    def completed(self, decision: Decision, usage: Usage | None, response_bytes: int, seconds: float) -> None: ...
+
+
+class ExtProcStream:
+    __slots__ = (
+        "_body_chunks",
+        "_buffer_response",
+        "_decision",
+        "_director",
+        "_finished",
+        "_headers",
+        "_id_generated",
+        "_observer",
+        "_parser",
+        "_request_done",
+        "_request_id",
+        "_request_mode",
+        "_response_bytes",
+        "_response_chunks",
+        "_response_mode",
+        "_rewrite",
+        "_sse",
+        "_sse_scanner",
+        "_started",
+        "_subset",
+        "served_endpoint",
+    )
+
+    def __init__(self, director: Director, parser: BodyParser, observer: StreamObserver | None = None) -> None:
+        self._director = director
+        self._parser = parser
+        self._observer = observer
+        self._headers: dict[str, str] = {}
+        self._request_id = ""
+        self._id_generated = False
+        self._body_chunks: list[bytes] = []
+        self._request_done = False
+        self._request_mode: int = FULL_DUPLEX
+        self._response_mode: int = FULL_DUPLEX
+        self._subset: list[str] | None = None
+        self._decision: Decision | None = None
+        self._sse = False
+        self._sse_scanner: SSEUsageScanner | None = None
+        self._rewrite: tuple[bytes, bytes] | None = None
+        self._buffer_response = False
+        self._response_chunks: list[bytes] = []
+        self._response_bytes = 0
+        self._finished = False
+        self._started = time.perf_counter()
+        self.served_endpoint = ""
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        kind = message.WhichOneof("request")
+        if kind == "request_headers":
+            if message.HasField("protocol_config"):
+                self._request_mode = message.protocol_config.request_body_mode
+                self._response_mode = message.protocol_config.response_body_mode
+            self._read_subset(message)
+            return self._on_request_headers(message.request_headers)
+        if kind == "request_body":
+            return self._on_request_body(message.request_body)
+        if kind == "response_headers":
+            self._read_served(message)
+            return self._on_response_headers(message.response_headers)
+        if kind == "response_body":
+            return self._on_response_body(message.response_body)
+        if kind == "request_trailers":
+            return self._on_request_trailers()
+        if kind == "response_trailers":
+            self._finish()
+            return [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
+        return []
+
+    def close(self) -> None:
+        """The gRPC stream ended; release the pick if the response never completed (client gone)."""
+        self._finish()
+
+    # --- request phase ------------------------------------------------------------------------
+
+    def _on_request_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+        store = self._headers
+        for header in headers.headers.headers:
+            raw = header.raw_value
+            store[header.key.lower()] = raw.decode("latin-1") if raw else header.value
+        request_id = store.get(REQUEST_ID_HEADER)
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            store[REQUEST_ID_HEADER] = request_id
+            self._id_generated = True
+        self._request_id = request_id
+        if self._request_mode not in _SUPPORTED_REQUEST_MODES:
+            return [
+                self._immediate(
+                    EppError(
+                        "Internal",
+                        f"ext_proc request_body_mode {mode_pb.ProcessingMode.BodySendMode.Name(self._request_mode)} is"
+                        " not supported; configure FULL_DUPLEX_STREAMED (reference) or BUFFERED",
+                    )
+                )
+            ]
+        if headers.end_of_stream or self._request_mode == NO_BODY:
+            self._request_done = True
+            try:
+                decision = self._director.decide_header_only(request_id, store, self._subset)
+            except EppError as error:
+                return [self._immediate(error)]
+            return [self._picked_response(decision, "request_headers")]
+        if self._request_mode == BUFFERED:
+            common = pb.CommonResponse()
+            if self._id_generated:
+                _set_header(common.header_mutation, REQUEST_ID_HEADER, request_id)
+            return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))]
+        return []
+
+    def _on_request_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        if self._request_done:
+            return []
+        self._body_chunks.append(body.body)
+        if not body.end_of_stream:
+            return []
+        return self._route(ended_with_trailers=False)
+
+    def _on_request_trailers(self) -> list[pb.ProcessingResponse]:
+        if self._request_done:
+            return [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
+        responses = self._route(ended_with_trailers=True)
+        if not responses[-1].HasField("immediate_response"):
+            responses.append(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
+        return responses
+
+    def _route(self, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
+        self._request_done = True
+        raw = self._body_chunks[0] if len(self._body_chunks) == 1 else b"".join(self._body_chunks)
+        self._body_chunks = []
+        parsed: ParsedBody | None = None
+        try:
+            parsed = self._parser(raw, request_path(self._headers))
+            decision = self._director.decide(self._request_id, self._headers, parsed, raw, self._subset)
+        except EppError as error:
+            model = parsed.model if parsed else ""
+            target = self._headers.get("x-gateway-model-name-rewrite") or model
+            if self._observer is not None:
+                self._observer.failed(error, model, target)
+            return [self._immediate(error)]
+        request = decision.request
+        if request.target_model != request.model:
+            self._rewrite = (
+                b'"model":"' + request.target_model.encode() + b'"',
+                b'"model":"' + request.model.encode() + b'"',
+            )
+        body = raw if decision.new_body is None else decision.new_body
+        if self._request_mode == BUFFERED:
+            response = self._picked_response(decision, "request_body")
+            if decision.new_body is not None:
+                response.request_body.response.body_mutation.body = body
+            return [response]
+        responses = [self._picked_response(decision, "request_headers")]
+        responses.extend(_streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
+        return responses
+
+    def _picked_response(self, decision: Decision, phase: str) -> pb.ProcessingResponse:
+        self._decision = decision
+        if self._observer is not None:
+            self._observer.picked(decision)
+        common = pb.CommonResponse(clear_route_cache=True)
+        mutation = common.header_mutation
+        _set_header(mutation, DESTINATION_HEADER, decision.destination)
+        if self._id_generated:
+            _set_header(mutation, REQUEST_ID_HEADER, self._request_id)
+        if decision.new_body is not None:
+            _set_header(mutation, "content-length", str(len(decision.new_body)))
+        for key, value in decision.headers.items():
+            _set_header(mutation, key, value)
+        if phase == "request_headers":
+            response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+        else:
+            response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+        lb = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value
+        lb.fields[DESTINATION_HEADER].string_value = decision.destination
+        return response
+
+    def _immediate(self, error: EppError) -> pb.ProcessingResponse:
+        self._request_done = True
+        response = pb.ProcessingResponse()
+        immediate = response.immediate_response
+        immediate.status.code = error.http_status  # type: ignore[assignment]
+        immediate.body = error.body
+        immediate.details = error.code
+        return response
+
+    def _read_subset(self, message: pb.ProcessingRequest) -> None:
+        if not message.HasField("metadata_context"):
+            return
+        namespace = message.metadata_context.filter_metadata.get(SUBSET_NAMESPACE)
+        if namespace is None or SUBSET_KEY not in namespace.fields:
+            return
+        values = namespace.fields[SUBSET_KEY].list_value.values
+        self._subset = [v.string_value for v in values if v.WhichOneof("kind") == "string_value"]
+
+    # --- response phase -----------------------------------------------------------------------
+
+    def _read_served(self, message: pb.ProcessingRequest) -> None:
+        if message.HasField("metadata_context"):
+            namespace = message.metadata_context.filter_metadata.get(LB_NAMESPACE)
+            if namespace is not None and SERVED_KEY in namespace.fields:
+                self.served_endpoint = namespace.fields[SERVED_KEY].string_value
+
+    def _on_response_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+        for header in headers.headers.headers:
+            if header.key.lower() == "content-type":
+                value = header.raw_value.decode("latin-1") if header.raw_value else header.value
+                self._sse = "text/event-stream" in value
+        streaming = self._sse or (self._decision is not None and self._decision.request.stream)
+        if self._sse:
+            self._sse_scanner = SSEUsageScanner()
+        self._buffer_response = self._rewrite is not None and not streaming
+        if headers.end_of_stream:
+            self._finish()
+        return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
+
+    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        chunk = body.body
+        end = body.end_of_stream
+        self._response_bytes += len(chunk)
+        scanner = self._sse_scanner
+        if scanner is not None:
+            scanner.feed(chunk)
+        elif self._buffer_response or self._response_bytes <= MAX_USAGE_BODY:
+            self._response_chunks.append(chunk)
+        if self._response_mode == BUFFERED:
+            response = pb.ProcessingResponse(response_body=pb.BodyResponse())
+            if self._rewrite is not None:
+                response.response_body.response.body_mutation.body = _rewrite_model(chunk, self._rewrite)
+            if end:
+                self._finish()
+            return [response]
+        if self._buffer_response:
+            if not end:
+                return []
+            whole = b"".join(self._response_chunks)
+            assert self._rewrite is not None
+            self._finish()
+            return _streamed_chunks(_rewrite_model(whole, self._rewrite), "response_body", end_of_stream=True)
+        if self._rewrite is not None:
+            chunk = _rewrite_model(chunk, self._rewrite)
+        if end:
+            self._finish()
+        response = pb.ProcessingResponse()
+        streamed = response.response_body.response.body_mutation.streamed_response
+        streamed.body = chunk
+        streamed.end_of_stream = end
+        return [response]
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        decision = self._decision
+        if decision is None:
+            return
+        usage: Usage | None = None
+        if self._sse_scanner is not None:
+            self._sse_scanner.finish()
+            usage = self._sse_scanner.usage
+        elif self._response_chunks and self._response_bytes <= MAX_USAGE_BODY:
+            usage = usage_from_json(b"".join(self._response_chunks))
+        self._response_chunks = []
+        self._director.complete(decision, usage)
+        if self._observer is not None:
+            self._observer.completed(decision, usage, self._response_bytes, time.perf_counter() - self._started)
+
+
+def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
+    option = mutation.set_headers.add()
+    option.header.key = key
+    option.header.raw_value = value.encode("latin-1")
+    option.append_action = _OVERWRITE
+
+
+def _streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+    pieces = [body[i : i + BODY_CHUNK_LIMIT] for i in range(0, len(body), BODY_CHUNK_LIMIT)] or [b""]
+    responses = []
+    for index, piece in enumerate(pieces):
+        response = pb.ProcessingResponse()
+        body_response = response.request_body if phase == "request_body" else response.response_body
+        streamed = body_response.response.body_mutation.streamed_response
+        streamed.body = piece
+        streamed.end_of_stream = end_of_stream and index == len(pieces) - 1
+        responses.append(response)
+    return responses
+
+
+def _rewrite_model(data: bytes, rewrite: tuple[bytes, bytes]) -> bytes:
+    """Put the client's model name back into a response (compact and `"model": "x"` spellings)."""
+    target, incoming = rewrite
+    if target in data:
+        return data.replace(target, incoming)
+    spaced = target.replace(b'":"', b'": "', 1)
+    if spaced in data:
+        return data.replace(spaced, incoming.replace(b'":"', b'": "', 1))
+    return data

@@ -1,0 +1,112 @@
+"""OpenAI-style request bodies: model, prompt bytes for prefix hashing, stream flag, validation.
+
+Used by the `openai-parser`; `passthrough-parser` skips all of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from epp.errors import bad_request
+
+# Checked in this order: the longest suffixes that share a tail come first.
+API_SUFFIXES: tuple[str, ...] = ("/conversations", "/responses", "/chat/completions", "/completions", "/embeddings")
+
+
+@dataclass
+class ParsedBody:
+    body: dict[str, Any]
+    model: str
+    api: str
+    prompt_bytes: bytes
+    stream: bool
+    cache_salt: str
+
+
+def api_of_path(path: str) -> str:
+    """Map a request path to its API: `chat/completions`, `completions`, ... (default `completions`)."""
+    path = path.split("?", 1)[0].rstrip("/")
+    for suffix in API_SUFFIXES:
+        if path.endswith(suffix):
+            return suffix[1:]
+    return "completions"
+
+
+def request_path(headers: Mapping[str, str]) -> str:
+    return headers.get(":path") or headers.get("x-original-path") or headers.get("x-forwarded-path") or ""
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"error unmarshaling request bodyMap: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"error unmarshaling request bodyMap: expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
+    if api == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise bad_request("invalid completions request: prompt must not be empty")
+            return prompt.encode()
+        if isinstance(prompt, list) and prompt:
+            if all(isinstance(p, str) for p in prompt):
+                return " ".join(prompt).encode()
+            if all(isinstance(p, int) for p in prompt):
+                return orjson.dumps(prompt)
+        raise bad_request(
+            "invalid completions request: prompt must be a non-empty string, list of strings or token ids"
+        )
+    if api == "chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("invalid chat completions request: messages must be a non-empty list")
+        return orjson.dumps(messages)
+    if api == "responses":
+        if "input" not in body:
+            raise bad_request("invalid responses request: input is required")
+        parts = [{key: body[key]} for key in ("instructions", "tools", "input") if key in body]
+        return orjson.dumps(parts)
+    if api == "conversations":
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            raise bad_request("invalid conversations request: items must be a non-empty list")
+        return orjson.dumps(items)
+    if api == "embeddings":
+        value = body.get("input")
+        if value is None or value == "" or value == []:
+            raise bad_request("invalid embeddings request: input must not be empty")
+        return orjson.dumps(value)
+    raise AssertionError(api)
+
+
+def parse_openai_body(raw: bytes, path: str) -> ParsedBody:
+    """Parse and validate a body; raises EppError(BadRequest) with the reference's messages."""
+    body = parse_json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise bad_request("model not found in request body")
+    api = api_of_path(path)
+    cache_salt = body.get("cache_salt")
+    return ParsedBody(
+        body=body,
+        model=model,
+        api=api,
+        prompt_bytes=_prompt_bytes(api, body),
+        stream=body.get("stream") is True,
+        cache_salt=cache_salt if isinstance(cache_salt, str) else "",
+    )
+
+
+def rewrite_model(body: dict[str, Any], target: str) -> bytes:
+    """The body with `model` set to `target` (re-serialised; key order kept, numbers unchanged)."""
+    body["model"] = target
+    return orjson.dumps(body)
