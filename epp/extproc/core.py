@@ -9,6 +9,8 @@ the reference expects, FULL_DUPLEX_STREAMED both ways):
   headers response (carrying the pick) and the body as streamed chunks of ≤ 62,000 bytes are sent.
 - BUFFERED: headers are answered at once; the single body message gets the pick as a header mutation.
 - no body (headers with end_of_stream, or request_body_mode NONE): the pick goes on the headers response.
+Response bodies: FULL_DUPLEX_STREAMED chunks are echoed as streamed responses at once; in BUFFERED and
+STREAMED modes each body message is answered by its own BodyResponse.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = mode_pb.ProcessingMode.BUFFERED
 NO_BODY = mode_pb.ProcessingMode.NONE
 _SUPPORTED_REQUEST_MODES = {FULL_DUPLEX: "FULL_DUPLEX_STREAMED", BUFFERED: "BUFFERED", NO_BODY: "NONE"}
+#: response body modes in which every body message gets its own BodyResponse (no streamed_response)
+_PER_CHUNK_RESPONSE_MODES = (BUFFERED, mode_pb.ProcessingMode.STREAMED, mode_pb.ProcessingMode.BUFFERED_PARTIAL)
 _OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 BodyParser = Callable[[bytes, str], ParsedBody | None]
@@ -292,7 +296,7 @@ class ExtProcStream:
             scanner.feed(chunk)
         elif self._buffer_response or self._response_bytes <= MAX_USAGE_BODY:
             self._response_chunks.append(chunk)
-        if self._response_mode == BUFFERED:
+        if self._response_mode in _PER_CHUNK_RESPONSE_MODES:
             response = pb.ProcessingResponse(response_body=pb.BodyResponse())
             if self._rewrite is not None:
                 response.response_body.response.body_mutation.body = _rewrite_model(chunk, self._rewrite)

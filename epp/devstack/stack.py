@@ -1,0 +1,120 @@
+"""The local stack: real Envoy + simulated vLLM servers + epp (standalone), a routed burst, then a curl line.
+
+`python -m epp.devstack.stack [--servers 3] [--requests 12] [--exit]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import Any
+
+from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, render_bootstrap
+from epp.devstack.processes import EppProcess
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def start_simulators(count: int, base_port: int, time_scale: float) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "vllmsim.cli", "--model", MODEL, "--port", str(base_port), "--count", str(count),
+        "--time-scale", str(time_scale),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    pending = set(range(base_port, base_port + count))
+    while pending and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vllm-sim exited: {process.stderr.read().decode() if process.stderr else ''}")
+        for port in list(pending):
+            try:
+                with _OPENER.open(f"http://127.0.0.1:{port}/health", timeout=1):
+                    pending.discard(port)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    if pending:
+        process.kill()
+        raise TimeoutError(f"simulated servers on ports {sorted(pending)} did not come up")
+    return process
+
+
+def complete(port: int, prompt: str) -> tuple[int, dict[str, Any], str]:
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 8}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions", data=body, headers={"content-type": "application/json"}
+    )
+    try:
+        with _OPENER.open(request, timeout=30) as response:
+            return response.status, json.load(response), response.headers.get("x-vllm-sim-port", "?")
+    except urllib.error.HTTPError as error:
+        return error.code, {"error": error.read().decode()}, "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--servers", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--time-scale", type=float, default=10.0, help="simulator speed-up over real time")
+    parser.add_argument("--listener-port", type=int, default=8081)
+    parser.add_argument("--exit", action="store_true", help="stop everything after the burst")
+    args = parser.parse_args(argv)
+
+    base_port = free_port()
+    print(f"starting {args.servers} simulated vLLM servers on 127.0.0.1:{base_port}..", flush=True)
+    simulators = start_simulators(args.servers, base_port, args.time_scale)
+    endpoints = ",".join(f"127.0.0.1:{base_port + i}" for i in range(args.servers))
+    epp = EppProcess(["--endpoints", endpoints, "--v", "2"])
+    envoy: EnvoyProcess | None = None
+    try:
+        epp.start()
+        print(f"epp serving ext_proc on :{epp.grpc_port} (TLS), health :{epp.health_port}, "
+              f"metrics http://127.0.0.1:{epp.metrics_port}/metrics", flush=True)  # fmt: skip
+        config = render_bootstrap("envoy", args.listener_port, free_port(), epp.grpc_port)
+        envoy = EnvoyProcess(config)
+        envoy.start()
+        print(f"envoy listening on :{args.listener_port} (admin :{envoy.admin_port})\n", flush=True)
+        system = "You are a helpful assistant that answers questions about the Gateway API Inference Extension. " * 4
+        hits: Counter[str] = Counter()
+        for i in range(args.requests):
+            prompt = f"{system}Question {i}: which endpoint serves this request?"
+            status, document, served = complete(args.listener_port, prompt)
+            usage = document.get("usage", {})
+            print(f"request {i + 1:2d} → HTTP {status}, served by 127.0.0.1:{served}, "
+                  f"prompt_tokens={usage.get('prompt_tokens')}, cached={_cached(usage)}", flush=True)  # fmt: skip
+            hits[served] += 1
+        print(f"\nper server: {dict(sorted(hits.items()))}")
+        curl = (
+            f"curl -s http://127.0.0.1:{args.listener_port}/v1/completions -H 'content-type: application/json' "
+            f'-d \'{{"model":"{MODEL}","prompt":"Hello","max_tokens":8}}\''
+        )
+        print(f"\ntry it:\n  {curl}\n")
+        if args.exit:
+            return 0 if sum(hits.values()) == args.requests and "-" not in hits else 1
+        print("stack is up; Ctrl-C stops it", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        epp.stop()
+        simulators.terminate()
+        simulators.wait(10)
+
+
+def _cached(usage: dict[str, Any]) -> Any:
+    details = usage.get("prompt_tokens_details") or {}
+    return details.get("cached_tokens", 0)
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    raise SystemExit(main())

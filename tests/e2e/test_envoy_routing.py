@@ -1,0 +1,110 @@
+"""Through real Envoy: ext_proc full duplex over TLS to a real epp process, ORIGINAL_DST to echo servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
+from epp.devstack.processes import EppProcess
+from tests.e2e.backends import EchoBackends
+from tests.e2e.conftest import endpoints_arg
+from tests.e2e.http import post
+
+pytestmark = pytest.mark.e2e
+
+
+def test_request_reaches_the_endpoint_the_epp_chose(backends: EchoBackends, envoy: EnvoyProcess) -> None:
+    backends.received.clear()
+    for i in range(9):
+        status, headers, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": f"hello {i}"})
+        assert status == 200, body
+        assert int(headers["x-backend-port"]) == json.loads(body)["backend"]
+    assert len(backends.received) == 9
+    for received in backends.received:
+        # checked at the server: the request landed where the EPP's header pointed
+        assert received.headers["x-gateway-destination-endpoint"] == f"127.0.0.1:{received.port}"
+        assert json.loads(received.body)["prompt"].startswith("hello ")
+    # sequential requests with in-flight accounting spread over all three servers
+    assert set(backends.ports_hit()) == set(backends.ports)
+
+
+def test_body_is_forwarded_byte_for_byte(backends: EchoBackends, envoy: EnvoyProcess) -> None:
+    backends.received.clear()
+    raw = b'{ "prompt" : "spaces   kept",\n "model":"m", "temperature": 1.0, "n": 12345678901234567}'
+    status, _, _ = post(envoy.listener_port, "/v1/completions", raw)
+    assert status == 200
+    assert backends.received[-1].body == raw
+
+
+def test_large_body_crosses_chunk_limits(backends: EchoBackends, envoy: EnvoyProcess) -> None:
+    backends.received.clear()
+    body = json.dumps({"model": "m", "prompt": "x" * 200_000}).encode()
+    status, _, _ = post(envoy.listener_port, "/v1/completions", body)
+    assert status == 200
+    assert backends.received[-1].body == body
+
+
+def test_errors_are_immediate_responses(envoy: EnvoyProcess) -> None:
+    status, _, body = post(envoy.listener_port, "/v1/completions", {"prompt": "hello world"})
+    assert (status, body) == (400, b"inference error: BadRequest - model not found in request body")
+    status, _, body = post(envoy.listener_port, "/v1/completions", b"no healthy upstream")
+    assert status == 400 and body.startswith(b"inference error: BadRequest - error unmarshaling request bodyMap")
+
+
+def test_model_rewrite_header_reaches_server_and_client_sees_its_own_name(
+    backends: EchoBackends, envoy: EnvoyProcess
+) -> None:
+    backends.received.clear()
+    headers = {"x-gateway-model-name-rewrite": "m-canary"}
+    status, _, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": "p"}, headers)
+    assert status == 200
+    assert json.loads(backends.received[-1].body)["model"] == "m-canary"
+    assert json.loads(body)["model"] == "m"
+
+
+def test_streamed_response_passes_through(backends: EchoBackends, envoy: EnvoyProcess) -> None:
+    status, headers, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": "p", "stream": True})
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    events = [line for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]" and len(events) == 5
+
+
+def test_buffered_mode(backends: EchoBackends, epp: EppProcess) -> None:
+    config = render_bootstrap(
+        "envoy", free_port(), free_port(), epp.grpc_port, request_body_mode="BUFFERED", response_body_mode="NONE"
+    )
+    with EnvoyProcess(config) as envoy:
+        backends.received.clear()
+        for i in range(3):
+            status, _, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": f"b{i}"})
+            assert status == 200, body
+        for received in backends.received:
+            assert received.headers["x-gateway-destination-endpoint"] == f"127.0.0.1:{received.port}"
+
+
+def test_epp_down_fails_closed_but_fail_open_still_serves(backends: EchoBackends) -> None:
+    epp = EppProcess(["--endpoints", endpoints_arg(backends)])
+    epp.start()
+    closed = EnvoyProcess(render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port))
+    opened = EnvoyProcess(
+        render_bootstrap("envoy-fail-open", free_port(), free_port(), epp.grpc_port, pool_ports=backends.ports)
+    )
+    closed.start()
+    opened.start()
+    try:
+        assert post(closed.listener_port, "/v1/completions", {"model": "m", "prompt": "p"})[0] == 200
+        assert post(opened.listener_port, "/v1/completions", {"model": "m", "prompt": "p"})[0] == 200
+        epp.stop()
+        status, _, _ = post(closed.listener_port, "/v1/completions", {"model": "m", "prompt": "p"})
+        assert status >= 500
+        backends.received.clear()
+        status, _, _ = post(opened.listener_port, "/v1/completions", {"model": "m", "prompt": "p"})
+        assert status == 200
+        assert "x-gateway-destination-endpoint" not in backends.received[-1].headers
+    finally:
+        closed.stop()
+        opened.stop()
+        epp.stop()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+
+from epp.cli import FLAGS, NOT_BUILT, build_parser, parse_duration, parse_quantity, parse_settings
+
+BASE = ["--endpoints", "127.0.0.1:8000"]
+
+
+def test_defaults_match_the_reference() -> None:
+    settings = parse_settings(BASE)
+    assert (settings.grpc_port, settings.grpc_health_port, settings.metrics_port) == (9002, 9003, 9090)
+    assert settings.secure_serving is True
+    assert settings.refresh_metrics_interval == 0.05
+    assert settings.metrics_staleness_threshold == 2.0
+    assert settings.v == 2
+    assert settings.drain_timeout == 30.0
+
+
+def test_pflag_forms() -> None:
+    settings = parse_settings([*BASE, "--secure-serving=false", "--v", "4", "--grpc-port=9100", "--health-checking"])
+    assert settings.secure_serving is False
+    assert settings.v == 4
+    assert settings.grpc_port == 9100
+    assert settings.health_checking is True
+    assert {"secure_serving", "v", "grpc_port", "health_checking"} <= settings.explicit
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("50ms", 0.05), ("2s", 2.0), ("1m30s", 90.0), ("0", 0.0), ("1.5h", 5400)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["50", "ms", "2 s", "1x"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(Exception, match="invalid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "size"), [("25MiB", 25 * 2**20), ("4Mi", 4 * 2**20), ("10M", 10**7), ("1024", 1024)])
+def test_quantities(text: str, size: int) -> None:
+    assert parse_quantity(text) == size
+
+
+def test_exactly_one_endpoint_source(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings([])
+    assert "exactly one source of endpoints" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_settings([*BASE, "--endpoints-file", "x.yaml"])
+
+
+@pytest.mark.parametrize("flag", sorted(NOT_BUILT))
+def test_flags_of_unbuilt_features_fail_loudly(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    kind = next(k for name, _, k, _ in FLAGS if name == flag)
+    value = "true" if kind.__name__ == "parse_bool" else ("8000" if "ports" in flag else "x")
+    with pytest.raises(SystemExit):
+        parse_settings([*BASE, f"--{flag}={value}"])
+    assert f"--{flag}" in capsys.readouterr().err
+
+
+def test_disabling_an_unbuilt_default_on_feature_is_fine() -> None:
+    assert parse_settings([*BASE, "--tracing=false", "--enable-pprof=false"]).tracing is False
+
+
+def test_deprecated_metric_flags_are_startup_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings([*BASE, "--kv-cache-usage-percentage-metric", "vllm:gpu_cache_usage_perc"])
+    assert "engineConfigs" in capsys.readouterr().err
+
+
+def test_help_lists_every_flag() -> None:
+    text = build_parser().format_help()
+    for flag, *_ in FLAGS:
+        assert f"--{flag}" in text
