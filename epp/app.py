@@ -56,7 +56,7 @@ async def start(settings: Settings) -> Runtime:
     table = EndpointTable(settings.max_endpoints)
     health = HealthState()
     director = Director(table, LeastQueueScheduler(), subset_filter=not settings.disable_endpoint_subset_filter)
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry)
     servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics))
