@@ -120,7 +120,8 @@ class EnvoyProcess:
         url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
         with urllib.request.urlopen(url, timeout=2) as response:
             data = json.load(response)
-        return {s["name"]: s.get("value", 0) for s in data["stats"] if s["name"].startswith(prefix) and "value" in s}
+        counters = (s for s in data["stats"] if "name" in s and "value" in s)
+        return {s["name"]: s["value"] for s in counters if s["name"].startswith(prefix)}
 
     def log_tail(self, lines: int = 30) -> str:
         try:

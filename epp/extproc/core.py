@@ -148,9 +148,9 @@ class ExtProcStream:
 
     def _on_request_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         store = self._headers
-        for header in headers.headers.headers:
+        for header in headers.headers.headers:  # Envoy sends keys lower-cased
             raw = header.raw_value
-            store[header.key.lower()] = raw.decode("latin-1") if raw else header.value
+            store[header.key] = raw.decode("latin-1") if raw else header.value
         request_id = store.get(REQUEST_ID_HEADER)
         if not request_id:
             request_id = str(uuid.uuid4())
@@ -175,10 +175,11 @@ class ExtProcStream:
                 return [self._immediate(error)]
             return [self._picked_response(decision, "request_headers")]
         if self._request_mode == BUFFERED:
-            common = pb.CommonResponse()
+            response = pb.ProcessingResponse()
+            response.request_headers.SetInParent()
             if self._id_generated:
-                _set_header(common.header_mutation, REQUEST_ID_HEADER, request_id)
-            return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))]
+                _set_header(response.request_headers.response.header_mutation, REQUEST_ID_HEADER, request_id)
+            return [response]
         return []
 
     def _on_request_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
@@ -231,21 +232,22 @@ class ExtProcStream:
         self._decision = decision
         if self._observer is not None:
             self._observer.picked(decision)
-        common = pb.CommonResponse(clear_route_cache=True)
+        # Built in place: passing sub-messages to constructors would copy them.
+        response = pb.ProcessingResponse()
+        common = (response.request_headers if phase == "request_headers" else response.request_body).response
+        common.clear_route_cache = True
         mutation = common.header_mutation
         _set_header(mutation, DESTINATION_HEADER, decision.destination)
         if self._id_generated:
             _set_header(mutation, REQUEST_ID_HEADER, self._request_id)
         if decision.new_body is not None:
             _set_header(mutation, "content-length", str(len(decision.new_body)))
-        for key, value in decision.headers.items():
-            _set_header(mutation, key, value)
-        if phase == "request_headers":
-            response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
-        else:
-            response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
-        lb = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value
-        lb.fields[DESTINATION_HEADER].string_value = decision.destination
+        if decision.headers:
+            for key, value in decision.headers.items():
+                _set_header(mutation, key, value)
+        response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields[
+            DESTINATION_HEADER
+        ].string_value = decision.destination
         return response
 
     def _immediate(self, error: EppError) -> pb.ProcessingResponse:
@@ -340,14 +342,17 @@ class ExtProcStream:
 
 
 def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
-    option = mutation.set_headers.add()
-    option.header.key = key
-    option.header.raw_value = value.encode("latin-1")
-    option.append_action = _OVERWRITE
+    option = mutation.set_headers.add(append_action=_OVERWRITE)
+    header = option.header
+    header.key = key
+    header.raw_value = value.encode("latin-1")
 
 
 def _streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
-    pieces = [body[i : i + BODY_CHUNK_LIMIT] for i in range(0, len(body), BODY_CHUNK_LIMIT)] or [b""]
+    if len(body) <= BODY_CHUNK_LIMIT:
+        pieces = [body]
+    else:
+        pieces = [body[i : i + BODY_CHUNK_LIMIT] for i in range(0, len(body), BODY_CHUNK_LIMIT)]
     responses = []
     for index, piece in enumerate(pieces):
         response = pb.ProcessingResponse()

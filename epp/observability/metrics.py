@@ -1,15 +1,18 @@
 """Prometheus metrics with the reference EPP's names, types and labels (reference §8.1).
 
-`RequestMetrics` is the core's StreamObserver. Label children are cached per (model, target) so a
-request costs a dict lookup and a few increments.
+`RequestMetrics` is the core's StreamObserver. Label children are cached per (model, target, priority)
+so a request costs a dict lookup and a few list increments (see epp/observability/fast.py).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
 
 from epp.director import Decision
 from epp.errors import EppError
+from epp.observability.fast import Distribution, FamiliesCollector, Family, Value
 from epp.scheduling.types import Usage
 
 _DURATION_BUCKETS = (
@@ -72,81 +75,131 @@ _TOKEN_BUCKETS = (
     1048576,
 )
 _MODEL_LABELS = ("model_name", "target_model_name")
+#: distinct (model, target, priority) label sets kept before new ones are counted under "other"
+MAX_LABEL_SETS = 1000
+OVERFLOW_LABEL = "other"
 
 
 class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.request_total = Counter(
+        self.request_total = Family(
+            "counter",
             "inference_objective_request_total",
             "Counter of inference objective requests broken out for each model and target model.",
             [*_MODEL_LABELS, "priority"],
-            registry=registry,
         )
-        self.request_error_total = Counter(
+        self.request_error_total = Family(
+            "counter",
             "inference_objective_request_error_total",
             "Counter of inference objective requests errors broken out for each model and target model.",
             [*_MODEL_LABELS, "error_code"],
-            registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = Family(
+            "histogram",
             "inference_objective_request_duration_seconds",
             "Inference objective response latency distribution in seconds for each model and target model.",
             _MODEL_LABELS,
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
+            _DURATION_BUCKETS,
         )
-        self.request_sizes = Histogram(
+        self.request_sizes = Family(
+            "histogram",
             "inference_objective_request_sizes",
             "Inference objective requests size distribution in bytes for each model and target model.",
             _MODEL_LABELS,
-            buckets=_SIZE_BUCKETS,
-            registry=registry,
+            _SIZE_BUCKETS,
         )
-        self.response_sizes = Histogram(
+        self.response_sizes = Family(
+            "histogram",
             "inference_objective_response_sizes",
             "Inference objective responses size distribution in bytes for each model and target model.",
             _MODEL_LABELS,
-            buckets=_SIZE_BUCKETS,
-            registry=registry,
+            _SIZE_BUCKETS,
         )
-        self.input_tokens = Histogram(
+        self.input_tokens = Family(
+            "histogram",
             "inference_objective_input_tokens",
             "Inference objective input token count distribution for requests in each model.",
             _MODEL_LABELS,
-            buckets=_TOKEN_BUCKETS,
-            registry=registry,
+            _TOKEN_BUCKETS,
         )
-        self.output_tokens = Histogram(
+        self.output_tokens = Family(
+            "histogram",
             "inference_objective_output_tokens",
             "Inference objective output token count distribution for requests in each model.",
             _MODEL_LABELS,
-            buckets=_TOKEN_BUCKETS,
-            registry=registry,
+            _TOKEN_BUCKETS,
         )
-        self.running_requests = Gauge(
+        self.running_requests = Family(
+            "gauge",
             "inference_objective_running_requests",
             "Inference objective number of running requests in each model.",
             ["model_name"],
-            registry=registry,
         )
+        self.families = [
+            self.request_total,
+            self.request_error_total,
+            self.request_duration,
+            self.request_sizes,
+            self.response_sizes,
+            self.input_tokens,
+            self.output_tokens,
+            self.running_requests,
+        ]
+        registry.register(FamiliesCollector(self.families))
+        self._children: dict[tuple[str, str, int], _Children] = {}
+
+    def _for(self, model: str, target: str, priority: int) -> _Children:
+        """Label children of one (model, target, priority), created once; label values are capped."""
+        key = (model, target, priority)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) >= MAX_LABEL_SETS:
+                key = (OVERFLOW_LABEL, OVERFLOW_LABEL, priority)
+                children = self._children.get(key)
+            if children is None:
+                model, target = key[0], key[1]
+                children = _Children(
+                    total=self.request_total.value(model, target, str(priority)),
+                    sizes=self.request_sizes.distribution(model, target),
+                    running=self.running_requests.value(model),
+                    duration=self.request_duration.distribution(model, target),
+                    response_sizes=self.response_sizes.distribution(model, target),
+                    input_tokens=self.input_tokens.distribution(model, target),
+                    output_tokens=self.output_tokens.distribution(model, target),
+                )
+                self._children[key] = children
+        return children
 
     def picked(self, decision: Decision) -> None:
         request = decision.request
-        labels = (request.model, request.target_model)
-        self.request_total.labels(*labels, str(request.priority)).inc()
-        self.request_sizes.labels(*labels).observe(request.body_size)
-        self.running_requests.labels(request.model).inc()
+        children = self._for(request.model, request.target_model, request.priority)
+        children.total.value += 1.0
+        children.sizes.observe(request.body_size)
+        children.running.value += 1.0
 
     def failed(self, error: EppError, model: str, target_model: str) -> None:
-        self.request_error_total.labels(model, target_model, error.code).inc()
+        if len(self._children) >= MAX_LABEL_SETS:
+            model = target_model = OVERFLOW_LABEL
+        self.request_error_total.value(model, target_model, error.code).value += 1.0
 
     def completed(self, decision: Decision, usage: Usage | None, response_bytes: int, seconds: float) -> None:
         request = decision.request
-        labels = (request.model, request.target_model)
-        self.running_requests.labels(request.model).dec()
-        self.request_duration.labels(*labels).observe(seconds)
-        self.response_sizes.labels(*labels).observe(response_bytes)
+        children = self._for(request.model, request.target_model, request.priority)
+        children.running.value -= 1.0
+        children.duration.observe(seconds)
+        children.response_sizes.observe(response_bytes)
         if usage is not None:
-            self.input_tokens.labels(*labels).observe(usage.prompt_tokens)
-            self.output_tokens.labels(*labels).observe(usage.completion_tokens)
+            children.input_tokens.observe(usage.prompt_tokens)
+            children.output_tokens.observe(usage.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Children:
+    total: Value
+    sizes: Distribution
+    running: Value
+    duration: Distribution
+    response_sizes: Distribution
+    input_tokens: Distribution
+    output_tokens: Distribution

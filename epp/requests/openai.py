@@ -5,6 +5,7 @@ Used by the `openai-parser`; `passthrough-parser` skips all of this.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class ParsedBody:
     cache_salt: str
 
 
+@functools.lru_cache(maxsize=1024)
 def api_of_path(path: str) -> str:
     """Map a request path to its API: `chat/completions`, `completions`, ... (default `completions`)."""
     path = path.split("?", 1)[0].rstrip("/")

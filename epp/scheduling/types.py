@@ -15,7 +15,7 @@ import numpy as np
 from epp.datastore.table import EndpointTable, SlotArray
 
 
-@dataclass
+@dataclass(slots=True)
 class LLMRequest:
     """A parsed inference request as the scheduler and request-control plugins see it."""
 
