@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--bodies", default="1024,65536")
     parser.add_argument("--configs", default="direct,bare-fd,epp-fd,bare-buffered,epp-buffered")
+    parser.add_argument("--epp-args", default="", help="extra epp flags, e.g. '--config-file config/default.yaml'")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -158,7 +159,7 @@ def main() -> int:
         [sys.executable, str(HERE / "bare_server.py"), "--port", str(bare_port), "--backends", backends_arg],
         env=env_without_proxies(),
     )
-    epp = EppProcess(["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", *os.environ.get("EPP_EXTRA_ARGS", "").split()])
+    epp = EppProcess(["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", *args.epp_args.split()])
     epp.start()
     assert epp.process is not None
     server_pid = {"bare": bare.pid, "epp": epp.process.pid}
