@@ -115,3 +115,24 @@ def test_tls_with_cert_path_and_reload(tmp_path: Path) -> None:
             pick_with_trust(first_cert)
     finally:
         epp.stop()
+
+
+def test_health_checking_flag_serves_health_on_the_ext_proc_port() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    epp = EppProcess(["--endpoints", "127.0.0.1:1", "--secure-serving=false", "--health-checking"])
+    epp.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{epp.grpc_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="envoy.service.ext_proc.v3.ExternalProcessor")
+            assert stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{epp.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            listed = stub.List(health_pb2.HealthListRequest(), timeout=2)
+            assert listed.statuses["envoy.service.ext_proc.v3.ExternalProcessor"].status == 1
+            with pytest.raises(grpc.RpcError) as error:
+                next(iter(stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=2)))
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        epp.stop()
