@@ -8,7 +8,7 @@ took. Pure and synchronous: no I/O, no clock reads beyond `time.perf_counter` fo
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,16 @@ DEFAULT_FAIRNESS_ID = "default-flow"
 OUTPUT_TOKEN_RATIO = 1.5
 
 
+@dataclass(slots=True)
+class Prepared:
+    request: LLMRequest
+    subset: Sequence[str] | None
+    new_body: bytes | None
+    candidates: SlotArray
+    #: table generation the candidates were computed at
+    generation: int
+
+
 @dataclass
 class Decision:
     request: LLMRequest
@@ -59,6 +69,8 @@ class Director:
         subset_filter: bool = True,
         objectives: Mapping[str, int] | None = None,
         saturation: Any = None,
+        shed_sheddable: bool = True,
+        on_release: Callable[[], None] | None = None,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -68,6 +80,10 @@ class Director:
         self.objectives: Mapping[str, int] = objectives if objectives is not None else {}
         #: callable(candidates) -> float in [0, ∞); ≥ 1.0 means saturated (sheddable requests are dropped)
         self.saturation = saturation
+        #: legacy admission (flow control off): drop priority < 0 requests while saturated
+        self.shed_sheddable = shed_sheddable
+        #: called after a request releases its load (flow control dispatches the next waiting one)
+        self.on_release = on_release
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
 
@@ -82,6 +98,17 @@ class Director:
         subset: Sequence[str] | None,
     ) -> Decision:
         """Route a request whose body is complete. Raises EppError with the reference code."""
+        return self.schedule(self.prepare(request_id, headers, parsed, raw_body, subset))
+
+    def prepare(
+        self,
+        request_id: str,
+        headers: Mapping[str, str],
+        parsed: ParsedBody | None,
+        raw_body: bytes,
+        subset: Sequence[str] | None,
+    ) -> Prepared:
+        """Everything before the pick: model, rewrite, objective, admission, candidates."""
         model = parsed.model if parsed else ""
         target = headers.get(REWRITE_HEADER) or model
         objective = headers.get(OBJECTIVE_HEADER, "")
@@ -101,16 +128,30 @@ class Director:
             body=parsed.body if parsed else None,
         )
         candidates = self.candidates(subset)
-        if request.priority < 0 and self.saturation is not None and self.saturation(candidates) >= 1.0:
+        if (
+            self.shed_sheddable
+            and request.priority < 0
+            and self.saturation is not None
+            and self.saturation(candidates) >= 1.0
+        ):
             raise EppError("ResourceExhausted", "system saturated, sheddable request dropped")
         if len(candidates) == 0:
             raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+        new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
+        return Prepared(request, subset, new_body, candidates, self.table.generation)
+
+    def schedule(self, prepared: Prepared) -> Decision:
+        """The pick itself (after any wait in flow control, when membership may have changed)."""
+        candidates = prepared.candidates
+        if prepared.generation != self.table.generation:
+            candidates = self.candidates(prepared.subset)
+            if len(candidates) == 0:
+                raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
         try:
-            result = self.scheduler.schedule(request, self.table, candidates)
+            result = self.scheduler.schedule(prepared.request, self.table, candidates)
         except SchedulingError as exc:
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
-        new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
-        return self._commit(request, result, new_body)
+        return self._commit(prepared.request, result, prepared.new_body)
 
     def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
         """A request without a body (e.g. GET): a uniformly random endpoint, as the reference does."""
@@ -170,6 +211,8 @@ class Director:
             self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - decision.charged_tokens)
         if self.hooks is not None and decision.request.api:
             self.hooks.response_complete(decision.request, decision.result, usage, self.table)
+        if self.on_release is not None:
+            self.on_release()
 
 
 def _ip_of(hostport: str) -> str:

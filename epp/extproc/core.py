@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from epp.director import Decision, Director
+from epp.director import Decision, Director, Prepared
 from epp.errors import EppError
 from epp.requests.openai import ParsedBody, parse_openai_body, request_path
 from epp.requests.usage import SSEUsageScanner, usage_from_json
@@ -74,11 +74,15 @@ class ExtProcStream:
         "_buffer_response",
         "_decision",
         "_director",
+        "_ended_with_trailers",
         "_finished",
+        "_flow_control",
         "_headers",
         "_id_generated",
         "_observer",
         "_parser",
+        "_prepared",
+        "_raw",
         "_request_done",
         "_request_id",
         "_request_mode",
@@ -91,10 +95,24 @@ class ExtProcStream:
         "_started",
         "_subset",
         "served_endpoint",
+        "waiting",
     )
 
-    def __init__(self, director: Director, parser: BodyParser, observer: StreamObserver | None = None) -> None:
+    def __init__(
+        self,
+        director: Director,
+        parser: BodyParser,
+        observer: StreamObserver | None = None,
+        flow_control: bool = False,
+    ) -> None:
         self._director = director
+        self._flow_control = flow_control
+        self._prepared: Prepared | None = None
+        self._raw = b""
+        self._ended_with_trailers = False
+        #: set when the request must wait in flow control: (fairness id, priority, bytes); the caller then
+        #: awaits its turn and calls `resume()` (or `reject(error)`) for the responses
+        self.waiting: tuple[str, int, int] | None = None
         self._parser = parser
         self._observer = observer
         self._headers: dict[str, str] = {}
@@ -194,7 +212,7 @@ class ExtProcStream:
         if self._request_done:
             return [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
         responses = self._route(ended_with_trailers=True)
-        if not responses[-1].HasField("immediate_response"):
+        if responses and not responses[-1].HasField("immediate_response"):
             responses.append(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
         return responses
 
@@ -205,13 +223,41 @@ class ExtProcStream:
         parsed: ParsedBody | None = None
         try:
             parsed = self._parser(raw, request_path(self._headers))
-            decision = self._director.decide(self._request_id, self._headers, parsed, raw, self._subset)
+            prepared = self._director.prepare(self._request_id, self._headers, parsed, raw, self._subset)
         except EppError as error:
             model = parsed.model if parsed else ""
-            target = self._headers.get("x-gateway-model-name-rewrite") or model
-            if self._observer is not None:
-                self._observer.failed(error, model, target)
-            return [self._immediate(error)]
+            return self.reject(error, model, self._headers.get("x-gateway-model-name-rewrite") or model)
+        if self._flow_control:
+            self._prepared, self._raw, self._ended_with_trailers = prepared, raw, ended_with_trailers
+            request = prepared.request
+            self.waiting = (request.fairness_id, request.priority, len(raw))
+            return []
+        return self._schedule(prepared, raw, ended_with_trailers)
+
+    def resume(self) -> list[pb.ProcessingResponse]:
+        """The request's turn came in flow control: pick and answer."""
+        prepared, raw = self._prepared, self._raw
+        assert prepared is not None, "resume() without a waiting request"
+        self._prepared, self._raw, self.waiting = None, b"", None
+        responses = self._schedule(prepared, raw, self._ended_with_trailers)
+        if self._ended_with_trailers and not responses[-1].HasField("immediate_response"):
+            responses.append(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
+        return responses
+
+    def reject(self, error: EppError, model: str = "", target: str = "") -> list[pb.ProcessingResponse]:
+        """Answer with an error (also used by the caller when flow control rejects the waiting request)."""
+        if self.waiting is not None and self._prepared is not None:
+            model, target = self._prepared.request.model, self._prepared.request.target_model
+            self._prepared, self._raw, self.waiting = None, b"", None
+        if self._observer is not None:
+            self._observer.failed(error, model, target)
+        return [self._immediate(error)]
+
+    def _schedule(self, prepared: Prepared, raw: bytes, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
+        try:
+            decision = self._director.schedule(prepared)
+        except EppError as error:
+            return self.reject(error, prepared.request.model, prepared.request.target_model)
         request = decision.request
         if request.target_model != request.model:
             self._rewrite = (

@@ -1,0 +1,120 @@
+"""Flow control on the event loop: requests wait in the FlowQueue while the pool is saturated.
+
+`admit()` dispatches at once when nothing is queued and the pool is not saturated; otherwise the request
+waits on a future. One dispatcher task pops requests in policy order while saturation < 1.0 and runs each
+request's dispatch callback synchronously, so the in-flight accounting of one dispatch is visible to the
+saturation check of the next. It wakes on `notify()` (a request completed, new endpoints, a new arrival),
+at the next TTL deadline, and — only while requests wait on a saturated pool — every `poll_interval`
+seconds to see scraped load fall. A waiting request costs a heap entry and a future, no CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from epp.errors import EppError
+from epp.flowcontrol.queue import CapacityExceeded, FlowQueue, Item, QueueSettings
+
+log = logging.getLogger("epp.flowcontrol")
+T = TypeVar("T")
+
+
+class FlowController(Generic[T]):
+    def __init__(
+        self,
+        settings: QueueSettings,
+        saturation: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self.queue = FlowQueue(settings)
+        self._saturation = saturation
+        self._clock = clock
+        self.poll_interval = poll_interval
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dispatched = 0
+        self.rejected = 0
+        self.expired = 0
+        self.cancelled = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control-dispatch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while (item := self.queue.pop()) is not None:
+            future: asyncio.Future[T] = item.payload[0]
+            if not future.done():
+                future.set_exception(EppError("ServiceUnavailable", "flow control stopped while the request waited"))
+
+    def notify(self) -> None:
+        """Capacity may have changed: let the dispatcher look again."""
+        if len(self.queue):
+            self._wakeup.set()
+
+    async def admit(self, fairness_id: str, priority: int, size: int, dispatch: Callable[[], T]) -> T:
+        """Run `dispatch` now or once the request's turn comes; raises EppError 429 (full) / 503 (TTL)."""
+        if len(self.queue) == 0 and self._saturation() < 1.0:
+            self.dispatched += 1
+            return dispatch()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        item = self.queue.make_item(fairness_id, priority, size, self._clock(), payload=(future, dispatch))
+        try:
+            self.queue.push(item)
+        except CapacityExceeded as exc:
+            self.rejected += 1
+            raise EppError("ResourceExhausted", f"request rejected by flow control: {exc}") from None
+        self._wakeup.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self.queue.remove(item):
+                self.cancelled += 1
+            raise
+
+    async def _run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            now = self._clock()
+            for item in self.queue.expire(now):
+                self.expired += 1
+                waited = now - item.arrival
+                _fail(item, EppError("ServiceUnavailable", f"request timed out in queue: waited {waited:.3f}s"))
+            while len(self.queue) and self._saturation() < 1.0:
+                next_item = self.queue.pop()
+                assert next_item is not None
+                future, dispatch = next_item.payload
+                if future.done():
+                    continue
+                self.dispatched += 1
+                try:
+                    future.set_result(dispatch())
+                except EppError as error:
+                    future.set_exception(error)
+                except Exception as error:  # a bug in dispatch must not kill the dispatcher
+                    log.exception("dispatch failed")
+                    future.set_exception(error)
+            timeout = self.queue.next_deadline() - self._clock()
+            if len(self.queue):
+                timeout = min(timeout, self.poll_interval)
+            if timeout == math.inf:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(timeout, 0.0))
+
+
+def _fail(item: Item, error: EppError) -> None:
+    future = item.payload[0]
+    if not future.done():
+        future.set_exception(error)
