@@ -24,6 +24,7 @@ from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
 from epp.observability.metrics import RequestMetrics
 from epp.scheduling_fallback import LeastQueueScheduler
+from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("epp")
@@ -45,6 +46,7 @@ class Runtime:
     health_server: grpc.aio.Server
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: EndpointsFileWatcher | None = None
+    tracer: RequestTracer | None = None
     grpc_port: int = 0
     health_port: int = 0
 
@@ -59,7 +61,13 @@ async def start(settings: Settings) -> Runtime:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry)
-    servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics))
+    tracer: RequestTracer | None = None
+    if settings.tracing:
+        try:
+            tracer = RequestTracer.from_env()
+        except TracingConfigError as exc:
+            raise StartupError(str(exc)) from None
+    servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics, tracer=tracer))
 
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_recv_msg_size),
@@ -82,7 +90,7 @@ async def start(settings: Settings) -> Runtime:
     add_health(health_server, health)
     health_port = health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}")
 
-    runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server)
+    runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server, tracer=tracer)
     runtime.grpc_port, runtime.health_port = grpc_port, health_port
     try:
         if settings.endpoints:
@@ -118,6 +126,8 @@ async def stop(runtime: Runtime) -> None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
     await runtime.health_server.stop(grace=None)
+    if runtime.tracer is not None:
+        runtime.tracer.shutdown()
     log.info("stopped")
 
 

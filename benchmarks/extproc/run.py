@@ -159,7 +159,9 @@ def main() -> int:
         [sys.executable, str(HERE / "bare_server.py"), "--port", str(bare_port), "--backends", backends_arg],
         env=env_without_proxies(),
     )
-    epp = EppProcess(["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", *args.epp_args.split()])
+    epp = EppProcess(
+        ["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", "--tracing=false", *args.epp_args.split()]
+    )
     epp.start()
     assert epp.process is not None
     server_pid = {"bare": bare.pid, "epp": epp.process.pid}

@@ -16,7 +16,8 @@ from epp.devstack.envoy import env_without_proxies, free_port
 
 
 class EppProcess:
-    def __init__(self, args: Sequence[str], grpc_port: int | None = None) -> None:
+    def __init__(self, args: Sequence[str], grpc_port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.env = {**env_without_proxies(), **(env or {})}
         self.grpc_port = grpc_port or free_port()
         self.health_port = free_port()
         self.metrics_port = free_port()
@@ -30,7 +31,7 @@ class EppProcess:
     def start(self, timeout: float = 20.0, wait_serving: bool = True) -> None:
         log = self.log_path.open("wb")
         command = [sys.executable, "-m", "epp.cli", *self.args]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env_without_proxies())
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         if wait_serving:
             self.wait_serving(timeout)
 

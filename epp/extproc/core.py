@@ -25,6 +25,7 @@ from epp.errors import EppError
 from epp.requests.openai import ParsedBody, parse_openai_body, request_path
 from epp.requests.usage import SSEUsageScanner, usage_from_json
 from epp.scheduling.types import Usage
+from epp.tracing import RequestTrace, RequestTracer
 from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -94,6 +95,8 @@ class ExtProcStream:
         "_sse_scanner",
         "_started",
         "_subset",
+        "_trace",
+        "_tracer",
         "served_endpoint",
         "waiting",
     )
@@ -104,8 +107,11 @@ class ExtProcStream:
         parser: BodyParser,
         observer: StreamObserver | None = None,
         flow_control: bool = False,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self._director = director
+        self._tracer = tracer
+        self._trace: RequestTrace | None = None
         self._flow_control = flow_control
         self._prepared: Prepared | None = None
         self._raw = b""
@@ -175,6 +181,8 @@ class ExtProcStream:
             store[REQUEST_ID_HEADER] = request_id
             self._id_generated = True
         self._request_id = request_id
+        if self._tracer is not None:
+            self._trace = self._tracer.begin(store)
         if self._request_mode not in _SUPPORTED_REQUEST_MODES:
             return [
                 self._immediate(
@@ -187,10 +195,13 @@ class ExtProcStream:
             ]
         if headers.end_of_stream or self._request_mode == NO_BODY:
             self._request_done = True
+            if self._trace is not None:
+                self._trace.start_orchestration()
             try:
                 decision = self._director.decide_header_only(request_id, store, self._subset)
             except EppError as error:
-                return [self._immediate(error)]
+                return self.reject(error)
+            self._traced(decision)
             return [self._picked_response(decision, "request_headers")]
         if self._request_mode == BUFFERED:
             response = pb.ProcessingResponse()
@@ -221,6 +232,8 @@ class ExtProcStream:
         raw = self._body_chunks[0] if len(self._body_chunks) == 1 else b"".join(self._body_chunks)
         self._body_chunks = []
         parsed: ParsedBody | None = None
+        if self._trace is not None:
+            self._trace.start_orchestration()
         try:
             parsed = self._parser(raw, request_path(self._headers))
             prepared = self._director.prepare(self._request_id, self._headers, parsed, raw, self._subset)
@@ -251,6 +264,8 @@ class ExtProcStream:
             self._prepared, self._raw, self.waiting = None, b"", None
         if self._observer is not None:
             self._observer.failed(error, model, target)
+        if self._trace is not None:
+            self._trace.end_orchestration(target, 0, error.code)
         return [self._immediate(error)]
 
     def _schedule(self, prepared: Prepared, raw: bytes, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
@@ -258,6 +273,7 @@ class ExtProcStream:
             decision = self._director.schedule(prepared)
         except EppError as error:
             return self.reject(error, prepared.request.model, prepared.request.target_model)
+        self._traced(decision)
         request = decision.request
         if request.target_model != request.model:
             self._rewrite = (
@@ -273,6 +289,12 @@ class ExtProcStream:
         responses = [self._picked_response(decision, "request_headers")]
         responses.extend(_streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
         return responses
+
+    def _traced(self, decision: Decision) -> None:
+        """Close the orchestration span and carry the trace context upstream."""
+        if self._trace is not None:
+            request = decision.request
+            decision.headers.update(self._trace.end_orchestration(request.target_model, request.priority))
 
     def _picked_response(self, decision: Decision, phase: str) -> pb.ProcessingResponse:
         self._decision = decision
@@ -372,6 +394,9 @@ class ExtProcStream:
         if self._finished:
             return
         self._finished = True
+        if self._trace is not None:
+            self._trace.end()
+            self._trace = None
         decision = self._decision
         if decision is None:
             return
