@@ -15,6 +15,7 @@ STREAMED modes each body message is answered by its own BodyResponse.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,9 @@ from epp.tracing import RequestTrace, RequestTracer
 from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+log = logging.getLogger("epp.request")
+VERBOSE_LEVEL = 15  # --v 3
 
 BODY_CHUNK_LIMIT = 62_000
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -266,6 +270,12 @@ class ExtProcStream:
             self._observer.failed(error, model, target)
         if self._trace is not None:
             self._trace.end_orchestration(target, 0, error.code)
+        if log.isEnabledFor(VERBOSE_LEVEL):
+            log.log(
+                VERBOSE_LEVEL,
+                "request rejected",
+                extra={"x-request-id": self._request_id, "error_code": error.code, "error": error.message},
+            )
         return [self._immediate(error)]
 
     def _schedule(self, prepared: Prepared, raw: bytes, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
@@ -300,6 +310,18 @@ class ExtProcStream:
         self._decision = decision
         if self._observer is not None:
             self._observer.picked(decision)
+        if log.isEnabledFor(VERBOSE_LEVEL):
+            request = decision.request
+            log.log(
+                VERBOSE_LEVEL,
+                "request routed",
+                extra={
+                    "x-request-id": self._request_id,
+                    "model": request.model,
+                    "target_model": request.target_model,
+                    "destination": decision.destination,
+                },
+            )
         # Built in place: passing sub-messages to constructors would copy them.
         response = pb.ProcessingResponse()
         common = (response.request_headers if phase == "request_headers" else response.request_body).response
@@ -408,6 +430,16 @@ class ExtProcStream:
             usage = usage_from_json(b"".join(self._response_chunks))
         self._response_chunks = []
         self._director.complete(decision, usage)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "response complete",
+                extra={
+                    "x-request-id": self._request_id,
+                    "response_bytes": self._response_bytes,
+                    "prompt_tokens": usage.prompt_tokens if usage else None,
+                    "completion_tokens": usage.completion_tokens if usage else None,
+                },
+            )
         if self._observer is not None:
             self._observer.completed(decision, usage, self._response_bytes, time.perf_counter() - self._started)
 
