@@ -22,7 +22,7 @@ from epp.extproc.core import ExtProcStream, openai_parser
 from epp.extproc.servicer import ExtProcServicer
 from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
-from epp.observability.metrics import RequestMetrics
+from epp.observability.wiring import install as install_observability
 from epp.scheduling_fallback import LeastQueueScheduler
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -60,7 +60,8 @@ async def start(settings: Settings) -> Runtime:
     director = Director(table, LeastQueueScheduler(), subset_filter=not settings.disable_endpoint_subset_filter)
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry)
+    observability = install_observability(registry, table, settings)
+    metrics = observability.request_metrics
     tracer: RequestTracer | None = None
     if settings.tracing:
         try:
@@ -68,6 +69,7 @@ async def start(settings: Settings) -> Runtime:
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
     servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics, tracer=tracer))
+    observability.watch_streams(servicer)
 
     options = [
         ("grpc.max_receive_message_length", settings.grpc_max_recv_msg_size),

@@ -160,7 +160,6 @@ NOT_BUILT: dict[str, str] = {
     "ha-enable-leader-election": "leader election needs Kubernetes discovery, which is not built yet",
     "metrics-endpoint-auth": "/metrics authentication uses Kubernetes TokenReview, which is not built yet",
     "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
-    "refresh-prometheus-metrics-interval": "the pool gauges are not built yet",
     "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
     "emit-endpoint-scores": "per-endpoint scores in dynamic metadata are not built yet",
     "tls-min-version": "TLS version selection is not supported by the gRPC Python server",

@@ -72,6 +72,10 @@ class StreamObserver(Protocol):
 
     def completed(self, decision: Decision, usage: Usage | None, response_bytes: int, seconds: float) -> None: ...
 
+    def first_response_chunk(self, decision: Decision, seconds: float) -> None: ...
+
+    def processing(self, request_seconds: float, response_seconds: float) -> None: ...
+
 
 class ExtProcStream:
     __slots__ = (
@@ -91,9 +95,11 @@ class ExtProcStream:
         "_request_done",
         "_request_id",
         "_request_mode",
+        "_request_seconds",
         "_response_bytes",
         "_response_chunks",
         "_response_mode",
+        "_response_seconds",
         "_rewrite",
         "_sse",
         "_sse_scanner",
@@ -142,12 +148,23 @@ class ExtProcStream:
         self._response_bytes = 0
         self._finished = False
         self._started = time.perf_counter()
+        self._request_seconds = 0.0
+        self._response_seconds = 0.0
         self.served_endpoint = ""
 
     # --- dispatch -------------------------------------------------------------------------------
 
     def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        started = time.perf_counter()
         kind = message.WhichOneof("request")
+        responses = self._dispatch(kind, message)
+        if kind is not None and kind.startswith("request"):
+            self._request_seconds += time.perf_counter() - started
+        else:
+            self._response_seconds += time.perf_counter() - started
+        return responses
+
+    def _dispatch(self, kind: str | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if kind == "request_headers":
             if message.HasField("protocol_config"):
                 self._request_mode = message.protocol_config.request_body_mode
@@ -171,6 +188,8 @@ class ExtProcStream:
     def close(self) -> None:
         """The gRPC stream ended; release the pick if the response never completed (client gone)."""
         self._finish()
+        if self._observer is not None:
+            self._observer.processing(self._request_seconds, self._response_seconds)
 
     # --- request phase ------------------------------------------------------------------------
 
@@ -382,6 +401,8 @@ class ExtProcStream:
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body
         end = body.end_of_stream
+        if self._sse and self._response_bytes == 0 and self._observer is not None and self._decision is not None:
+            self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
         self._response_bytes += len(chunk)
         scanner = self._sse_scanner
         if scanner is not None:

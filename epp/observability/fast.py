@@ -1,18 +1,24 @@
-"""Request-path metric families that cost a list index and an add per observation.
+"""Metric families that cost a list index and an add per observation.
 
 prometheus_client's own Counter/Histogram take a lock and walk the buckets in Python on every
 observation (~2 µs each, measured); with a handful per request that is a visible share of the
 per-request budget. These families keep plain numbers, mutated only on the event-loop thread, and a
 prometheus_client Collector turns them into standard metric families when /metrics is scraped.
+
+A family may also be exported under legacy names (`Alias`), optionally summed over a subset of its
+labels, so that old dashboards and alert rules keep working without a second per-request update.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+KINDS = ("counter", "gauge", "histogram")
 
 
 class Value:
@@ -48,22 +54,44 @@ class Distribution:
         self.sum += value
 
 
+@dataclass(frozen=True)
+class Alias:
+    """Export a family a second time under `name`; with `labels`, summed over the other labels."""
+
+    name: str
+    labels: tuple[str, ...] | None = None
+    documentation: str = ""
+
+
 class Family:
     """One metric name with its label names; `child(*values)` returns the (cached) child."""
 
     def __init__(
-        self, kind: str, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float] = ()
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = (),
+        aliases: Sequence[Alias] = (),
     ) -> None:
-        if kind not in ("counter", "gauge", "histogram"):
+        if kind not in KINDS:
             raise ValueError(f"unknown metric kind {kind!r}")
         if kind == "histogram" and not buckets:
             raise ValueError(f"histogram {name} needs buckets")
+        if list(buckets) != sorted(buckets):
+            raise ValueError(f"histogram {name}: buckets must be increasing")
         self.kind = kind
-        self.name = name.removesuffix("_total") if kind == "counter" else name
+        self.name = _base_name(kind, name)
         self.documentation = documentation
         self.labels = tuple(labels)
         self.buckets = tuple(float(b) for b in buckets)
         self.children: dict[tuple[str, ...], Value | Distribution] = {}
+        for alias in aliases:
+            unknown = set(alias.labels or ()) - set(self.labels)
+            if unknown:
+                raise ValueError(f"alias {alias.name} of {name}: labels {sorted(unknown)} are not in {self.labels}")
+        self.aliases = tuple(aliases)
 
     def child(self, *values: str) -> Value | Distribution:
         found = self.children.get(values)
@@ -84,30 +112,77 @@ class Family:
         assert isinstance(child, Distribution)
         return child
 
-    def collect(self) -> Metric:
+    def remove(self, *values: str) -> None:
+        self.children.pop(values, None)
+
+    def clear(self) -> None:
+        self.children.clear()
+
+    def collect(self) -> list[Metric]:
         children = list(self.children.items())
+        metrics = [self._export(self.name, self.documentation, self.labels, children)]
+        for alias in self.aliases:
+            name = _base_name(self.kind, alias.name)
+            documentation = alias.documentation or f"{self.documentation} (legacy name of {self.name})"
+            if alias.labels is None or alias.labels == self.labels:
+                metrics.append(self._export(name, documentation, self.labels, children))
+            else:
+                projected = self._project(alias.labels, children)
+                metrics.append(self._export(name, documentation, alias.labels, projected))
+        return metrics
+
+    def _project(
+        self, labels: tuple[str, ...], children: list[tuple[tuple[str, ...], Value | Distribution]]
+    ) -> list[tuple[tuple[str, ...], Value | Distribution]]:
+        """Sum children over the labels not in `labels` (values and histogram buckets add)."""
+        positions = [self.labels.index(label) for label in labels]
+        merged: dict[tuple[str, ...], Value | Distribution] = {}
+        for values, child in children:
+            key = tuple(values[i] for i in positions)
+            into = merged.get(key)
+            if into is None:
+                into = merged[key] = Distribution(self.buckets) if self.kind == "histogram" else Value()
+            if isinstance(child, Distribution) and isinstance(into, Distribution):
+                into.counts = [a + b for a, b in zip(into.counts, child.counts, strict=True)]
+                into.sum += child.sum
+            elif isinstance(child, Value) and isinstance(into, Value):
+                into.value += child.value
+        return list(merged.items())
+
+    def _export(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        children: list[tuple[tuple[str, ...], Value | Distribution]],
+    ) -> Metric:
         if self.kind == "counter":
-            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+            counter = CounterMetricFamily(name, documentation, labels=labels)
             for values, child in children:
                 assert isinstance(child, Value)
                 counter.add_metric(values, child.value)
             return counter
         if self.kind == "gauge":
-            gauge = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+            gauge = GaugeMetricFamily(name, documentation, labels=labels)
             for values, child in children:
                 assert isinstance(child, Value)
                 gauge.add_metric(values, child.value)
             return gauge
-        histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        histogram = HistogramMetricFamily(name, documentation, labels=labels)
+        bounds = (*self.buckets, float("inf"))
         for values, child in children:
             assert isinstance(child, Distribution)
             counts = child.counts[:]
             cumulative, running = [], 0
-            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+            for bound, count in zip(bounds, counts, strict=True):
                 running += count
                 cumulative.append((_bound_text(bound), float(running)))
             histogram.add_metric(values, cumulative, child.sum)
         return histogram
+
+
+def _base_name(kind: str, name: str) -> str:
+    return name.removesuffix("_total") if kind == "counter" else name
 
 
 def _bound_text(bound: float) -> str:
@@ -120,4 +195,4 @@ class FamiliesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for family in self.families:
-            yield family.collect()
+            yield from family.collect()

@@ -1,7 +1,13 @@
-"""Prometheus metrics with the reference EPP's names, types and labels (reference §8.1).
+"""Per-request Prometheus metrics with the reference EPP's names, types, labels and buckets (§8.1).
 
-`RequestMetrics` is the core's StreamObserver. Label children are cached per (model, target, priority)
-so a request costs a dict lookup and a few list increments (see epp/observability/fast.py).
+`RequestMetrics` is the protocol core's StreamObserver. Label children are resolved once per
+(model, target model, priority) and cached, so a request costs a dict lookup and a few list
+increments (see epp/observability/fast.py). Every `inference_objective_*` family is also exported
+under its pre-v1.1 `inference_model_*` name (summed over `priority` where the old name had no such
+label) at scrape time, so existing alert rules and dashboards work with no extra per-request cost.
+
+Label cardinality is bounded: after `MAX_LABEL_SETS` distinct label sets, new model names are
+counted under `"other"`.
 """
 
 from __future__ import annotations
@@ -12,130 +18,127 @@ from prometheus_client import CollectorRegistry
 
 from epp.director import Decision
 from epp.errors import EppError
-from epp.observability.fast import Distribution, FamiliesCollector, Family, Value
+from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family, Value
 from epp.scheduling.types import Usage
 
-_DURATION_BUCKETS = (
-    0.005,
-    0.025,
-    0.05,
-    0.1,
-    0.2,
-    0.4,
-    0.6,
-    0.8,
-    1.0,
-    1.25,
-    1.5,
-    2,
-    3,
-    4,
-    5,
-    6,
-    8,
-    10,
-    15,
-    20,
-    30,
-    45,
-    60,
-    120,
-    180,
-    240,
-    300,
-    360,
-    480,
-    600,
-    900,
-    1200,
-    1800,
-    2700,
-    3600,
-)
-_SIZE_BUCKETS = (*tuple(float(64 * 4**i) for i in range(13)), float(2**30))
-_TOKEN_BUCKETS = (
-    1,
-    8,
-    16,
-    32,
-    64,
-    128,
-    256,
-    512,
-    1024,
-    2048,
-    4096,
-    8192,
-    16384,
-    32778,
-    65536,
-    131072,
-    262144,
-    524288,
-    1048576,
-)
-_MODEL_LABELS = ("model_name", "target_model_name")
-#: distinct (model, target, priority) label sets kept before new ones are counted under "other"
+#: request latency and TTFT buckets (5 ms … 1 h), as the reference
+DURATION_BUCKETS = (
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
+    120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+#: request size buckets: powers of two from 64 B to 1 GiB
+REQUEST_SIZE_BUCKETS = tuple(float(2**i) for i in range(6, 31))
+#: response size buckets (the reference's, including its 32778)
+RESPONSE_SIZE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536)
+INPUT_TOKEN_BUCKETS = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072, 262144, 524288, 1048576,
+)  # fmt: skip
+OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+NTPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: EPP overhead per request (10 µs … 1 s)
+PROCESSING_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+MODEL_LABELS = ("model_name", "target_model_name")
+#: distinct label sets kept per family group before new model names are counted under "other"
 MAX_LABEL_SETS = 1000
 OVERFLOW_LABEL = "other"
 
+OBJECTIVE = "inference_objective_"
+LEGACY = "inference_model_"
+
+
+def _legacy(name: str, labels: tuple[str, ...] | None = None) -> tuple[Alias, ...]:
+    return (Alias(LEGACY + name, labels),)
+
 
 class RequestMetrics:
+    """The `inference_objective_*` families (plus legacy names) and EPP overhead histograms."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.request_total = Family(
             "counter",
-            "inference_objective_request_total",
+            OBJECTIVE + "request_total",
             "Counter of inference objective requests broken out for each model and target model.",
-            [*_MODEL_LABELS, "priority"],
+            [*MODEL_LABELS, "priority"],
+            aliases=_legacy("request_total", MODEL_LABELS),
         )
         self.request_error_total = Family(
             "counter",
-            "inference_objective_request_error_total",
+            OBJECTIVE + "request_error_total",
             "Counter of inference objective requests errors broken out for each model and target model.",
-            [*_MODEL_LABELS, "error_code"],
+            [*MODEL_LABELS, "error_code"],
+            aliases=_legacy("request_error_total"),
         )
-        self.request_duration = Family(
-            "histogram",
-            "inference_objective_request_duration_seconds",
+        self.request_duration = self._histogram(
+            "request_duration_seconds",
             "Inference objective response latency distribution in seconds for each model and target model.",
-            _MODEL_LABELS,
-            _DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
-        self.request_sizes = Family(
-            "histogram",
-            "inference_objective_request_sizes",
+        self.request_sizes = self._histogram(
+            "request_sizes",
             "Inference objective requests size distribution in bytes for each model and target model.",
-            _MODEL_LABELS,
-            _SIZE_BUCKETS,
+            REQUEST_SIZE_BUCKETS,
         )
-        self.response_sizes = Family(
-            "histogram",
-            "inference_objective_response_sizes",
+        self.response_sizes = self._histogram(
+            "response_sizes",
             "Inference objective responses size distribution in bytes for each model and target model.",
-            _MODEL_LABELS,
-            _SIZE_BUCKETS,
+            RESPONSE_SIZE_BUCKETS,
         )
-        self.input_tokens = Family(
-            "histogram",
-            "inference_objective_input_tokens",
+        self.input_tokens = self._histogram(
+            "input_tokens",
             "Inference objective input token count distribution for requests in each model.",
-            _MODEL_LABELS,
-            _TOKEN_BUCKETS,
+            INPUT_TOKEN_BUCKETS,
         )
-        self.output_tokens = Family(
-            "histogram",
-            "inference_objective_output_tokens",
+        self.output_tokens = self._histogram(
+            "output_tokens",
             "Inference objective output token count distribution for requests in each model.",
-            _MODEL_LABELS,
-            _TOKEN_BUCKETS,
+            OUTPUT_TOKEN_BUCKETS,
+        )
+        self.prompt_cached_tokens = self._histogram(
+            "prompt_cached_tokens",
+            "Inference objective prompt cached token count distribution for requests in each model.",
+            INPUT_TOKEN_BUCKETS,
+            legacy=False,
         )
         self.running_requests = Family(
             "gauge",
-            "inference_objective_running_requests",
+            OBJECTIVE + "running_requests",
             "Inference objective number of running requests in each model.",
             ["model_name"],
+            aliases=_legacy("running_requests"),
         )
+        self.ntpot = self._histogram(
+            "normalized_time_per_output_token_seconds",
+            "Inference objective latency divided by number of output tokens in seconds for each model and target"
+            " model.",
+            NTPOT_BUCKETS,
+        )
+        self.ttft = self._histogram(
+            "request_ttft_seconds",
+            "Inference model TTFT distribution in seconds for each model and target model (streamed responses: "
+            "from the request's first byte at the EPP to the first response body chunk).",
+            DURATION_BUCKETS,
+            legacy=False,
+        )
+        self.request_processing = Family(
+            "histogram",
+            "inference_extension_request_processing_duration_seconds",
+            "Time the EPP spent processing the request phase of one stream (parse, admission, scheduling, "
+            "building responses), summed over the stream's request messages.",
+            buckets=PROCESSING_BUCKETS,
+        )
+        self.response_processing = Family(
+            "histogram",
+            "inference_extension_response_processing_duration_seconds",
+            "Time the EPP spent processing the response phase of one stream (usage parsing, model-name "
+            "rewrite, completion hooks), summed over the stream's response messages.",
+            buckets=PROCESSING_BUCKETS,
+        )
+        self._request_processing = self.request_processing.distribution()
+        self._response_processing = self.response_processing.distribution()
         self.families = [
             self.request_total,
             self.request_error_total,
@@ -144,10 +147,20 @@ class RequestMetrics:
             self.response_sizes,
             self.input_tokens,
             self.output_tokens,
+            self.prompt_cached_tokens,
             self.running_requests,
+            self.ntpot,
+            self.ttft,
+            self.request_processing,
+            self.response_processing,
         ]
         registry.register(FamiliesCollector(self.families))
         self._children: dict[tuple[str, str, int], _Children] = {}
+        self._errors: dict[tuple[str, str, str], Value] = {}
+
+    def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...], legacy: bool = True) -> Family:
+        aliases = _legacy(name) if legacy else ()
+        return Family("histogram", OBJECTIVE + name, documentation, MODEL_LABELS, buckets, aliases)
 
     def _for(self, model: str, target: str, priority: int) -> _Children:
         """Label children of one (model, target, priority), created once; label values are capped."""
@@ -162,14 +175,20 @@ class RequestMetrics:
                 children = _Children(
                     total=self.request_total.value(model, target, str(priority)),
                     sizes=self.request_sizes.distribution(model, target),
-                    running=self.running_requests.value(model),
+                    # the reference does not count requests without a model name as running
+                    running=self.running_requests.value(model) if model else Value(),
                     duration=self.request_duration.distribution(model, target),
                     response_sizes=self.response_sizes.distribution(model, target),
                     input_tokens=self.input_tokens.distribution(model, target),
                     output_tokens=self.output_tokens.distribution(model, target),
+                    cached_tokens=self.prompt_cached_tokens.distribution(model, target),
+                    ntpot=self.ntpot.distribution(model, target),
+                    ttft=self.ttft.distribution(model, target),
                 )
                 self._children[key] = children
         return children
+
+    # --- StreamObserver ---------------------------------------------------------------------
 
     def picked(self, decision: Decision) -> None:
         request = decision.request
@@ -179,9 +198,18 @@ class RequestMetrics:
         children.running.value += 1.0
 
     def failed(self, error: EppError, model: str, target_model: str) -> None:
-        if len(self._children) >= MAX_LABEL_SETS:
-            model = target_model = OVERFLOW_LABEL
-        self.request_error_total.value(model, target_model, error.code).value += 1.0
+        key = (model, target_model, error.code)
+        counter = self._errors.get(key)
+        if counter is None:
+            if len(self._errors) >= MAX_LABEL_SETS:
+                key = (OVERFLOW_LABEL, OVERFLOW_LABEL, error.code)
+            counter = self._errors[key] = self.request_error_total.value(*key)
+        counter.value += 1.0
+
+    def first_response_chunk(self, decision: Decision, seconds: float) -> None:
+        """A streamed (SSE) response's first body chunk arrived `seconds` after the request started."""
+        request = decision.request
+        self._for(request.model, request.target_model, request.priority).ttft.observe(seconds)
 
     def completed(self, decision: Decision, usage: Usage | None, response_bytes: int, seconds: float) -> None:
         request = decision.request
@@ -190,8 +218,19 @@ class RequestMetrics:
         children.duration.observe(seconds)
         children.response_sizes.observe(response_bytes)
         if usage is not None:
-            children.input_tokens.observe(usage.prompt_tokens)
-            children.output_tokens.observe(usage.completion_tokens)
+            if usage.prompt_tokens > 0:
+                children.input_tokens.observe(usage.prompt_tokens)
+            output = usage.completion_tokens
+            if output > 0:
+                children.output_tokens.observe(output)
+                children.ntpot.observe(seconds / output)
+            children.cached_tokens.observe(usage.cached_tokens)
+
+    def processing(self, request_seconds: float, response_seconds: float) -> None:
+        """The stream ended; the EPP spent these many seconds on its request and response messages."""
+        self._request_processing.observe(request_seconds)
+        if response_seconds > 0.0:
+            self._response_processing.observe(response_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +242,6 @@ class _Children:
     response_sizes: Distribution
     input_tokens: Distribution
     output_tokens: Distribution
+    cached_tokens: Distribution
+    ntpot: Distribution
+    ttft: Distribution

@@ -313,6 +313,12 @@ def test_streamed_response_chunks_pass_through_at_once_and_sse_usage_is_read() -
         def completed(self, decision: object, usage: object, response_bytes: int, seconds: float) -> None:
             completed.append((usage, response_bytes))
 
+        def first_response_chunk(self, decision: object, seconds: float) -> None:
+            pass
+
+        def processing(self, request_seconds: float, response_seconds: float) -> None:
+            pass
+
     director = Director(table, LeastQueueScheduler())
     stream = ExtProcStream(director, openai_parser, Observer())
     stream.process(headers_msg())

@@ -1,0 +1,54 @@
+"""One call that puts every EPP metric family on the app's registry: `install(registry, table, settings)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from epp.datastore.table import EndpointTable
+from epp.observability.extension import EXTENSION, ExtensionMetrics, StreamsCollector, set_build_info
+from epp.observability.metrics import RequestMetrics
+from epp.observability.pool import PoolGauges
+
+#: the `name` label of the pool gauges when the EPP runs without an InferencePool (--endpoints, ...)
+STANDALONE_POOL_NAME = "standalone"
+
+
+class StreamCounters(Protocol):
+    """What the gRPC servicer exposes: plain integer counters."""
+
+    streams_in_flight: int
+    streams_total: int
+
+
+@dataclass
+class Observability:
+    registry: CollectorRegistry
+    #: the StreamObserver to hand every ExtProcStream
+    request_metrics: RequestMetrics
+    pool: PoolGauges
+    extension: ExtensionMetrics
+
+    def watch_streams(self, servicer: StreamCounters) -> None:
+        """Export the servicer's stream counters (read at scrape time; no per-request cost)."""
+        self.registry.register(
+            StreamsCollector(lambda: float(servicer.streams_in_flight), lambda: float(servicer.streams_total))
+        )
+
+
+def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) -> Observability:
+    """Register request, pool and extension metrics; `settings` is epp.cli.Settings (or any object with
+    pool_name, metrics_staleness_threshold and refresh_prometheus_metrics_interval)."""
+    request_metrics = RequestMetrics(registry)
+    pool = PoolGauges(
+        table,
+        getattr(settings, "pool_name", "") or STANDALONE_POOL_NAME,
+        staleness_s=float(getattr(settings, "metrics_staleness_threshold", 2.0)),
+        refresh_s=float(getattr(settings, "refresh_prometheus_metrics_interval", 5.0)),
+    )
+    registry.register(pool)
+    set_build_info()
+    registry.register(EXTENSION.collector)
+    return Observability(registry, request_metrics, pool, EXTENSION)
