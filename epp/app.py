@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 
 from epp import tls
 from epp.cli import Settings
+from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
+from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, parse_endpoints_flag
@@ -47,6 +50,8 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: EndpointsFileWatcher | None = None
     tracer: RequestTracer | None = None
+    scrape_plane: ScrapePlane | None = None
+    shared_memory: SharedMemory | None = None
     grpc_port: int = 0
     health_port: int = 0
 
@@ -55,7 +60,7 @@ async def start(settings: Settings) -> Runtime:
     """Build and start everything; returns once the servers listen (ports may be 0 = ephemeral)."""
     if settings.config_file or settings.config_text:
         raise StartupError("--config-file/--config-text: EndpointPickerConfig support is not built yet")
-    table = EndpointTable(settings.max_endpoints)
+    table, shared_memory = create_shared_table(settings.max_endpoints)
     health = HealthState()
     director = Director(table, LeastQueueScheduler(), subset_filter=not settings.disable_endpoint_subset_filter)
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -106,6 +111,14 @@ async def start(settings: Settings) -> Runtime:
     except EndpointSpecError as exc:
         raise StartupError(str(exc)) from None
 
+    runtime.shared_memory = shared_memory
+    runtime.scrape_plane = ScrapePlane()
+    source = MetricsDataSourceParams(
+        scheme=settings.model_server_metrics_scheme,
+        path=settings.model_server_metrics_path,
+        insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
+    )
+    runtime.scrape_plane.start(table, source, CoreMetricsExtractorParams(), settings.refresh_metrics_interval)
     await server.start()
     await health_server.start()
     start_http_server(settings.metrics_port, registry=registry)
@@ -130,6 +143,10 @@ async def stop(runtime: Runtime) -> None:
     await runtime.health_server.stop(grace=None)
     if runtime.tracer is not None:
         runtime.tracer.shutdown()
+    if runtime.scrape_plane is not None:
+        await runtime.scrape_plane.stop()
+    if runtime.shared_memory is not None:
+        runtime.shared_memory.unlink()
     log.info("stopped")
 
 

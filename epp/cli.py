@@ -167,6 +167,8 @@ NOT_BUILT: dict[str, str] = {
     "metrics-cert-dir": "TLS on /metrics is not built yet",
     "metrics-client-ca-file": "mTLS on /metrics is not built yet",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
+    "model-server-metrics-port": "applies to InferencePool discovery with one target port, which is not built yet;"
+    " give standalone endpoints a metricsPort in --endpoints-file instead",
     "zap-stacktrace-level": "stack-trace level selection is not built yet",
     "zap-devel": "zap development mode has no equivalent in this build",
 }

@@ -230,6 +230,11 @@ class EndpointTable:
         """`listener(kind, slot, endpoint)` runs (under the table lock) on add, update and remove."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def _notify(self, kind: str, slot: int, endpoint: Endpoint) -> None:
         for listener in self._listeners:
             listener(kind, slot, endpoint)

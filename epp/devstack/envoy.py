@@ -99,7 +99,7 @@ class EnvoyProcess:
         config_path.write_text(json.dumps(self.config))
         command = [
             envoy_binary(), "-c", str(config_path), "--concurrency", str(self.concurrency),
-            "-l", self.log_level, "--use-dynamic-base-id", "--log-path", str(self.log_path),
+            "-l", self.log_level, "--disable-hot-restart", "--log-path", str(self.log_path),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

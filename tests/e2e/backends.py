@@ -28,6 +28,15 @@ class EchoBackends:
     _thread: threading.Thread | None = None
     _runners: list[web.AppRunner] = field(default_factory=list)
 
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        """A minimal vLLM-style page so the EPP's scrape plane sees an idle server (not recorded)."""
+        page = (
+            'vllm:num_requests_waiting{model_name="m"} 0.0\n'
+            'vllm:num_requests_running{model_name="m"} 0.0\n'
+            'vllm:kv_cache_usage_perc{model_name="m"} 0.0\n'
+        )
+        return web.Response(text=page, content_type="text/plain")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         port = request.transport.get_extra_info("sockname")[1] if request.transport else 0
         body = await request.read()
@@ -63,6 +72,7 @@ class EchoBackends:
             self._loop = loop
             asyncio.set_event_loop(loop)
             app = web.Application()
+            app.router.add_get("/metrics", self._metrics)
             app.router.add_route("*", "/{tail:.*}", self._handle)
             for port in self.ports:
                 runner = web.AppRunner(app, access_log=None)
