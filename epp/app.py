@@ -16,17 +16,18 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 
 from epp import tls
 from epp.cli import Settings
+from epp.config.schema import ConfigError, default_config, load_config_file, load_config_text
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, parse_endpoints_flag
-from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream, openai_parser, passthrough_parser
 from epp.extproc.servicer import ExtProcServicer
 from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
 from epp.observability.wiring import install as install_observability
-from epp.scheduling_fallback import LeastQueueScheduler
+from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
@@ -58,11 +59,26 @@ class Runtime:
 
 async def start(settings: Settings) -> Runtime:
     """Build and start everything; returns once the servers listen (ports may be 0 = ephemeral)."""
-    if settings.config_file or settings.config_text:
-        raise StartupError("--config-file/--config-text: EndpointPickerConfig support is not built yet")
+    try:
+        if settings.config_file:
+            config = load_config_file(settings.config_file)
+        elif settings.config_text:
+            config = load_config_text(settings.config_text, "--config-text")
+        else:
+            config = default_config()
+    except ConfigError as exc:
+        raise StartupError("invalid EndpointPickerConfig:\n  " + "\n  ".join(exc.errors)) from None
     table, shared_memory = create_shared_table(settings.max_endpoints)
     health = HealthState()
-    director = Director(table, LeastQueueScheduler(), subset_filter=not settings.disable_endpoint_subset_filter)
+    scheduler = build_scheduler(config, table)
+    director = Director(
+        table,
+        scheduler,
+        hooks=scheduler,
+        subset_filter=not settings.disable_endpoint_subset_filter,
+        saturation=scheduler.saturation,
+    )
+    parser = passthrough_parser if config.parser == "passthrough-parser" else openai_parser
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     observability = install_observability(registry, table, settings)
@@ -73,7 +89,7 @@ async def start(settings: Settings) -> Runtime:
             tracer = RequestTracer.from_env()
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
-    servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser, metrics, tracer=tracer))
+    servicer = ExtProcServicer(lambda: ExtProcStream(director, parser, metrics, tracer=tracer))
     observability.watch_streams(servicer)
 
     options = [
@@ -118,7 +134,13 @@ async def start(settings: Settings) -> Runtime:
         path=settings.model_server_metrics_path,
         insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
     )
-    runtime.scrape_plane.start(table, source, CoreMetricsExtractorParams(), settings.refresh_metrics_interval)
+    extractor = CoreMetricsExtractorParams()
+    for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
+        if instance.type == "metrics-data-source":
+            source = instance.plugin.parameters
+        elif instance.type == "core-metrics-extractor":
+            extractor = instance.plugin.parameters
+    runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
     await server.start()
     await health_server.start()
     start_http_server(settings.metrics_port, registry=registry)

@@ -274,9 +274,9 @@ def validate(settings: Settings) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["config", "check"]:
-        from epp.config.check import main as config_check  # type: ignore[import-not-found,unused-ignore]
+        from epp.config.check import main as config_check
 
-        return int(config_check(args[2:]))
+        return config_check(args[2:])
     if args and args[0] == "config":
         print("usage: epp config check FILE", file=sys.stderr)
         return 2

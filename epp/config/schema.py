@@ -1,0 +1,270 @@
+"""EndpointPickerConfig: YAML → typed objects after the reference's defaulting and validation.
+
+Every error names the path in the file and what would be valid; all errors are reported at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from epp.scheduling.plugin import ParameterError, Plugin
+from epp.scheduling.registry import plugin_types
+
+API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
+KIND = "EndpointPickerConfig"
+FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "haPopulateNonLeaderDatastore")
+_TOP_LEVEL = ("apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "saturationDetector",
+              "dataLayer", "parser", "flowControl")  # fmt: skip
+#: Flow control is built (epp/flowcontrol) but not yet configurable from the file.
+_NOT_BUILT_SECTIONS = {"flowControl": "the flowControl section is not configurable yet"}
+
+DEFAULT_CONFIG_TEXT = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+"""
+
+
+class ConfigError(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class PluginInstance:
+    name: str
+    type: str
+    plugin: Plugin
+
+
+@dataclass
+class ProfileEntry:
+    ref: str
+    weight: float
+
+
+@dataclass
+class Profile:
+    name: str
+    entries: list[ProfileEntry]
+
+
+@dataclass
+class EndpointPickerConfig:
+    plugins: dict[str, PluginInstance]
+    profiles: list[Profile]
+    feature_gates: list[str] = field(default_factory=list)
+    parser: str = "openai-parser"
+    saturation_detector: str = "utilization-detector"
+    source: str = "<default>"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration after defaulting, as a YAML-able document."""
+        return {
+            "apiVersion": API_VERSIONS[0],
+            "kind": KIND,
+            "featureGates": list(self.feature_gates),
+            "plugins": [
+                {"name": p.name, "type": p.type, "parameters": _params_dict(p.plugin.parameters)}
+                for p in self.plugins.values()
+            ],
+            "schedulingProfiles": [
+                {"name": profile.name, "plugins": [{"pluginRef": e.ref, "weight": e.weight} for e in profile.entries]}
+                for profile in self.profiles
+            ],
+            "parser": {"pluginRef": self.parser},
+            "saturationDetector": {"pluginRef": self.saturation_detector},
+        }
+
+
+def _params_dict(parameters: Any) -> dict[str, Any]:
+    import dataclasses
+
+    from epp.scheduling.plugin import _camel
+
+    if not dataclasses.is_dataclass(parameters):
+        return {}
+    return {_camel(f.name): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
+
+
+def default_config() -> EndpointPickerConfig:
+    return load_config_text(DEFAULT_CONFIG_TEXT, "<built-in default>")
+
+
+def load_config_file(path: str) -> EndpointPickerConfig:
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    return load_config_text(text, path)
+
+
+def load_config_text(text: str, source: str) -> EndpointPickerConfig:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
+    errors: list[str] = []
+    config = _build(document if document is not None else {}, source, errors)
+    if errors or config is None:
+        raise ConfigError(errors)
+    return config
+
+
+def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfig | None:
+    def error(path: str, message: str) -> None:
+        errors.append(f"{source}: {path}: {message}")
+
+    if not isinstance(document, Mapping):
+        error("(top level)", f"expected a mapping ({KIND}), got {type(document).__name__}")
+        return None
+    for key in document:
+        if key not in _TOP_LEVEL:
+            error(str(key), f"unknown field; valid fields: {', '.join(_TOP_LEVEL)}")
+        elif key in _NOT_BUILT_SECTIONS:
+            error(str(key), _NOT_BUILT_SECTIONS[key])
+    api_version = document.get("apiVersion", API_VERSIONS[0])
+    if api_version not in API_VERSIONS:
+        error("apiVersion", f"{api_version!r} is not supported; use {' or '.join(API_VERSIONS)}")
+    if document.get("kind", KIND) != KIND:
+        error("kind", f"{document.get('kind')!r}; expected {KIND}")
+    gates = document.get("featureGates") or []
+    if not isinstance(gates, list):
+        error("featureGates", "expected a list of gate names")
+        gates = []
+    for i, gate in enumerate(gates):
+        if gate not in FEATURE_GATES:
+            error(f"featureGates[{i}]", f"unknown feature gate {gate!r}; known: {', '.join(FEATURE_GATES)}")
+
+    types = plugin_types()
+    plugins: dict[str, PluginInstance] = {}
+    raw_plugins = document.get("plugins") or []
+    if not isinstance(raw_plugins, list):
+        error("plugins", "expected a list of {type, name, parameters}")
+        raw_plugins = []
+    for i, raw in enumerate(raw_plugins):
+        path = f"plugins[{i}]"
+        if not isinstance(raw, Mapping) or "type" not in raw:
+            error(path, "expected a mapping with a 'type' (and optional 'name', 'parameters')")
+            continue
+        extra = sorted(set(raw) - {"type", "name", "parameters"})
+        if extra:
+            error(f"{path}.{extra[0]}", "unknown field; valid fields: type, name, parameters")
+        kind = raw["type"]
+        if kind not in types:
+            error(f"{path}.type", f"unknown plugin type {kind!r}; known types: {', '.join(sorted(types))}")
+            continue
+        name = raw.get("name") or kind
+        if name in plugins:
+            error(f"{path}.name", f"plugin name {name!r} is used twice; give one of them a distinct name")
+            continue
+        try:
+            parameters = types[kind].parse_parameters(raw.get("parameters"), f"{path}.parameters")
+        except ParameterError as exc:
+            errors.append(f"{source}: {exc}")
+            continue
+        plugins[name] = PluginInstance(name, kind, types[kind](name, parameters))
+
+    profiles: list[Profile] = []
+    raw_profiles = document.get("schedulingProfiles")
+    if raw_profiles is None:
+        # Defaulting rule 1: one profile with every filter, scorer and picker.
+        entries = [
+            ProfileEntry(p.name, 1.0) for p in plugins.values() if p.plugin.role in ("filter", "scorer", "picker")
+        ]
+        profiles.append(Profile("default", entries))
+    elif not isinstance(raw_profiles, list) or not raw_profiles:
+        error("schedulingProfiles", "expected a non-empty list of {name, plugins}")
+    else:
+        names: set[str] = set()
+        for i, raw in enumerate(raw_profiles):
+            path = f"schedulingProfiles[{i}]"
+            if not isinstance(raw, Mapping) or not raw.get("name"):
+                error(path, "expected a mapping with a 'name' and 'plugins'")
+                continue
+            if raw["name"] in names:
+                error(f"{path}.name", f"profile name {raw['name']!r} is used twice")
+            names.add(raw["name"])
+            entries = []
+            pickers = []
+            for j, ref in enumerate(raw.get("plugins") or []):
+                ref_path = f"{path}.plugins[{j}]"
+                if not isinstance(ref, Mapping) or "pluginRef" not in ref:
+                    error(ref_path, "expected {pluginRef, weight}")
+                    continue
+                target = plugins.get(ref["pluginRef"])
+                if target is None:
+                    error(f"{ref_path}.pluginRef", f"{ref['pluginRef']!r} is not a plugin declared under plugins; "
+                          f"declared: {', '.join(plugins) or 'none'}")  # fmt: skip
+                    continue
+                weight = ref.get("weight", 1.0)
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                    error(f"{ref_path}.weight", f"expected a non-negative number, got {weight!r}")
+                    continue
+                if target.plugin.role not in ("filter", "scorer", "picker"):
+                    error(f"{ref_path}.pluginRef", f"{target.name} is a {target.plugin.role}; profiles take "
+                          "filters, scorers and pickers")  # fmt: skip
+                    continue
+                if target.plugin.role == "picker":
+                    pickers.append(target.name)
+                entries.append(ProfileEntry(target.name, float(weight)))
+            if len(pickers) > 1:
+                error(f"{path}.plugins", f"two pickers ({', '.join(pickers)}); a profile takes at most one")
+            profiles.append(Profile(raw["name"], entries))
+    if len(profiles) > 1:
+        error("schedulingProfiles", "several profiles need a multi-profile handler, which is not built yet; use one")
+
+    # Defaulting rule 3: a max-score-picker in every profile lacking a picker.
+    for profile in profiles:
+        if not any(plugins[e.ref].plugin.role == "picker" for e in profile.entries):
+            if "max-score-picker" not in plugins and "max-score-picker" in types:
+                cls = types["max-score-picker"]
+                plugins["max-score-picker"] = PluginInstance(
+                    "max-score-picker", "max-score-picker", cls("max-score-picker", cls.parse_parameters({}, ""))
+                )
+            profile.entries.append(ProfileEntry("max-score-picker", 1.0))
+
+    parser = "openai-parser"
+    raw_parser = document.get("parser")
+    if raw_parser is not None:
+        ref = raw_parser.get("pluginRef") if isinstance(raw_parser, Mapping) else None
+        target = plugins.get(ref) if isinstance(ref, str) else None
+        if target is None or target.type not in ("openai-parser", "passthrough-parser"):
+            error("parser.pluginRef", f"{ref!r} must name a declared openai-parser or passthrough-parser plugin")
+        else:
+            parser = target.type
+    detector = "utilization-detector"
+    raw_detector = document.get("saturationDetector")
+    if raw_detector is not None:
+        ref = raw_detector.get("pluginRef") if isinstance(raw_detector, Mapping) else None
+        target = plugins.get(ref) if isinstance(ref, str) else None
+        if target is None or target.type != "utilization-detector":
+            error("saturationDetector.pluginRef", f"{ref!r} must name a declared utilization-detector plugin")
+        else:
+            detector = target.name
+    if detector not in plugins and "utilization-detector" in types:
+        cls = types["utilization-detector"]
+        plugins[detector] = PluginInstance(
+            detector, "utilization-detector", cls(detector, cls.parse_parameters({}, ""))
+        )
+    if errors:
+        return None
+    return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source)

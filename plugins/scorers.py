@@ -1,0 +1,60 @@
+"""Load and affinity scorers with the reference's formulas; each returns one score in [0, 1] per candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from epp.datastore.table import SlotArray
+from epp.scheduling.plugin import CycleState, Scorer, Scores
+
+
+def _min_max_inverted(values: Scores) -> Scores:
+    """(max - v) / (max - min); all equal → 1.0 (reference queue-scorer normalisation)."""
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.ones(len(values), dtype=np.float64)
+    result: Scores = (high - values) / (high - low)
+    return result
+
+
+class QueueScorer(Scorer):
+    type_name = "queue-scorer"
+
+    def score(self, state: CycleState, candidates: SlotArray) -> Scores:
+        return _min_max_inverted(state.table.waiting_queue.take(candidates))
+
+
+class RunningRequestsSizeScorer(Scorer):
+    type_name = "running-requests-size-scorer"
+
+    def score(self, state: CycleState, candidates: SlotArray) -> Scores:
+        return _min_max_inverted(state.table.running_requests.take(candidates))
+
+
+class KVCacheUtilizationScorer(Scorer):
+    type_name = "kv-cache-utilization-scorer"
+
+    def score(self, state: CycleState, candidates: SlotArray) -> Scores:
+        return 1.0 - state.table.kv_usage.take(candidates)
+
+
+class LoraAffinityScorer(Scorer):
+    """1.0 adapter active; 0.8 room for another adapter; 0.6 adapter waiting; else 0 (target model = adapter)."""
+
+    type_name = "lora-affinity-scorer"
+
+    def score(self, state: CycleState, candidates: SlotArray) -> Scores:
+        table = state.table
+        scores = np.zeros(len(candidates))
+        if table.lora_generation == 0:
+            return scores  # no server has reported LoRA state: every candidate scores 0
+        adapter = state.request.target_model
+        active, waiting, max_lora = table.lora_active, table.lora_waiting, table.max_lora
+        for i, slot in enumerate(candidates.tolist()):
+            if adapter in active[slot]:
+                scores[i] = 1.0
+            elif len(active[slot]) + len(waiting[slot]) < max_lora[slot]:
+                scores[i] = 0.8
+            elif adapter in waiting[slot]:
+                scores[i] = 0.6
+        return scores

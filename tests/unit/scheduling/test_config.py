@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from epp.config.schema import ConfigError, default_config, load_config_text
+
+ROOT = Path(__file__).resolve().parents[3]
+SEED = ROOT.parent / "shared" / "seeds" / "003_16eff0c8e3a3d563.txt"
+
+
+def istio_configmap_text() -> str:
+    """default-plugins.yaml exactly as the Istio guide's ConfigMap carries it (block scalar, dedented)."""
+    lines = SEED.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "default-plugins.yaml: |") + 1
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    body = []
+    for line in lines[start:]:
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break
+        body.append(line[indent:])
+    return "\n".join(body)
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the user guides are beside the repository only in the workspace")
+def test_istio_guide_configmap_loads_unchanged() -> None:
+    config = load_config_text(istio_configmap_text(), "plugins-config")
+    weights = {e.ref: e.weight for e in config.profiles[0].entries}
+    assert weights == {
+        "queue-scorer": 2,
+        "kv-cache-utilization-scorer": 2,
+        "prefix-cache-scorer": 3,
+        "max-score-picker": 1,
+    }
+
+
+def test_builtin_default_matches_reference() -> None:
+    config = default_config()
+    assert [(e.ref, e.weight) for e in config.profiles[0].entries] == [
+        ("queue-scorer", 2), ("kv-cache-utilization-scorer", 2), ("prefix-cache-scorer", 3), ("max-score-picker", 1)
+    ]  # fmt: skip
+    assert config.parser == "openai-parser" and config.saturation_detector == "utilization-detector"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plugins: [{type: nope}]", r"plugins\[0\]\.type: unknown plugin type 'nope'; known types: .*queue-scorer"),
+        ("featureGates: [fast]", r"featureGates\[0\]: unknown feature gate 'fast'; known: flowControl"),
+        ("plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: x}]}]",
+         r"schedulingProfiles\[0\]\.plugins\[0\]\.pluginRef: 'x' is not a plugin declared"),
+        ("plugins: [{type: random-picker}, {type: max-score-picker}]\n"
+         "schedulingProfiles: [{name: a, plugins: [{pluginRef: random-picker}, {pluginRef: max-score-picker}]}]",
+         r"two pickers"),
+        ("plugins: [{type: max-score-picker, parameters: {maxNumOfEndpoints: two}}]",
+         r"plugins\[0\]\.parameters\.maxNumOfEndpoints: expected an integer, got 'two'"),
+        ("plugins: [{type: approx-prefix-cache-producer, parameters: {blockSizeTokens: 0}}]",
+         r"blockSizeTokens must be positive"),
+        ("plugins: [{type: queue-scorer, parameters: {weight: 2}}]", r"unknown parameter of queue-scorer"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_path_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config_text(text, "cfg.yaml")
+    assert any(re.search(message, line) for line in error.value.errors), error.value.errors
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = subprocess.run([sys.executable, "-m", "epp.cli", "config", "check", str(ROOT / "config" / "lora.yaml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert good.returncode == 0 and "lora-affinity-scorer" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins: [{type: queue-scorerr}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "epp.cli", "config", "check", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "plugins[0].type: unknown plugin type 'queue-scorerr'" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    load_config_text(path.read_text(), str(path))

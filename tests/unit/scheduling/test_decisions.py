@@ -1,0 +1,139 @@
+"""The reference's decision scenarios and per-plugin expectations, computed by hand."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from epp.config.schema import default_config, load_config_text
+from epp.datastore.table import Endpoint, EndpointTable
+from epp.scheduling.framework import build_scheduler
+from epp.scheduling.plugin import CycleState
+from epp.scheduling.types import LLMRequest
+from plugins.pickers import PickerParameters, WeightedRandomPicker
+from plugins.prefix import block_hashes
+
+ALL_FOUR = """
+plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer},
+          {type: lora-affinity-scorer}]
+"""
+
+
+def pool(*pods: tuple[float, float, list[str]]) -> EndpointTable:
+    table = EndpointTable(16)
+    for i, (queue, kv, adapters) in enumerate(pods):
+        slot = table.add(Endpoint(f"192.168.1.{i + 1}", 8000, name=f"pod-{i}"))
+        table.waiting_queue[slot] = queue
+        table.kv_usage[slot] = kv
+        table.set_lora(slot, frozenset(adapters), frozenset(), 0)
+    return table
+
+
+def request(target: str = "my-model-12345", prompt: str = "test1") -> LLMRequest:
+    return LLMRequest("r", "my-model", target, {}, prompt_bytes=prompt.encode())
+
+
+def pick(table: EndpointTable, config: str = ALL_FOUR, req: LLMRequest | None = None) -> str:
+    scheduler = build_scheduler(load_config_text(config, "t"), table)
+    result = scheduler.schedule(req or request(), table, table.live_slots())
+    return table.hostports[int(result.primary[0])]
+
+
+def test_scenario_1_lower_queue_and_kv_wins() -> None:
+    assert pick(pool((3, 0.2, []), (0, 0.1, []), (10, 0.2, []))) == "192.168.1.2:8000"
+
+
+def test_scenario_2_active_lora_with_low_queue() -> None:
+    table = pool((0, 0.2, ["foo", "bar"]), (0, 0.1, ["foo", "sql-lora-1fdg2"]), (10, 0.2, ["foo", "bar"]))
+    assert pick(table, req=request("sql-lora-1fdg2")) == "192.168.1.2:8000"
+
+
+def test_scenario_5_lora_affinity_beats_kv() -> None:
+    # scores 1.8 / 2.6 / 1.7 as in the reference
+    table = pool((10, 0.2, ["foo", "bar"]), (10, 0.4, ["foo", "sql-lora-1fdg2"]), (10, 0.3, ["foo"]))
+    assert pick(table, req=request("sql-lora-1fdg2", "test3")) == "192.168.1.2:8000"
+
+
+def test_scenario_7_sheddable_not_dropped_picks_best() -> None:
+    table = pool((6, 0.2, ["foo", "bar", "sql-lora-1fdg2"]), (0, 0.85, ["foo"]), (10, 0.9, ["foo"]))
+    assert pick(table, req=request("sql-lora-1fdg2", "test4")) == "192.168.1.1:8000"
+
+
+def test_prefix_affinity_and_load_balance() -> None:
+    table = pool((0, 0, []), (0, 0, []), (0, 0, []))
+    scheduler = build_scheduler(default_config(), table)
+    system = "You are a careful assistant. " * 40
+    first = scheduler.schedule(request(prompt=system + "Q1"), table, table.live_slots())
+    scheduler.pre_request(request(prompt=system + "Q1"), first, table)
+    home = int(first.primary[0])
+    for i in range(5):  # even load: the shared prefix keeps the requests on the same endpoint
+        req = request(prompt=f"{system}Q{i + 2}")
+        result = scheduler.schedule(req, table, table.live_slots())
+        scheduler.pre_request(req, result, table)
+        assert int(result.primary[0]) == home
+    # Load grows there (queue and KV): 2·0 + 2·0.1 + 3·(18/19) = 3.04 < 2·1 + 2·1 + 0 = 4 elsewhere.
+    table.waiting_queue[home] = 20
+    table.kv_usage[home] = 0.9
+    table.waiting_queue[[s for s in table.live_slots() if s != home]] = 0
+    req = request(prompt=system + "Q9")
+    assert int(scheduler.schedule(req, table, table.live_slots()).primary[0]) != home
+
+
+def test_subset_of_candidates_is_respected() -> None:
+    table = pool((0, 0.1, []), (5, 0.5, []), (9, 0.9, []))
+    scheduler = build_scheduler(load_config_text(ALL_FOUR, "t"), table)
+    subset = np.array([table.slot_of("pod-1"), table.slot_of("pod-2")], dtype=np.intp)
+    assert table.hostports[int(scheduler.schedule(request(), table, subset).primary[0])] == "192.168.1.2:8000"
+
+
+def test_fallbacks_from_max_num_of_endpoints() -> None:
+    table = pool((0, 0.1, []), (5, 0.5, []), (9, 0.9, []))
+    config = "plugins: [{type: queue-scorer}, {type: max-score-picker, parameters: {maxNumOfEndpoints: 3}}]"
+    scheduler = build_scheduler(load_config_text(config, "t"), table)
+    slots = scheduler.schedule(request(), table, table.live_slots()).primary
+    assert [table.hostports[int(s)] for s in slots] == ["192.168.1.1:8000", "192.168.1.2:8000", "192.168.1.3:8000"]
+
+
+def test_weighted_random_distribution_within_bounds() -> None:
+    table = pool((0, 0, []), (0, 0, []), (0, 0, []))
+    picker = WeightedRandomPicker("w", PickerParameters())
+    scores = np.array([0.5, 0.25, 0.25])
+    counts = Counter(int(picker.pick(CycleState(request(), table), table.live_slots(), scores)[0]) for _ in range(6000))
+    # A-Res selects with probability proportional to weight: 0.5 / 0.25 / 0.25 (within 4 sigma)
+    for slot, share in zip(table.live_slots(), scores, strict=True):
+        sigma = (6000 * share * (1 - share)) ** 0.5
+        assert abs(counts[int(slot)] - 6000 * share) < 4 * sigma
+
+
+def test_ties_are_broken_uniformly_at_random() -> None:
+    table = pool((0, 0, []), (0, 0, []))
+    counts = Counter(pick(table) for _ in range(400))
+    assert min(counts.values()) > 140
+
+
+def test_block_hashes_are_chained_and_include_a_partial_tail() -> None:
+    hashes = block_hashes(b"a" * 64 * 2 + b"tail", b"m", 64, 256)
+    assert len(hashes) == 3 and len(set(hashes)) == 3
+    assert block_hashes(b"short", b"m", 64, 256) == []
+    assert block_hashes(b"a" * 64 * 2, b"m", 64, 256)[:2] == hashes[:2]
+    assert block_hashes(b"a" * 64 * 2, b"other-model", 64, 256)[0] != hashes[0]
+
+
+def test_prefix_index_forgets_endpoints_that_leave() -> None:
+    table = pool((0, 0, []), (0, 0, []))
+    scheduler = build_scheduler(load_config_text("plugins: [{type: prefix-cache-scorer}]", "t"), table)
+    req = request(prompt="x" * 500)
+    result = scheduler.schedule(req, table, table.live_slots())
+    scheduler.pre_request(req, result, table)
+    producer = scheduler.producers[0]
+    assert len(producer.index) > 0  # type: ignore[attr-defined]
+    table.remove(table.endpoint(int(result.primary[0])).key)
+    assert len(producer.index) == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("config", ["plugins: [{type: random-picker}]"])
+def test_random_picker_config(config: str) -> None:
+    table = pool((0, 0, []), (9, 0.9, []))
+    assert len({pick(table, config) for _ in range(60)}) == 2
