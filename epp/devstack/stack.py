@@ -25,9 +25,18 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def start_simulators(count: int, base_port: int, time_scale: float) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "vllmsim.cli", "--model", MODEL, "--port", str(base_port), "--count", str(count),
-        "--time-scale", str(time_scale),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllmsim.cli",
+        "--model",
+        MODEL,
+        "--port",
+        str(base_port),
+        "--count",
+        str(count),
+        "--time-scale",
+        str(time_scale),
+    ]
     process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     pending = set(range(base_port, base_port + count))
@@ -76,20 +85,30 @@ def main(argv: list[str] | None = None) -> int:
     envoy: EnvoyProcess | None = None
     try:
         epp.start()
-        print(f"epp serving ext_proc on :{epp.grpc_port} (TLS), health :{epp.health_port}, "
-              f"metrics http://127.0.0.1:{epp.metrics_port}/metrics", flush=True)  # fmt: skip
+        print(
+            f"epp serving ext_proc on :{epp.grpc_port} (TLS), health :{epp.health_port}, "
+            f"metrics http://127.0.0.1:{epp.metrics_port}/metrics",
+            flush=True,
+        )
         config = render_bootstrap("envoy", args.listener_port, free_port(), epp.grpc_port)
         envoy = EnvoyProcess(config)
         envoy.start()
         print(f"envoy listening on :{args.listener_port} (admin :{envoy.admin_port})\n", flush=True)
-        system = "You are a helpful assistant that answers questions about the Gateway API Inference Extension. " * 4
+        # Three tenants, each with its own long system prompt: the default profile (queue 2, KV 2, prefix 3)
+        # keeps each tenant on the server that holds its prefix while load stays even.
+        systems = [
+            f"You are assistant {t} for tenant {t}; answer questions about inference routing. " * 4 for t in "ABC"
+        ]
         hits: Counter[str] = Counter()
         for i in range(args.requests):
-            prompt = f"{system}Question {i}: which endpoint serves this request?"
+            prompt = f"{systems[i % 3]}Question {i}: which endpoint serves this request?"
             status, document, served = complete(args.listener_port, prompt)
             usage = document.get("usage", {})
-            print(f"request {i + 1:2d} → HTTP {status}, served by 127.0.0.1:{served}, "
-                  f"prompt_tokens={usage.get('prompt_tokens')}, cached={_cached(usage)}", flush=True)  # fmt: skip
+            print(
+                f"request {i + 1:2d} (tenant {'ABC'[i % 3]}) → HTTP {status}, served by 127.0.0.1:{served}, "
+                f"prompt_tokens={usage.get('prompt_tokens')}, cached={_cached(usage)}",
+                flush=True,
+            )
             hits[served] += 1
         print(f"\nper server: {dict(sorted(hits.items()))}")
         curl = (
@@ -100,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.exit:
             return 0 if sum(hits.values()) == args.requests and "-" not in hits else 1
         print("stack is up; Ctrl-C stops it", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        return 0
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
     finally:
         if envoy is not None:
             envoy.stop()
@@ -116,5 +139,4 @@ def _cached(usage: dict[str, Any]) -> Any:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""`vllm-sim`: one or many simulated vLLM servers (consecutive ports) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+import uvloop
+
+from vllmsim.engine import EngineConfig
+from vllmsim.server import SimServer
+
+
+def parse_lora_modules(values: list[str]) -> tuple[str, ...]:
+    """vLLM forms: `name=path`, a JSON object with "name", or a bare name."""
+    names = []
+    for value in values:
+        if value.startswith("{"):
+            names.append(str(json.loads(value)["name"]))
+        else:
+            names.append(value.split("=", 1)[0])
+    return tuple(names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-sim", description=__doc__)
+    defaults = EngineConfig()
+    parser.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--count", type=int, default=1, help="servers on consecutive ports from --port")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="run this many times faster than real time")
+    parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=defaults.max_num_batched_tokens)
+    parser.add_argument("--num-gpu-blocks", "--num-gpu-blocks-override", type=int, default=defaults.num_gpu_blocks)
+    parser.add_argument("--block-size", type=int, default=defaults.block_size)
+    parser.add_argument("--max-loras", type=int, default=None)
+    parser.add_argument("--lora-modules", nargs="*", default=[])
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    adapters = parse_lora_modules(args.lora_modules)
+    max_loras = args.max_loras if args.max_loras is not None else (1 if adapters else 0)
+    config = EngineConfig(
+        args.max_num_seqs, args.max_num_batched_tokens, args.num_gpu_blocks, args.block_size, max_loras
+    )
+    model = args.served_model_name or args.model
+    servers = [SimServer(model, args.port + i, config, args.time_scale, adapters, args.host) for i in range(args.count)]
+    for server in servers:
+        await server.start()
+    print(
+        f"vllm-sim: {len(servers)} server(s) for {model} on {args.host}:{args.port}..{args.port + args.count - 1}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for server in servers:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.count < 1 or args.time_scale <= 0:
+        print("vllm-sim: --count must be >= 1 and --time-scale > 0", file=sys.stderr)
+        return 2
+    uvloop.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

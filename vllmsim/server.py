@@ -1,0 +1,261 @@
+"""One simulated vLLM server: the OpenAI HTTP surface over an Engine stepped on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from vllmsim.engine import Engine, EngineConfig, Sequence
+from vllmsim.metrics import RequestHistograms, render
+
+SERVED_BY_HEADER = "x-vllm-sim-port"
+
+
+@dataclass
+class _Pending:
+    sequence: Sequence
+    tokens: asyncio.Queue[bool]  # True = a token, False = finished
+    arrived: float
+    first_token_at: float = 0.0
+
+
+@dataclass
+class SimServer:
+    model: str
+    port: int
+    config: EngineConfig
+    time_scale: float = 1.0
+    adapters: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    engine: Engine = field(init=False)
+    histograms: RequestHistograms = field(default_factory=RequestHistograms)
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.config)
+        self._pending: dict[int, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._lora_stamp = 0.0
+        self._lora_seen: tuple[list[str], list[str]] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self._loop_task = asyncio.get_running_loop().create_task(self._engine_loop())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for pending in self._pending.values():  # end in-flight responses instead of waiting on a stopped engine
+            pending.tokens.put_nowait(False)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _engine_loop(self) -> None:
+        engine = self.engine
+        while True:
+            if not engine.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+            duration = engine.step()
+            if duration == 0.0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await asyncio.sleep(duration / self.time_scale)
+            produced, finished = engine.finish_step()
+            now = time.monotonic()
+            for sequence in produced:
+                pending = self._pending.get(sequence.request_id)
+                if pending is not None:
+                    if not pending.first_token_at:
+                        pending.first_token_at = now
+                    pending.tokens.put_nowait(True)
+            for sequence in finished:
+                pending = self._pending.get(sequence.request_id)
+                if pending is not None:
+                    pending.tokens.put_nowait(False)
+
+    # --- OpenAI API --------------------------------------------------------------------------
+
+    def _check_model(self, body: dict[str, Any]) -> str | web.Response:
+        model = body.get("model", self.model)
+        if model != self.model and model not in self.adapters:
+            error = {
+                "object": "error",
+                "message": f"The model `{model}` does not exist.",
+                "type": "NotFoundError",
+                "param": None,
+                "code": 404,
+            }
+            return web.json_response(error, status=404)
+        return str(model)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list):
+            prompt = " ".join(map(str, prompt))
+        return await self._generate(request, body, str(prompt), chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        messages = body.get("messages") or []
+        prompt = "".join(f"<|{m.get('role', '')}|>{m.get('content', '')}" for m in messages if isinstance(m, dict))
+        return await self._generate(request, body, prompt, chat=True)
+
+    async def _generate(
+        self, request: web.Request, body: dict[str, Any], prompt: str, chat: bool
+    ) -> web.StreamResponse:
+        model = self._check_model(body)
+        if isinstance(model, web.Response):
+            return model
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        adapter = model if model != self.model else ""
+        arrived = time.monotonic()
+        sequence = self.engine.add(prompt, max_tokens, seed=model, adapter=adapter)
+        pending = _Pending(sequence, asyncio.Queue(), arrived)
+        self._pending[sequence.request_id] = pending
+        self._wake.set()
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        headers = {SERVED_BY_HEADER: str(self.port)}
+        try:
+            if body.get("stream"):
+                response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
+                await response.prepare(request)
+                index = 0
+                while await pending.tokens.get():
+                    text = f" tok{index}"
+                    index += 1
+                    choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+                    if chat:
+                        choice["delta"] = {"content": text}
+                    else:
+                        choice["text"] = text
+                    chunk = {
+                        "id": request_id,
+                        "object": f"{kind}.chunk" if chat else kind,
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                    }
+                    await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                options = body.get("stream_options") or {}
+                if options.get("include_usage"):
+                    final = {
+                        "id": request_id,
+                        "object": f"{kind}.chunk" if chat else kind,
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": self._usage(sequence),
+                    }
+                    await response.write(b"data: " + orjson.dumps(final) + b"\n\n")
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+                self._record(pending)
+                return response
+            while await pending.tokens.get():
+                pass
+            self._record(pending)
+            text = "".join(f" tok{i}" for i in range(sequence.generated))
+            choice = {"index": 0, "finish_reason": "length"}
+            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            document = {
+                "id": request_id,
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": self._usage(sequence),
+            }
+            return web.Response(body=orjson.dumps(document), content_type="application/json", headers=headers)
+        finally:
+            if not sequence.done:
+                self.engine.abort(sequence)  # client went away
+            self._pending.pop(sequence.request_id, None)
+
+    def _usage(self, sequence: Sequence) -> dict[str, Any]:
+        return {
+            "prompt_tokens": sequence.prompt_tokens,
+            "completion_tokens": sequence.generated,
+            "total_tokens": sequence.prompt_tokens + sequence.generated,
+            "prompt_tokens_details": {"cached_tokens": sequence.cached},
+        }
+
+    def _record(self, pending: _Pending) -> None:
+        now = time.monotonic()
+        scale = self.time_scale  # histograms are in model time, as the real engine would report
+        histograms = self.histograms
+        histograms.success += 1
+        if pending.first_token_at:
+            histograms.ttft.observe((pending.first_token_at - pending.arrived) * scale)
+        histograms.e2e.observe((now - pending.arrived) * scale)
+        histograms.prompt_tokens.observe(pending.sequence.prompt_tokens)
+        histograms.generation_tokens.observe(pending.sequence.generated)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        models = [
+            {
+                "id": name,
+                "object": "model",
+                "owned_by": "vllm",
+                "root": self.model,
+                "parent": None if name == self.model else self.model,
+            }
+            for name in (self.model, *self.adapters)
+        ]
+        return web.json_response({"object": "list", "data": models})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        text = body.get("prompt", "")
+        count = max(1, len(text) // 4)
+        return web.json_response({"count": count, "max_model_len": 131072, "tokens": list(range(count))})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        lora = None
+        if self.adapters:
+            running, waiting = sorted(engine.active_adapters()), sorted(engine.waiting_adapters())
+            if (running, waiting) != self._lora_seen:
+                self._lora_seen, self._lora_stamp = (running, waiting), time.time()
+            lora = (self.config.max_loras, running, waiting, self._lora_stamp)
+        page = render(
+            self.model,
+            len(engine.waiting),
+            len(engine.running),
+            engine.kv_usage,
+            self.config.block_size,
+            self.config.num_gpu_blocks,
+            engine.prefix_queries,
+            engine.prefix_hits,
+            engine.prompt_tokens_total,
+            engine.generation_tokens_total,
+            engine.preemptions,
+            self.histograms,
+            lora,
+        )
+        return web.Response(text=page, content_type="text/plain")
