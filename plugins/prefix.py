@@ -103,8 +103,17 @@ class PrefixIndex:
 
 @dataclass
 class PrefixMatch:
+    """What the producer found for one request; consumers use `hashes` and `matched_blocks` only."""
+
     hashes: list[int]
     counts: dict[int, int]
+
+    def matched_blocks(self, candidates: SlotArray) -> np.ndarray:
+        """Leading blocks of the request each candidate holds, aligned with `candidates`."""
+        counts = self.counts
+        if not counts:
+            return np.zeros(len(candidates), np.int64)
+        return np.fromiter((counts.get(s, 0) for s in candidates.tolist()), np.int64, len(candidates))
 
 
 class ApproxPrefixCacheProducer(DataProducer):
@@ -164,6 +173,4 @@ class PrefixCacheScorer(Scorer):
         match: PrefixMatch | None = state.data.get(STATE_KEY)
         if match is None or not match.hashes or not match.counts:
             return np.zeros(len(candidates))
-        total = len(match.hashes)
-        counts = match.counts
-        return np.fromiter((counts.get(s, 0) / total for s in candidates.tolist()), np.float64, len(candidates))
+        return match.matched_blocks(candidates) / len(match.hashes)
