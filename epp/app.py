@@ -24,11 +24,14 @@ from epp.director import Director
 from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, parse_endpoints_flag
 from epp.extproc.core import ExtProcStream, openai_parser, passthrough_parser
 from epp.extproc.servicer import ExtProcServicer
+from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
+from epp.observability.flowcontrol import FlowControlMetrics
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
+from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("epp")
@@ -55,6 +58,7 @@ class Runtime:
     shared_memory: SharedMemory | None = None
     grpc_port: int = 0
     health_port: int = 0
+    flow: FlowController[list[pb.ProcessingResponse]] | None = None
 
 
 async def start(settings: Settings) -> Runtime:
@@ -71,12 +75,14 @@ async def start(settings: Settings) -> Runtime:
     table, shared_memory = create_shared_table(settings.max_endpoints)
     health = HealthState()
     scheduler = build_scheduler(config, table)
+    flow_control = "flowControl" in config.feature_gates
     director = Director(
         table,
         scheduler,
         hooks=scheduler,
         subset_filter=not settings.disable_endpoint_subset_filter,
         saturation=scheduler.saturation,
+        shed_sheddable=not flow_control,  # with flow control, saturation holds requests instead of shedding
     )
     parser = passthrough_parser if config.parser == "passthrough-parser" else openai_parser
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -89,7 +95,16 @@ async def start(settings: Settings) -> Runtime:
             tracer = RequestTracer.from_env()
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
-    servicer = ExtProcServicer(lambda: ExtProcStream(director, parser, metrics, tracer=tracer))
+    flow: FlowController[list[pb.ProcessingResponse]] | None = None
+    if flow_control:
+        flow = FlowController(config.flow_control, lambda: scheduler.saturation(table.live_slots()))
+        flow_metrics = FlowControlMetrics(flow.queue, flow.saturation, observability.pool_name)
+        flow.on_outcome = flow_metrics.record
+        registry.register(flow_metrics)
+        director.on_release = flow.notify
+    servicer = ExtProcServicer(
+        lambda: ExtProcStream(director, parser, metrics, tracer=tracer, flow_control=flow_control), flow
+    )
     observability.watch_streams(servicer)
 
     options = [
@@ -141,6 +156,9 @@ async def start(settings: Settings) -> Runtime:
         elif instance.type == "core-metrics-extractor":
             extractor = instance.plugin.parameters
     runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
+    if flow is not None:
+        flow.start()
+        runtime.flow = flow
     await server.start()
     await health_server.start()
     start_http_server(settings.metrics_port, registry=registry)
@@ -162,6 +180,8 @@ async def stop(runtime: Runtime) -> None:
     if runtime.watcher is not None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
+    if runtime.flow is not None:
+        await runtime.flow.stop()
     await runtime.health_server.stop(grace=None)
     if runtime.tracer is not None:
         runtime.tracer.shutdown()

@@ -2,7 +2,8 @@
 
 The request's prompt bytes are cut into blocks of blockSizeTokens x 4 characters (a trailing partial
 block too; shorter than one block → no hashes), at most maxPrefixBlocksToMatch blocks. Block hashes are
-chained xxhash64: h0 = xxh64(target model ‖ cache_salt), h_i = xxh64(block_i ‖ LE64(h_{i-1})). The index
+chained xxhash64: h0 = xxh64(target model ‖ cache_salt), h_i = xxh64(block_i, seed=h_{i-1}) (the reference
+appends LE64(h_{i-1}) to the block instead; seeding chains the same way without copying each block). The index
 remembers which endpoints were sent which hashes (per-endpoint LRU of lruCapacityPerServer entries).
 A match walks the hashes in order and stops at the first hash no endpoint holds; an endpoint's score is
 the number of walked hashes it holds over the request's hash count.
@@ -10,19 +11,21 @@ the number of walked hashes it holds over the request's hash count.
 
 from __future__ import annotations
 
-import struct
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import xxhash
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.observability.extension import record_prefix_match, set_prefix_indexer_size
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
 from epp.scheduling.types import SchedulingResult
+from plugins.prefix_index import Keys, PrefixIndex, as_keys
 
 STATE_KEY = "prefix-cache-match"
-_LE64 = struct.Struct("<Q")
+_NO_KEYS: Keys = np.empty(0, dtype=np.uint64)
+_NO_COUNTS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 
 
 @dataclass
@@ -45,60 +48,15 @@ class PrefixParameters:
 def block_hashes(data: bytes, seed: bytes, block_chars: int, max_blocks: int) -> list[int]:
     if len(data) < block_chars:
         return []
-    data = data[: block_chars * max_blocks]
-    previous = xxhash.xxh64_intdigest(seed)
-    hashes = []
-    for start in range(0, len(data), block_chars):
-        previous = xxhash.xxh64_intdigest(data[start : start + block_chars] + _LE64.pack(previous))
-        hashes.append(previous)
+    view = memoryview(data)[: block_chars * max_blocks]
+    digest = xxhash.xxh64_intdigest
+    previous = digest(seed)
+    hashes: list[int] = []
+    append = hashes.append
+    for start in range(0, len(view), block_chars):
+        previous = digest(view[start : start + block_chars], previous)
+        append(previous)
     return hashes
-
-
-class PrefixIndex:
-    """hash → set of slots holding it; per slot an LRU of its hashes."""
-
-    def __init__(self, capacity_per_slot: int) -> None:
-        self.capacity = capacity_per_slot
-        self.holders: dict[int, set[int]] = {}
-        self.per_slot: dict[int, OrderedDict[int, None]] = {}
-
-    def insert(self, slot: int, hashes: list[int], capacity: int | None = None) -> None:
-        lru = self.per_slot.setdefault(slot, OrderedDict())
-        limit = capacity or self.capacity
-        for value in hashes:
-            if value in lru:
-                lru.move_to_end(value)
-                continue
-            lru[value] = None
-            self.holders.setdefault(value, set()).add(slot)
-        while len(lru) > limit:
-            evicted, _ = lru.popitem(last=False)
-            self._drop(evicted, slot)
-
-    def forget(self, slot: int) -> None:
-        for value in self.per_slot.pop(slot, {}):
-            self._drop(value, slot)
-
-    def _drop(self, value: int, slot: int) -> None:
-        holders = self.holders.get(value)
-        if holders is not None:
-            holders.discard(slot)
-            if not holders:
-                del self.holders[value]
-
-    def match(self, hashes: list[int]) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        holders = self.holders
-        for value in hashes:
-            slots = holders.get(value)
-            if not slots:
-                break
-            for slot in slots:
-                counts[slot] = counts.get(slot, 0) + 1
-        return counts
-
-    def __len__(self) -> int:
-        return sum(len(lru) for lru in self.per_slot.values())
 
 
 @dataclass
@@ -106,14 +64,20 @@ class PrefixMatch:
     """What the producer found for one request; consumers use `hashes` and `matched_blocks` only."""
 
     hashes: list[int]
-    counts: dict[int, int]
+    keys: Keys
+    #: walked blocks held, indexed by slot; slots past its end hold none
+    by_slot: npt.NDArray[np.int64]
+    block_bytes: int = 0
 
-    def matched_blocks(self, candidates: SlotArray) -> np.ndarray:
-        """Leading blocks of the request each candidate holds, aligned with `candidates`."""
-        counts = self.counts
-        if not counts:
+    def matched_blocks(self, candidates: SlotArray) -> npt.NDArray[np.int64]:
+        """Blocks of the request each candidate holds (walked greedily), aligned with `candidates`."""
+        by_slot = self.by_slot
+        if not len(by_slot) or not len(candidates):
             return np.zeros(len(candidates), np.int64)
-        return np.fromiter((counts.get(s, 0) for s in candidates.tolist()), np.int64, len(candidates))
+        if candidates.max() < len(by_slot):
+            return by_slot[candidates]
+        inside = candidates < len(by_slot)
+        return np.where(inside, by_slot[np.where(inside, candidates, 0)], 0)
 
 
 class ApproxPrefixCacheProducer(DataProducer):
@@ -147,13 +111,19 @@ class ApproxPrefixCacheProducer(DataProducer):
             max_blocks = max(self.parameters.max_prefix_tokens_to_match // tokens, 1)
         seed = (request.target_model + request.cache_salt).encode()
         hashes = block_hashes(request.prompt_bytes, seed, tokens * 4, max_blocks)
-        state.data[STATE_KEY] = PrefixMatch(hashes, self.index.match(hashes) if hashes else {})
+        if not hashes:
+            state.data[STATE_KEY] = PrefixMatch(hashes, _NO_KEYS, _NO_COUNTS)
+            return
+        keys = as_keys(hashes)
+        state.data[STATE_KEY] = PrefixMatch(hashes, keys, self.index.match_by_slot(keys), tokens * 4)
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match: PrefixMatch | None = state.data.get(STATE_KEY)
         if match is None or not match.hashes:
             return
         targets = [int(result.primary[0])]
+        matched = int(match.matched_blocks(result.primary[:1])[0])
+        record_prefix_match(matched * match.block_bytes, len(match.hashes) * match.block_bytes)
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots):
             targets.append(int(prefill.slots[0]))
@@ -161,7 +131,8 @@ class ApproxPrefixCacheProducer(DataProducer):
             capacity = None
             if self.parameters.auto_tune and state.table.cache_num_blocks[slot] > 0:
                 capacity = int(state.table.cache_num_blocks[slot])
-            self.index.insert(slot, match.hashes, capacity)
+            self.index.insert(slot, match.keys, capacity)
+        set_prefix_indexer_size(len(self.index))
 
 
 class PrefixCacheScorer(Scorer):
@@ -171,6 +142,6 @@ class PrefixCacheScorer(Scorer):
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         match: PrefixMatch | None = state.data.get(STATE_KEY)
-        if match is None or not match.hashes or not match.counts:
+        if match is None or not match.hashes or not len(match.by_slot):
             return np.zeros(len(candidates))
         return match.matched_blocks(candidates) / len(match.hashes)

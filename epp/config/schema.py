@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from epp.config.flowcontrol import describe_flow_control, parse_flow_control
+from epp.flowcontrol.queue import QueueSettings
 from epp.scheduling.plugin import ParameterError, Plugin
 from epp.scheduling.registry import plugin_types
 
@@ -19,8 +21,7 @@ KIND = "EndpointPickerConfig"
 FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "haPopulateNonLeaderDatastore")
 _TOP_LEVEL = ("apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "saturationDetector",
               "dataLayer", "parser", "flowControl")  # fmt: skip
-#: Flow control is built (epp/flowcontrol) but not yet configurable from the file.
-_NOT_BUILT_SECTIONS = {"flowControl": "the flowControl section is not configurable yet"}
+_NOT_BUILT_SECTIONS: dict[str, str] = {}
 
 DEFAULT_CONFIG_TEXT = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -74,6 +75,7 @@ class EndpointPickerConfig:
     parser: str = "openai-parser"
     saturation_detector: str = "utilization-detector"
     source: str = "<default>"
+    flow_control: QueueSettings = field(default_factory=QueueSettings)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration after defaulting, as a YAML-able document."""
@@ -91,6 +93,7 @@ class EndpointPickerConfig:
             ],
             "parser": {"pluginRef": self.parser},
             "saturationDetector": {"pluginRef": self.saturation_detector},
+            "flowControl": describe_flow_control(self.flow_control),
         }
 
 
@@ -265,6 +268,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         plugins[detector] = PluginInstance(
             detector, "utilization-detector", cls(detector, cls.parse_parameters({}, ""))
         )
-    if errors:
+    flow_control = parse_flow_control(document.get("flowControl"), {n: p.type for n, p in plugins.items()}, error)
+    if errors or flow_control is None:
         return None
-    return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source)
+    return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source, flow_control)

@@ -42,6 +42,27 @@ def free_port() -> int:
         return port
 
 
+def free_port_range(count: int, attempts: int = 50) -> int:
+    """First of `count` consecutive ports that are free right now (for `vllm-sim --port P --count N`)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
+
+
 def render_bootstrap(
     name: str,
     listener_port: int,

@@ -16,7 +16,7 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, render_bootstrap
+from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, free_port_range, render_bootstrap
 from epp.devstack.processes import EppProcess
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit", action="store_true", help="stop everything after the burst")
     args = parser.parse_args(argv)
 
-    base_port = free_port()
+    base_port = free_port_range(args.servers)
     print(f"starting {args.servers} simulated vLLM servers on 127.0.0.1:{base_port}..", flush=True)
     simulators = start_simulators(args.servers, base_port, args.time_scale)
     endpoints = ",".join(f"127.0.0.1:{base_port + i}" for i in range(args.servers))

@@ -23,6 +23,11 @@ from epp.flowcontrol.queue import CapacityExceeded, FlowQueue, Item, QueueSettin
 
 log = logging.getLogger("epp.flowcontrol")
 T = TypeVar("T")
+#: queue outcomes (the `outcome` label of the flow-control metrics)
+DISPATCHED = "Dispatched"
+REJECTED_CAPACITY = "RejectedCapacity"
+EVICTED_TTL = "EvictedTTL"
+EVICTED_CANCELLED = "EvictedContextCancelled"
 
 
 class FlowController(Generic[T]):
@@ -32,9 +37,13 @@ class FlowController(Generic[T]):
         saturation: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
         poll_interval: float = 0.02,
+        on_outcome: Callable[[Item | None, str, float], None] | None = None,
     ) -> None:
         self.queue = FlowQueue(settings)
+        #: called with (item or None when it never queued, outcome, seconds waited) for every admission
+        self.on_outcome = on_outcome
         self._saturation = saturation
+        self.saturation = saturation
         self._clock = clock
         self.poll_interval = poll_interval
         self._wakeup = asyncio.Event()
@@ -66,6 +75,7 @@ class FlowController(Generic[T]):
         """Run `dispatch` now or once the request's turn comes; raises EppError 429 (full) / 503 (TTL)."""
         if len(self.queue) == 0 and self._saturation() < 1.0:
             self.dispatched += 1
+            self._outcome(None, DISPATCHED, 0.0)
             return dispatch()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         item = self.queue.make_item(fairness_id, priority, size, self._clock(), payload=(future, dispatch))
@@ -73,6 +83,7 @@ class FlowController(Generic[T]):
             self.queue.push(item)
         except CapacityExceeded as exc:
             self.rejected += 1
+            self._outcome(item, REJECTED_CAPACITY, 0.0)
             raise EppError("ResourceExhausted", f"request rejected by flow control: {exc}") from None
         self._wakeup.set()
         try:
@@ -80,7 +91,12 @@ class FlowController(Generic[T]):
         except asyncio.CancelledError:
             if self.queue.remove(item):
                 self.cancelled += 1
+                self._outcome(item, EVICTED_CANCELLED, self._clock() - item.arrival)
             raise
+
+    def _outcome(self, item: Item | None, outcome: str, waited: float) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(item, outcome, waited)
 
     async def _run(self) -> None:
         while True:
@@ -89,6 +105,7 @@ class FlowController(Generic[T]):
             for item in self.queue.expire(now):
                 self.expired += 1
                 waited = now - item.arrival
+                self._outcome(item, EVICTED_TTL, waited)
                 _fail(item, EppError("ServiceUnavailable", f"request timed out in queue: waited {waited:.3f}s"))
             while len(self.queue) and self._saturation() < 1.0:
                 next_item = self.queue.pop()
@@ -97,6 +114,7 @@ class FlowController(Generic[T]):
                 if future.done():
                     continue
                 self.dispatched += 1
+                self._outcome(next_item, DISPATCHED, self._clock() - next_item.arrival)
                 try:
                     future.set_result(dispatch())
                 except EppError as error:

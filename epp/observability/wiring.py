@@ -30,6 +30,8 @@ class Observability:
     request_metrics: RequestMetrics
     pool: PoolGauges
     extension: ExtensionMetrics
+    #: the `name` / `inference_pool` label value of pool-level metrics
+    pool_name: str = STANDALONE_POOL_NAME
 
     def watch_streams(self, servicer: StreamCounters) -> None:
         """Export the servicer's stream counters (read at scrape time; no per-request cost)."""
@@ -42,13 +44,14 @@ def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) ->
     """Register request, pool and extension metrics; `settings` is epp.cli.Settings (or any object with
     pool_name, metrics_staleness_threshold and refresh_prometheus_metrics_interval)."""
     request_metrics = RequestMetrics(registry)
+    pool_name = getattr(settings, "pool_name", "") or STANDALONE_POOL_NAME
     pool = PoolGauges(
         table,
-        getattr(settings, "pool_name", "") or STANDALONE_POOL_NAME,
+        pool_name,
         staleness_s=float(getattr(settings, "metrics_staleness_threshold", 2.0)),
         refresh_s=float(getattr(settings, "refresh_prometheus_metrics_interval", 5.0)),
     )
     registry.register(pool)
     set_build_info()
     registry.register(EXTENSION.collector)
-    return Observability(registry, request_metrics, pool, EXTENSION)
+    return Observability(registry, request_metrics, pool, EXTENSION, pool_name)

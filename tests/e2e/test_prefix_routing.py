@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, render_bootstrap
+from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, free_port_range, render_bootstrap
 from epp.devstack.processes import EppProcess
 from tests.e2e.http import post
 
@@ -27,7 +27,7 @@ def served_by(port: int, prompt: str, max_tokens: int = 4) -> str:
 
 
 def test_shared_prefix_sticks_then_spreads_under_load() -> None:
-    base = free_port()
+    base = free_port_range(3)
     fleet = subprocess.Popen(
         [
             sys.executable,

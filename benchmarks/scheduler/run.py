@@ -1,0 +1,134 @@
+"""Decision latency of the default profile (queue 2, KV 2, prefix 3, max-score picker) and the prefix index.
+
+    python benchmarks/scheduler/run.py [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
+                                       [--picks 2000] [--index-endpoints 1000] [--index-entries 31250]
+
+Per (endpoints, prompt size): the index is warmed with one request per endpoint (a distinct 8-block
+system prompt each, so every endpoint holds blocks), metrics columns get random load, then `--picks`
+decisions are timed one by one (produce + filters + scorers + picker + pre-request index insert).
+The prompt of a timed pick shares a warm system prompt with one endpoint and has a fresh tail, as a chat
+turn would. Then the prefix index alone is filled to --index-endpoints x --index-entries (block,
+endpoint) entries and its resident bytes per entry are reported, with the insert cost per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+
+from epp.config.schema import default_config
+from epp.datastore.table import Endpoint, EndpointTable
+from epp.scheduling.framework import build_scheduler
+from epp.scheduling.types import LLMRequest
+from plugins.prefix import ApproxPrefixCacheProducer, block_hashes
+from plugins.prefix_index import PrefixIndex, as_keys
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def make_table(count: int, rng: np.random.Generator) -> EndpointTable:
+    table = EndpointTable(count)
+    for i in range(count):
+        table.add(Endpoint(f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 8000))
+    slots = table.live_slots()
+    table.waiting_queue[slots] = rng.integers(0, 20, len(slots))
+    table.kv_usage[slots] = rng.random(len(slots))
+    return table
+
+
+def request(i: int, prompt: str) -> LLMRequest:
+    return LLMRequest(f"r{i}", MODEL, MODEL, {}, prompt_bytes=prompt.encode())
+
+
+def time_picks(endpoints: int, prompt_chars: int, picks: int, seed: int) -> tuple[float, float, float, float]:
+    rng = np.random.default_rng(seed)
+    table = make_table(endpoints, rng)
+    scheduler = build_scheduler(default_config(), table)
+    candidates = table.live_slots()
+    systems = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
+    for k, system in enumerate(systems):  # warm: each system prompt sent once
+        warm = request(-k - 1, system + "hello")
+        result = scheduler.schedule(warm, table, candidates)
+        scheduler.pre_request(warm, result, table)
+    tail = "x" * max(prompt_chars - len(systems[0]), 0)
+    samples, inserts = [], []
+    for i in range(picks):
+        prompt = systems[i % len(systems)] + f"{i:08d}" + tail[8:]
+        req = request(i, prompt[:prompt_chars])
+        started = time.perf_counter()
+        result = scheduler.schedule(req, table, candidates)
+        decided = time.perf_counter()
+        scheduler.pre_request(req, result, table)  # the index insert, after the response went out
+        inserts.append(time.perf_counter() - decided)
+        samples.append(decided - started)
+    samples.sort()
+    p50, p99, worst = (statistics.median(samples), samples[int(len(samples) * 0.99)], samples[-1])
+    return p50 * 1e3, p99 * 1e3, worst * 1e3, statistics.median(inserts) * 1e3
+
+
+def rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def index_footprint(endpoints: int, entries: int, seed: int) -> tuple[float, float, int]:
+    """Fill the index with 256-block requests until every endpoint holds `entries` distinct blocks."""
+    gc.collect()
+    before = rss_bytes()
+    producer = ApproxPrefixCacheProducer("p", ApproxPrefixCacheProducer.parse_parameters({}, ""))
+    index: PrefixIndex = producer.index
+    rng = random.Random(seed)
+    per_request = 256
+    requests = entries // per_request + 1
+    insert_times = []
+    started_all = time.monotonic()
+    for slot in range(endpoints):
+        base = rng.getrandbits(63)
+        for r in range(requests):
+            hashes = [(base + r * per_request + b) * 0x9E3779B97F4A7C15 % (1 << 64) for b in range(per_request)]
+            keys = as_keys(hashes)
+            started = time.perf_counter()
+            index.insert(slot, keys)
+            insert_times.append(time.perf_counter() - started)
+        if slot % 100 == 99:
+            print(
+                f"  index: {slot + 1}/{endpoints} endpoints filled ({time.monotonic() - started_all:.0f} s)", flush=True
+            )
+    gc.collect()
+    held = len(index)
+    used = rss_bytes() - before
+    print(f"  index arrays: {index.nbytes / held:.1f} bytes/entry (table 2^{index.bits} buckets)")
+    return used / held, statistics.median(insert_times) * 1e6, held
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoints", default="10,100,1000,10000")
+    parser.add_argument("--prompts", default="500,8000,32000")
+    parser.add_argument("--picks", type=int, default=2000)
+    parser.add_argument("--index-endpoints", type=int, default=1000)
+    parser.add_argument("--index-entries", type=int, default=31_250)
+    parser.add_argument("--skip-index", action="store_true")
+    args = parser.parse_args()
+    print(f"hash blocks of an 8k prompt: {len(block_hashes(b'x' * 8000, b'm', 64, 256))}")
+    print(f"{'endpoints':>9} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'insert p50 ms':>14}")
+    for endpoints in (int(x) for x in args.endpoints.split(",")):
+        for chars in (int(x) for x in args.prompts.split(",")):
+            p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, seed=endpoints + chars)
+            print(f"{endpoints:>9} {chars:>7} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {insert:>14.3f}", flush=True)
+    if not args.skip_index:
+        per_entry, insert_us, held = index_footprint(args.index_endpoints, args.index_entries, seed=1)
+        print(
+            f"prefix index: {held:,} (block, endpoint) entries at {args.index_endpoints} endpoints: "
+            f"{per_entry:.1f} bytes/entry; insert of a 256-block request: median {insert_us:.1f} µs"
+        )
+
+
+if __name__ == "__main__":
+    main()
