@@ -8,6 +8,7 @@ took. Pure and synchronous: no I/O, no clock reads beyond `time.perf_counter` fo
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.errors import EppError
+from epp.observability.extension import record_scheduler_attempt, record_scheduler_e2e
 from epp.requests.openai import ParsedBody, rewrite_model
 from epp.scheduling.types import (
     LLMRequest,
@@ -84,6 +86,8 @@ class Director:
         self.shed_sheddable = shed_sheddable
         #: called after a request releases its load (flow control dispatches the next waiting one)
         self.on_release = on_release
+        #: namespace of the pool's pods (the `namespace` label of scheduler attempts; "" when standalone)
+        self.namespace = ""
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
 
@@ -147,10 +151,15 @@ class Director:
             candidates = self.candidates(prepared.subset)
             if len(candidates) == 0:
                 raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+        started = time.perf_counter()
         try:
             result = self.scheduler.schedule(prepared.request, self.table, candidates)
         except SchedulingError as exc:
+            record_scheduler_attempt("failure", prepared.request.target_model)
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
+        record_scheduler_e2e(time.perf_counter() - started)
+        picked = self.table.endpoint(int(result.primary[0]))
+        record_scheduler_attempt("success", prepared.request.target_model, picked.key, self.namespace, str(picked.port))
         return self._commit(prepared.request, result, prepared.new_body)
 
     def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
