@@ -197,6 +197,12 @@ def test_objective_and_legacy_names_agree(stack: Stack) -> None:
     assert value(prom.query('sum(inference_model_normalized_time_per_output_token_seconds_count{job="epp"})')) == total
     assert prom.series('inference_pool_per_pod_queue_size{job="epp"}')
     assert prom.series('inference_extension_info{job="epp"}')
+    # every successful pick is timed and counted with the endpoint it chose
+    picks = GOOD + REWRITTEN + STREAMED
+    assert value(prom.query('inference_extension_scheduler_e2e_duration_seconds_count{job="epp"}')) == picks
+    attempts = prom.query('sum(inference_extension_scheduler_attempts_total{job="epp",status="success"})')
+    assert value(attempts) == picks
+    assert prom.series('inference_extension_prefix_indexer_size{job="epp"}')
 
 
 def test_epp_overhead_streams_and_ttft_are_exported(stack: Stack) -> None:
