@@ -122,7 +122,8 @@ class ApproxPrefixCacheProducer(DataProducer):
         if match is None or not match.hashes:
             return
         targets = [int(result.primary[0])]
-        matched = int(match.matched_blocks(result.primary[:1])[0])
+        primary = int(result.primary[0])
+        matched = int(match.by_slot[primary]) if primary < len(match.by_slot) else 0
         record_prefix_match(matched * match.block_bytes, len(match.hashes) * match.block_bytes)
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots):

@@ -158,6 +158,9 @@ class PrefixIndex:
         request_positions = np.full(len(keys), -1, dtype=np.intp)
         request_positions[rows] = positions
         missing = request_positions < 0
+        if len(rows) == len(keys):  # all held already (a repeated prefix): just make them the most recent
+            self._append(ring, request_positions)
+            return
         if len(rows):
             self._append(ring, positions)  # touched first, so the eviction below cannot take them
         overflow = ring.size + int(np.count_nonzero(missing)) - limit

@@ -10,10 +10,12 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream, openai_parser
 from epp.observability.metrics import RequestMetrics
+from epp.scheduling.framework import build_scheduler
 from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -47,11 +49,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--endpoints", type=int, default=4)
+    parser.add_argument("--scheduler", choices=("default", "least-queue"), default="default",
+                        help="default = the built-in EndpointPickerConfig (queue 2, KV 2, prefix 3)")  # fmt: skip
     args = parser.parse_args()
     table = EndpointTable(max(args.endpoints, 1))
     for i in range(args.endpoints):
         table.add(Endpoint(f"10.0.{i // 250}.{i % 250 + 1}", 8000))
-    director = Director(table, LeastQueueScheduler())
+    if args.scheduler == "default":
+        scheduler = build_scheduler(default_config(), table)
+        director = Director(table, scheduler, hooks=scheduler, saturation=scheduler.saturation)
+    else:
+        director = Director(table, LeastQueueScheduler())
     metrics = RequestMetrics(CollectorRegistry())
     body = b'{"model":"meta-llama/Llama-3.1-8B-Instruct","max_tokens":16,"prompt":"' + b"abcdefghij " * 85 + b'"}'
     wire = messages(body)
@@ -68,7 +76,10 @@ def main() -> None:
                 stream.close()
             runs.append((time.perf_counter() - started) / (args.requests // 5) * 1e6)
         runs.sort()
-        print(f"core, {args.endpoints} endpoints, 1 KB body, {label}: median {runs[2]:.1f} µs/request")
+        print(
+            f"core, {args.scheduler} scheduler, {args.endpoints} endpoints, 1 KB body, {label}: "
+            f"median {runs[2]:.1f} µs/request"
+        )
 
 
 if __name__ == "__main__":
