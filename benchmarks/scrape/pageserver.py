@@ -17,6 +17,8 @@ from typing import cast
 
 class _Responder(asyncio.Protocol):
     __slots__ = ("pending", "response", "transport")
+    #: responses written by all connections of this process (printed on exit)
+    served = 0
 
     def __init__(self, response: bytes) -> None:
         self.response = response
@@ -34,6 +36,7 @@ class _Responder(asyncio.Protocol):
         assert self.transport is not None
         for _ in range(n):
             self.transport.write(self.response)
+        _Responder.served += n
 
 
 def http_response(page: bytes) -> bytes:
@@ -62,6 +65,7 @@ async def serve(page: bytes, base_port: int, ports: int, ready: object = None) -
     await stop
     for server in servers:
         server.close()
+    print(f"served {_Responder.served}", flush=True)
 
 
 def run(page_path: str, base_port: int, ports: int, ready: object = None) -> None:
