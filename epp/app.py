@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import uvloop
@@ -33,6 +34,9 @@ from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from epp.k8s.runtime import KubernetesRuntime
 
 log = logging.getLogger("epp")
 
@@ -59,6 +63,22 @@ class Runtime:
     grpc_port: int = 0
     health_port: int = 0
     flow: FlowController[list[pb.ProcessingResponse]] | None = None
+    kubernetes: KubernetesRuntime | None = None
+
+
+async def _start_kubernetes(
+    settings: Settings, table: EndpointTable, health: HealthState, director: Director
+) -> KubernetesRuntime:
+    """Kubernetes discovery (and leader election); imported here so standalone runs do not load the client."""
+    from epp.k8s.client import KubeConfigError
+    from epp.k8s.discovery import DiscoveryError
+    from epp.k8s.pool import PoolSpecError
+    from epp.k8s.runtime import start_kubernetes
+
+    try:
+        return await start_kubernetes(settings, table, health, director)
+    except (KubeConfigError, DiscoveryError, PoolSpecError) as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def start(settings: Settings) -> Runtime:
@@ -139,6 +159,8 @@ async def start(settings: Settings) -> Runtime:
             runtime.watcher.load_now()
             health.synced = True
             runtime.watcher.start()
+        else:
+            runtime.kubernetes = await _start_kubernetes(settings, table, health, director)
     except EndpointSpecError as exc:
         raise StartupError(str(exc)) from None
 
@@ -174,9 +196,15 @@ async def start(settings: Settings) -> Runtime:
 
 
 async def stop(runtime: Runtime) -> None:
-    """Drain: health goes NOT_SERVING, new streams are refused, in-flight ones get --drain-timeout."""
+    """Drain: health goes NOT_SERVING, new streams are refused, in-flight ones get --drain-timeout.
+    With leader election the lease is released first and new streams are still taken while the proxy
+    sends them (see KubernetesRuntime.hand_over)."""
     runtime.health.draining = True
     log.info("draining: %d ext_proc streams in flight", runtime.servicer.streams_in_flight)
+    if runtime.kubernetes is not None:
+        await runtime.kubernetes.release()  # a follower takes the lease now rather than when it expires
+        servicer = runtime.servicer
+        await runtime.kubernetes.hand_over(lambda: servicer.streams_total, runtime.settings.drain_timeout)
     if runtime.watcher is not None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
@@ -185,6 +213,8 @@ async def stop(runtime: Runtime) -> None:
     await runtime.health_server.stop(grace=None)
     if runtime.tracer is not None:
         runtime.tracer.shutdown()
+    if runtime.kubernetes is not None:
+        await runtime.kubernetes.stop()
     if runtime.scrape_plane is not None:
         await runtime.scrape_plane.stop()
     if runtime.shared_memory is not None:

@@ -2,7 +2,7 @@
 
 Forms accepted as pflag does: `--flag value`, `--flag=value`, bare `--bool-flag` (= true) and
 `--bool-flag=false`. A flag whose feature is not built yet stops the process with a message naming it.
-Sub-commands: `epp config check FILE`.
+Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 manifests).
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ FLAGS: tuple[_Flag, ...] = (
     ("enable-cert-reload", False, parse_bool, "reload --cert-path files when they change"),
     ("health-checking", False, parse_bool, "also serve gRPC health on the ext_proc port"),
     ("ha-enable-leader-election", False, parse_bool, "leader election through a coordination.k8s.io Lease"),
+    ("ha-lease-duration", 15.0, parse_duration, "leader election: how long a lease not renewed stays held"),
+    ("ha-renew-deadline", 10.0, parse_duration, "leader election: the leader steps down if it cannot renew this long"),
+    ("ha-retry-period", 2.0, parse_duration, "leader election: interval between acquire / renew attempts"),
     ("tracing", True, parse_bool, "OpenTelemetry tracing"),
     ("config-file", "", str, "EndpointPickerConfig file"),
     ("config-text", "", str, "EndpointPickerConfig as text"),
@@ -152,12 +155,6 @@ _DEPRECATED_METRIC_FLAGS = (
 
 #: flag → why it stops the process when given (features not built in this version)
 NOT_BUILT: dict[str, str] = {
-    "pool-name": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
-    "pool-namespace": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
-    "pool-group": "Kubernetes InferencePool discovery is not built yet; use --endpoints or --endpoints-file",
-    "endpoint-selector": "Kubernetes pod discovery is not built yet; use --endpoints or --endpoints-file",
-    "endpoint-target-ports": "Kubernetes pod discovery is not built yet; use --endpoints or --endpoints-file",
-    "ha-enable-leader-election": "leader election needs Kubernetes discovery, which is not built yet",
     "metrics-endpoint-auth": "/metrics authentication uses Kubernetes TokenReview, which is not built yet",
     "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
     "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
@@ -167,14 +164,11 @@ NOT_BUILT: dict[str, str] = {
     "metrics-cert-dir": "TLS on /metrics is not built yet",
     "metrics-client-ca-file": "mTLS on /metrics is not built yet",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
-    "model-server-metrics-port": "applies to InferencePool discovery with one target port, which is not built yet;"
-    " give standalone endpoints a metricsPort in --endpoints-file instead",
     "zap-stacktrace-level": "stack-trace level selection is not built yet",
     "zap-devel": "zap development mode has no equivalent in this build",
 }
 #: flags whose value is fine only when it is the (disabled) default
 _ONLY_FALSE = {
-    "ha-enable-leader-election",
     "metrics-endpoint-auth",
     "enable-pprof",
     "allow-experimental-plugins",
@@ -200,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="epp",
         description="Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
-        "Sub-commands: 'epp config check FILE'.",
+        "Sub-commands: 'epp config check FILE', 'epp migrate PATH...'.",
         allow_abbrev=False,
     )
     for flag, default, kind, help_text in FLAGS:
@@ -258,6 +252,7 @@ def validate(settings: Settings) -> list[str]:
             "exactly one source of endpoints is required: --endpoints, --endpoints-file, --pool-name or "
             f"--endpoint-selector (got {', '.join('--' + s for s in sources) or 'none'})"
         )
+    errors.extend(_validate_kubernetes(settings))
     if settings.v < 0:
         errors.append(f"--v {settings.v}: verbosity must be 0 or more")
     if settings.zap_encoder not in ("json", "console"):
@@ -271,6 +266,50 @@ def validate(settings: Settings) -> list[str]:
     return errors
 
 
+_POOL_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")
+_KUBERNETES_ONLY = ("pool-namespace", "pool-group", "ha-enable-leader-election", "model-server-metrics-port")
+
+
+def _validate_kubernetes(settings: Settings) -> list[str]:
+    errors: list[str] = []
+    given = settings.explicit
+    kubernetes = bool(settings.pool_name or settings.endpoint_selector)
+    if settings.pool_group not in _POOL_GROUPS:
+        errors.append(
+            f"--pool-group {settings.pool_group!r}: use inference.networking.k8s.io (InferencePool v1) or "
+            "inference.networking.x-k8s.io (InferencePool v1alpha2)"
+        )
+    if settings.endpoint_selector:
+        from epp.k8s.pool import PoolSpecError, parse_selector_flag
+
+        try:
+            parse_selector_flag(settings.endpoint_selector)
+        except PoolSpecError as exc:
+            errors.append(str(exc))
+    if settings.endpoint_selector and not settings.endpoint_target_ports:
+        errors.append("--endpoint-selector needs --endpoint-target-ports (the model servers' ports, e.g. 8000)")
+    if settings.endpoint_target_ports and not settings.endpoint_selector:
+        errors.append(
+            "--endpoint-target-ports applies to --endpoint-selector; with --pool-name the pool names its ports"
+        )
+    if settings.endpoint_selector and not os.environ.get("POD_NAME"):
+        errors.append(
+            "--endpoint-selector needs the POD_NAME environment variable (the downward API's metadata.name) to name "
+            "the pool after the EPP's Deployment"
+        )
+    for flag in _KUBERNETES_ONLY:
+        if _dest(flag) in given and settings.values[_dest(flag)] and not kubernetes:
+            errors.append(f"--{flag} applies to Kubernetes discovery; give --pool-name or --endpoint-selector")
+    if settings.ha_enable_leader_election and not (
+        settings.ha_lease_duration > settings.ha_renew_deadline > settings.ha_retry_period > 0
+    ):
+        errors.append(
+            f"leader election needs --ha-lease-duration ({settings.ha_lease_duration}s) > --ha-renew-deadline "
+            f"({settings.ha_renew_deadline}s) > --ha-retry-period ({settings.ha_retry_period}s) > 0"
+        )
+    return errors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["config", "check"]:
@@ -280,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "config":
         print("usage: epp config check FILE", file=sys.stderr)
         return 2
+    if args and args[0] == "migrate":
+        from epp.migrate.cli import main as migrate
+
+        return migrate(args[1:])
     settings = parse_settings(args)
     if not settings.pool_namespace:
         settings.values["pool_namespace"] = os.environ.get("NAMESPACE", "default")

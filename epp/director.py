@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,19 @@ FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
 #: predicted output tokens per input token for in-flight token accounting (reference inflight-load-producer)
 OUTPUT_TOKEN_RATIO = 1.5
+
+
+class ModelRouting(Protocol):
+    """Model resolution from Kubernetes objects (InferenceModelRewrite, v1alpha2 InferenceModel); see epp.k8s."""
+
+    def rewrite(self, model: str) -> tuple[str, str] | None:
+        """(target model, rewrite name) when a rewrite rule applies to the incoming model."""
+
+    def model_priority(self, model: str) -> int | None:
+        """Priority of the v1alpha2 InferenceModel for this model name, if there is one."""
+
+    def restrict(self, target_model: str, candidates: SlotArray) -> SlotArray:
+        """The candidates that serve the target model (all of them when that is not known)."""
 
 
 @dataclass(slots=True)
@@ -73,6 +86,7 @@ class Director:
         saturation: Any = None,
         shed_sheddable: bool = True,
         on_release: Callable[[], None] | None = None,
+        models: ModelRouting | None = None,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -86,6 +100,8 @@ class Director:
         self.shed_sheddable = shed_sheddable
         #: called after a request releases its load (flow control dispatches the next waiting one)
         self.on_release = on_release
+        #: rewrites and served-model candidates (Kubernetes discovery); None when standalone
+        self.models = models
         #: namespace of the pool's pods (the `namespace` label of scheduler attempts; "" when standalone)
         self.namespace = ""
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
@@ -114,8 +130,17 @@ class Director:
     ) -> Prepared:
         """Everything before the pick: model, rewrite, objective, admission, candidates."""
         model = parsed.model if parsed else ""
-        target = headers.get(REWRITE_HEADER) or model
+        pinned = headers.get(REWRITE_HEADER)
+        target = pinned or model
         objective = headers.get(OBJECTIVE_HEADER, "")
+        priority = self.objectives.get(objective)
+        routing = self.models
+        if routing is not None and model:
+            rewritten = None if pinned else routing.rewrite(model)
+            if rewritten is not None:
+                target = rewritten[0]
+            if priority is None:
+                priority = routing.model_priority(model)
         request = LLMRequest(
             request_id=request_id,
             model=model,
@@ -125,13 +150,13 @@ class Director:
             prompt_bytes=parsed.prompt_bytes if parsed else b"",
             cache_salt=parsed.cache_salt if parsed else "",
             stream=parsed.stream if parsed else False,
-            priority=self.objectives.get(objective, 0),
+            priority=priority or 0,
             fairness_id=headers.get(FAIRNESS_HEADER) or DEFAULT_FAIRNESS_ID,
             objective=objective,
             body_size=len(raw_body),
             body=parsed.body if parsed else None,
         )
-        candidates = self.candidates(subset)
+        candidates = self._serving(target, self.candidates(subset))
         if (
             self.shed_sheddable
             and request.priority < 0
@@ -148,7 +173,7 @@ class Director:
         """The pick itself (after any wait in flow control, when membership may have changed)."""
         candidates = prepared.candidates
         if prepared.generation != self.table.generation:
-            candidates = self.candidates(prepared.subset)
+            candidates = self._serving(prepared.request.target_model, self.candidates(prepared.subset))
             if len(candidates) == 0:
                 raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
         started = time.perf_counter()
@@ -181,6 +206,10 @@ class Director:
         index = self._slots_by_ip()
         slots = sorted({slot for hint in subset for slot in index.get(_ip_of(hint), ())})
         return np.array(slots, dtype=np.intp)
+
+    def _serving(self, target_model: str, candidates: SlotArray) -> SlotArray:
+        routing = self.models
+        return candidates if routing is None or not target_model else routing.restrict(target_model, candidates)
 
     def _slots_by_ip(self) -> dict[str, list[int]]:
         generation, index = self._ip_index

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--max-loras", type=int, default=None)
     parser.add_argument("--lora-modules", nargs="*", default=[])
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk after the first (vLLM's --stream-interval); fewer chunks, less CPU",
+    )
     return parser
 
 
@@ -47,10 +53,17 @@ async def serve(args: argparse.Namespace) -> None:
     adapters = parse_lora_modules(args.lora_modules)
     max_loras = args.max_loras if args.max_loras is not None else (1 if adapters else 0)
     config = EngineConfig(
-        args.max_num_seqs, args.max_num_batched_tokens, args.num_gpu_blocks, args.block_size, max_loras
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_gpu_blocks=args.num_gpu_blocks,
+        block_size=args.block_size,
+        max_loras=max_loras,
     )
     model = args.served_model_name or args.model
-    servers = [SimServer(model, args.port + i, config, args.time_scale, adapters, args.host) for i in range(args.count)]
+    servers = [
+        SimServer(model, args.port + i, config, args.time_scale, adapters, args.host, args.stream_interval)
+        for i in range(args.count)
+    ]
     for server in servers:
         await server.start()
     print(
@@ -69,8 +82,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.count < 1 or args.time_scale <= 0:
-        print("vllm-sim: --count must be >= 1 and --time-scale > 0", file=sys.stderr)
+    if args.count < 1 or args.time_scale <= 0 or args.stream_interval < 1:
+        print("vllm-sim: --count and --stream-interval must be >= 1 and --time-scale > 0", file=sys.stderr)
         return 2
     uvloop.run(serve(args))
     return 0

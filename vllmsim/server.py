@@ -15,14 +15,27 @@ from vllmsim.engine import Engine, EngineConfig, Sequence
 from vllmsim.metrics import RequestHistograms, render
 
 SERVED_BY_HEADER = "x-vllm-sim-port"
+MAX_LAG = 0.05  # seconds of wall clock
 
 
 @dataclass
 class _Pending:
     sequence: Sequence
-    tokens: asyncio.Queue[bool]  # True = a token, False = finished
     arrived: float
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    produced: int = 0  # tokens the engine has generated for this request
+    finished: bool = False
+    scheduled_at: float = 0.0
     first_token_at: float = 0.0
+
+    async def next_batch(self, sent: int, interval: int) -> int:
+        """Wait until tokens are due to the client; returns how many have been produced (vLLM's
+        --stream-interval: the first token goes out at once, later ones in groups of `interval`)."""
+        while True:
+            if self.finished or self.produced - sent >= (1 if sent == 0 else interval):
+                return self.produced
+            self.ready.clear()
+            await self.ready.wait()
 
 
 @dataclass
@@ -33,6 +46,7 @@ class SimServer:
     time_scale: float = 1.0
     adapters: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    stream_interval: int = 1
     engine: Engine = field(init=False)
     histograms: RequestHistograms = field(default_factory=RequestHistograms)
 
@@ -64,22 +78,36 @@ class SimServer:
         if self._loop_task is not None:
             self._loop_task.cancel()
         for pending in self._pending.values():  # end in-flight responses instead of waiting on a stopped engine
-            pending.tokens.put_nowait(False)
+            pending.finished = True
+            pending.ready.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _engine_loop(self) -> None:
+        """Steps run back to back on a schedule: each ends `duration / time_scale` after the previous one ended
+        (not after this loop's own work), so Python overhead and scheduling jitter do not stretch model time.
+        A backlog of more than MAX_LAG is forgotten rather than caught up in a burst."""
         engine = self.engine
+        clock = time.monotonic()
         while True:
             if not engine.has_work():
                 self._wake.clear()
                 await self._wake.wait()
+                clock = time.monotonic()
             duration = engine.step()
+            if engine.first_scheduled:
+                scheduled = time.monotonic()
+                for sequence in engine.first_scheduled:
+                    waiting = self._pending.get(sequence.request_id)
+                    if waiting is not None:
+                        waiting.scheduled_at = scheduled
             if duration == 0.0:
                 self._wake.clear()
                 await self._wake.wait()
+                clock = time.monotonic()
                 continue
-            await asyncio.sleep(duration / self.time_scale)
+            clock = max(clock, time.monotonic() - MAX_LAG) + duration / self.time_scale
+            await asyncio.sleep(max(0.0, clock - time.monotonic()))
             produced, finished = engine.finish_step()
             now = time.monotonic()
             for sequence in produced:
@@ -87,11 +115,13 @@ class SimServer:
                 if pending is not None:
                     if not pending.first_token_at:
                         pending.first_token_at = now
-                    pending.tokens.put_nowait(True)
+                    pending.produced += 1
+                    pending.ready.set()
             for sequence in finished:
                 pending = self._pending.get(sequence.request_id)
                 if pending is not None:
-                    pending.tokens.put_nowait(False)
+                    pending.finished = True
+                    pending.ready.set()
 
     # --- OpenAI API --------------------------------------------------------------------------
 
@@ -131,7 +161,7 @@ class SimServer:
         adapter = model if model != self.model else ""
         arrived = time.monotonic()
         sequence = self.engine.add(prompt, max_tokens, seed=model, adapter=adapter)
-        pending = _Pending(sequence, asyncio.Queue(), arrived)
+        pending = _Pending(sequence, arrived)
         self._pending[sequence.request_id] = pending
         self._wake.set()
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -142,10 +172,13 @@ class SimServer:
             if body.get("stream"):
                 response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
                 await response.prepare(request)
-                index = 0
-                while await pending.tokens.get():
-                    text = f" tok{index}"
-                    index += 1
+                sent = 0
+                while True:
+                    produced = await pending.next_batch(sent, self.stream_interval)
+                    if produced == sent:
+                        break
+                    text = "".join(f" tok{i}" for i in range(sent, produced))
+                    sent = produced
                     choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                     if chat:
                         choice["delta"] = {"content": text}
@@ -174,8 +207,9 @@ class SimServer:
                 await response.write_eof()
                 self._record(pending)
                 return response
-            while await pending.tokens.get():
-                pass
+            while not pending.finished:
+                pending.ready.clear()
+                await pending.ready.wait()
             self._record(pending)
             text = "".join(f" tok{i}" for i in range(sequence.generated))
             choice = {"index": 0, "finish_reason": "length"}
@@ -210,6 +244,8 @@ class SimServer:
         if pending.first_token_at:
             histograms.ttft.observe((pending.first_token_at - pending.arrived) * scale)
         histograms.e2e.observe((now - pending.arrived) * scale)
+        if pending.scheduled_at:
+            histograms.queue.observe((pending.scheduled_at - pending.arrived) * scale)
         histograms.prompt_tokens.observe(pending.sequence.prompt_tokens)
         histograms.generation_tokens.observe(pending.sequence.generated)
 

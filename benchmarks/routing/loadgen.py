@@ -1,8 +1,11 @@
 """Open-loop (Poisson) load generator over HTTP: arrivals do not wait for earlier responses.
 
-Each request streams (SSE); TTFT is the time to the first chunk carrying generated text, end-to-end is
-the time to the end of the stream. The serving port is read from the simulator's response header.
-Bounded: a fixed list of requests, a per-request timeout and an overall deadline.
+Each request streams (SSE); TTFT is the time from sending to the first chunk carrying generated text,
+end-to-end the time to the end of the stream. The serving port is read from the simulator's response
+header. A request with `after` (a chat user's next round) is sent at its Poisson time or when that earlier
+request has finished, whichever is later. The generator records when each request was due and when it was
+actually sent, so the report can show whether the Poisson schedule was kept. Bounded: a fixed list of
+requests, a per-request timeout and an overall deadline.
 """
 
 from __future__ import annotations
@@ -24,17 +27,19 @@ class Result:
     group: str
     ok: bool
     status: int
+    due: float  # Poisson arrival time, seconds from the start
+    sent: float  # when it was actually sent (later than `due` when it waited for `after` or the loop lagged)
     ttft: float
     e2e: float
     served_by: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    waited_for_dependency: bool = False
 
 
-async def _one(session: aiohttp.ClientSession, url: str, request: Request, timeout: float) -> Result:
+async def _stream(session: aiohttp.ClientSession, url: str, request: Request, timeout: float, result: Result) -> None:
     started = time.perf_counter()
-    ttft = float("nan")
     usage: dict[str, object] = {}
     try:
         async with session.post(
@@ -43,12 +48,12 @@ async def _one(session: aiohttp.ClientSession, url: str, request: Request, timeo
             headers={"content-type": "application/json", **request.headers},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
-            served = response.headers.get(SERVED_BY_HEADER, "?")
+            result.status = response.status
+            result.served_by = response.headers.get(SERVED_BY_HEADER, "?")
             if response.status != 200:
                 await response.read()
-                return Result(
-                    request.group, False, response.status, ttft, time.perf_counter() - started, served, 0, 0, 0
-                )
+                result.e2e = time.perf_counter() - started
+                return
             buffer = b""
             async for chunk in response.content.iter_any():
                 buffer += chunk
@@ -57,43 +62,54 @@ async def _one(session: aiohttp.ClientSession, url: str, request: Request, timeo
                     if not event.startswith(b"data: ") or event == b"data: [DONE]":
                         continue
                     document = orjson.loads(event[6:])
-                    if ttft != ttft and document.get("choices"):
-                        ttft = time.perf_counter() - started
+                    if result.ttft != result.ttft and document.get("choices"):
+                        result.ttft = time.perf_counter() - started
                     if document.get("usage"):
                         usage = document["usage"]
-            details = usage.get("prompt_tokens_details") or {}
-            return Result(
-                request.group,
-                True,
-                200,
-                ttft,
-                time.perf_counter() - started,
-                served,
-                int(usage.get("prompt_tokens", 0)),  # type: ignore[call-overload]
-                int(details.get("cached_tokens", 0)) if isinstance(details, dict) else 0,
-                int(usage.get("completion_tokens", 0)),  # type: ignore[call-overload]
-            )
+        details = usage.get("prompt_tokens_details") or {}
+        result.prompt_tokens = int(usage.get("prompt_tokens", 0))  # type: ignore[call-overload]
+        result.cached_tokens = int(details.get("cached_tokens", 0)) if isinstance(details, dict) else 0
+        result.completion_tokens = int(usage.get("completion_tokens", 0))  # type: ignore[call-overload]
+        result.ok = result.completion_tokens > 0
     except (aiohttp.ClientError, TimeoutError):
-        return Result(request.group, False, 0, ttft, time.perf_counter() - started, "-", 0, 0, 0)
+        result.status = 0
+    result.e2e = time.perf_counter() - started
 
 
 async def run_poisson(
-    url: str, requests: list[Request], rate: float, seed: int = 7, timeout: float = 120.0, deadline: float = 900.0
+    url: str, requests: list[Request], rate: float, seed: int = 7, timeout: float = 240.0, deadline: float = 600.0
 ) -> tuple[list[Result], float]:
-    """Send `requests` with exponential inter-arrival times (mean 1/rate). Returns results and wall time."""
+    """Send `requests` with exponential inter-arrival times (mean 1/rate, wall-clock seconds).
+    Returns one result per request sent and the wall time until the last response."""
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    results: list[Result] = []
+    done: list[asyncio.Event] = []
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
         started = time.perf_counter()
+
+        async def one(index: int, request: Request) -> None:
+            result = results[index]
+            if request.after is not None and not done[request.after].is_set():
+                result.waited_for_dependency = True
+                await done[request.after].wait()
+            result.sent = time.perf_counter() - started
+            try:
+                await _stream(session, url, request, timeout, result)
+            finally:
+                done[index].set()
+
         tasks = []
-        next_at = 0.0
-        for request in requests:
-            delay = next_at - (time.perf_counter() - started)
+        due = 0.0
+        for index, request in enumerate(requests):
+            delay = due - (time.perf_counter() - started)
             if delay > 0:
                 await asyncio.sleep(delay)
             if time.perf_counter() - started > deadline:
                 break
-            tasks.append(asyncio.create_task(_one(session, url, request, timeout)))
-            next_at += rng.expovariate(rate)
-        results = await asyncio.gather(*tasks)
-        return list(results), time.perf_counter() - started
+            results.append(Result(request.group, False, 0, due, float("nan"), float("nan"), float("nan"), "-"))
+            done.append(asyncio.Event())
+            tasks.append(asyncio.create_task(one(index, request)))
+            due += rng.expovariate(rate)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=deadline + timeout)
+        return results, time.perf_counter() - started

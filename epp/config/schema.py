@@ -5,7 +5,7 @@ Every error names the path in the file and what would be valid; all errors are r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ import yaml
 
 from epp.config.flowcontrol import describe_flow_control, parse_flow_control
 from epp.flowcontrol.queue import QueueSettings
-from epp.scheduling.plugin import ParameterError, Plugin
+from epp.scheduling.plugin import ParameterError, Plugin, ProfileHandler
 from epp.scheduling.registry import plugin_types
 
 API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
@@ -22,6 +22,7 @@ FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "haPopulateN
 _TOP_LEVEL = ("apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "saturationDetector",
               "dataLayer", "parser", "flowControl")  # fmt: skip
 _NOT_BUILT_SECTIONS: dict[str, str] = {}
+SATURATION_DETECTORS = ("utilization-detector", "concurrency-detector")
 
 DEFAULT_CONFIG_TEXT = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -95,6 +96,38 @@ class EndpointPickerConfig:
             "saturationDetector": {"pluginRef": self.saturation_detector},
             "flowControl": describe_flow_control(self.flow_control),
         }
+
+
+def _check_profile_handler(
+    plugins: dict[str, PluginInstance],
+    profiles: list[Profile],
+    raw_plugins: list[Any],
+    types: Mapping[str, type[Plugin]],
+    error: Callable[[str, str], None],
+) -> None:
+    """At most one profile handler; it accepts the profiles (and binds its references); rule 2 default."""
+    handlers = [p for p in plugins.values() if isinstance(p.plugin, ProfileHandler)]
+    names = [p.name for p in profiles]
+    if len(handlers) > 1:
+        error("plugins", f"several profile handlers ({', '.join(h.name for h in handlers)}); declare at most one")
+    elif handlers:
+        handler = handlers[0]
+        index = next(i for i, raw in enumerate(raw_plugins)
+                     if isinstance(raw, Mapping) and (raw.get("name") or raw.get("type")) == handler.name)  # fmt: skip
+        assert isinstance(handler.plugin, ProfileHandler)
+        for field_path, message in handler.plugin.resolve(names, {n: p.plugin for n, p in plugins.items()}):
+            error(f"plugins[{index}]" + (f".{field_path}" if field_path else ""), message)
+    elif len(profiles) > 1:
+        error("schedulingProfiles", f"{len(profiles)} profiles ({', '.join(names)}) need a profile handler that "
+              "runs them; declare one under plugins, e.g. disagg-profile-handler")  # fmt: skip
+    elif profiles and "single-profile-handler" in types:
+        # Defaulting rule 2: one profile and no handler ⇒ single-profile-handler.
+        cls = types["single-profile-handler"]
+        plugins["single-profile-handler"] = PluginInstance(
+            "single-profile-handler",
+            "single-profile-handler",
+            cls("single-profile-handler", cls.parse_parameters({}, "")),
+        )
 
 
 def _params_dict(parameters: Any) -> dict[str, Any]:
@@ -232,8 +265,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
             if len(pickers) > 1:
                 error(f"{path}.plugins", f"two pickers ({', '.join(pickers)}); a profile takes at most one")
             profiles.append(Profile(raw["name"], entries))
-    if len(profiles) > 1:
-        error("schedulingProfiles", "several profiles need a multi-profile handler, which is not built yet; use one")
+    _check_profile_handler(plugins, profiles, raw_plugins, types, error)
 
     # Defaulting rule 3: a max-score-picker in every profile lacking a picker.
     for profile in profiles:
@@ -259,8 +291,9 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
     if raw_detector is not None:
         ref = raw_detector.get("pluginRef") if isinstance(raw_detector, Mapping) else None
         target = plugins.get(ref) if isinstance(ref, str) else None
-        if target is None or target.type != "utilization-detector":
-            error("saturationDetector.pluginRef", f"{ref!r} must name a declared utilization-detector plugin")
+        if target is None or target.type not in SATURATION_DETECTORS:
+            error("saturationDetector.pluginRef",
+                  f"{ref!r} must name a declared {' or '.join(SATURATION_DETECTORS)} plugin")  # fmt: skip
         else:
             detector = target.name
     if detector not in plugins and "utilization-detector" in types:

@@ -396,7 +396,13 @@ class ExtProcStream:
         self._buffer_response = self._rewrite is not None and not streaming
         if headers.end_of_stream:
             self._finish()
-        return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
+        response = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+        added = self._decision.result.response_headers if self._decision is not None else None
+        if added:  # e.g. x-session-token from session-affinity-scorer
+            mutation = response.response_headers.response.header_mutation
+            for key, value in added.items():
+                _set_header(mutation, key, value)
+        return [response]
 
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body

@@ -78,6 +78,13 @@ class ExtensionMetrics:
             "Number of requests whose model name an InferenceModelRewrite rule changed.",
             ["model_rewrite_name", "model_name", "target_model"],
         )
+        self.model_rewrite_target_unavailable = Family(
+            "gauge",
+            PREFIX + "model_rewrite_target_unavailable",
+            "1 while a model rewrite target gets no traffic because none of its endpoints is ready with fresh "
+            "metrics and another target of the rule can serve; 0 once it can serve again.",
+            ["model_rewrite_name", "target_model"],
+        )
         self.families = [
             self.scheduler_e2e,
             self.plugin_duration,
@@ -87,6 +94,7 @@ class ExtensionMetrics:
             self.prefix_hit_bytes,
             self.info,
             self.model_rewrite_decisions,
+            self.model_rewrite_target_unavailable,
         ]
         self.collector = FamiliesCollector(self.families)
         self._scheduler_e2e = self.scheduler_e2e.distribution()
@@ -148,6 +156,11 @@ def record_model_rewrite(rewrite_name: str, model: str, target_model: str) -> No
     if key not in family.children and len(family.children) >= MAX_REWRITE_LABEL_SETS:
         key = (rewrite_name, "other", "other")
     family.value(*key).value += 1.0
+
+
+def set_rewrite_target_unavailable(rewrite_name: str, target_model: str, unavailable: bool) -> None:
+    """A rewrite target stopped (True) or resumed (False) receiving traffic because of its endpoints' health."""
+    EXTENSION.model_rewrite_target_unavailable.value(rewrite_name, target_model).value = 1.0 if unavailable else 0.0
 
 
 def set_build_info(commit: str | None = None, build_ref: str | None = None) -> None:

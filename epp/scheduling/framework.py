@@ -1,29 +1,75 @@
 """The scheduling framework: per profile filters → scorers (Σ weight · clamp(score, 0, 1)) → picker.
 
 Built once from an EndpointPickerConfig; every list of plugins is resolved at build time so a request
-costs the plugins' own work. Data producers (e.g. the prefix index) run before the profile and again
-after the pick (pre-request) and at completion.
+costs the plugins' own work. Data producers (e.g. the prefix index) run before the profiles; plugins with
+a `pre_request(state, result)` hook run after the pick, and producers again at completion.
+
+The profile handler decides which profiles run. With one profile and a handler that keeps the
+single-profile behaviour (the default), `schedule` runs that profile inline (the per-request fast path);
+otherwise it loops: the handler names the next profiles given the results so far, each runs on the same
+candidates with the shared cycle state, and the handler builds the result (e.g. prefill/decode, with the
+decode profile primary).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from epp.config.schema import EndpointPickerConfig, PluginInstance
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Scorer
+from epp.observability.extension import plugin_duration
+from epp.observability.fast import Distribution
+from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.registry import plugin_types
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 
+NO_ENDPOINTS = "no endpoints available for the given request"
+
+
+def _timer(extension_point: str, plugin: Plugin) -> Distribution:
+    return plugin_duration(extension_point, plugin.type_name, plugin.name)
+
 
 class _Profile:
+    """One profile's plugins, each with its `plugin_duration_seconds` child resolved once."""
+
     def __init__(self, name: str, filters: list[Filter], scorers: list[tuple[Scorer, float]], picker: Picker) -> None:
         self.name = name
-        self.filters = filters
-        self.scorers = scorers
+        self.filters = [(f, _timer("Filter", f)) for f in filters]
+        self.scorers = [(s, w, _timer("Scorer", s)) for s, w in scorers]
         self.picker = picker
+        self.picker_timer = _timer("Picker", picker)
+
+    def run(self, state: CycleState, candidates: SlotArray) -> ProfileResult:
+        clock = time.perf_counter
+        started = clock()
+        for plugin, timer in self.filters:
+            candidates = plugin.filter(state, candidates)
+            now = clock()
+            timer.observe(now - started)
+            started = now
+            if len(candidates) == 0:
+                raise SchedulingError(NO_ENDPOINTS)
+        total = np.zeros(len(candidates))
+        for scorer, weight, timer in self.scorers:
+            total += weight * np.clip(scorer.score(state, candidates), 0.0, 1.0)
+            now = clock()
+            timer.observe(now - started)
+            started = now
+        picked = self.picker.pick(state, candidates, total)
+        self.picker_timer.observe(clock() - started)
+        return ProfileResult(picked)
+
+
+def _keeps_single_profile(handler: ProfileHandler | None) -> bool:
+    if handler is None:
+        return True
+    cls = type(handler)
+    return cls.pick_profiles is ProfileHandler.pick_profiles and cls.process_results is ProfileHandler.process_results
 
 
 class SchedulerRuntime:
@@ -33,30 +79,52 @@ class SchedulerRuntime:
         self.config = config
         self.table = table
         plugins = dict(config.plugins)
-        # Producers consumed by scorers but not declared are created with default parameters.
+        # Producers consumed by plugins but not declared are created with default parameters.
         types = plugin_types()
         for instance in list(plugins.values()):
             consumed = getattr(instance.plugin, "consumes", None)
             if consumed and not any(p.type == consumed for p in plugins.values()):
                 cls = types[consumed]
                 plugins[consumed] = PluginInstance(consumed, consumed, cls(consumed, cls.parse_parameters({}, "")))
-        self.producers = [p.plugin for p in plugins.values() if isinstance(p.plugin, DataProducer)]
-        for instance in plugins.values():
-            instance.plugin.bind(table)
-        profile = config.profiles[0]
-        filters: list[Filter] = []
-        scorers: list[tuple[Scorer, float]] = []
-        picker: Picker | None = None
-        for entry in profile.entries:
-            plugin = plugins[entry.ref].plugin
-            if isinstance(plugin, Filter):
-                filters.append(plugin)
-            elif isinstance(plugin, Scorer):
-                scorers.append((plugin, entry.weight))
-            elif isinstance(plugin, Picker):
-                picker = plugin
-        assert picker is not None, "config defaulting guarantees a picker per profile"
-        self.profile = _Profile(profile.name, filters, scorers, picker)
+        self.plugins: dict[str, Plugin] = {name: instance.plugin for name, instance in plugins.items()}
+        self.producers = [p for p in self.plugins.values() if isinstance(p, DataProducer)]
+        self._producer_timers = [(p, _timer("DataProducer", p)) for p in self.producers]
+        for plugin in self.plugins.values():
+            plugin.bind(table)
+            connect = getattr(plugin, "connect", None)
+            if connect is not None:
+                connect(self.plugins)
+        # Hooks after the pick: producers first (they learn from it), then any other plugin offering one.
+        self._pre_request: list[Callable[[CycleState, SchedulingResult], Any]] = [p.pre_request for p in self.producers]
+        self._pre_request += [
+            hook
+            for p in self.plugins.values()
+            if not isinstance(p, DataProducer) and (hook := getattr(p, "pre_request", None)) is not None
+        ]
+        self.profiles: dict[str, _Profile] = {}
+        for profile in config.profiles:
+            filters: list[Filter] = []
+            scorers: list[tuple[Scorer, float]] = []
+            picker: Picker | None = None
+            for entry in profile.entries:
+                plugin = self.plugins[entry.ref]
+                if isinstance(plugin, Filter):
+                    filters.append(plugin)
+                elif isinstance(plugin, Scorer):
+                    scorers.append((plugin, entry.weight))
+                elif isinstance(plugin, Picker):
+                    picker = plugin
+            assert picker is not None, "config defaulting guarantees a picker per profile"
+            self.profiles[profile.name] = _Profile(profile.name, filters, scorers, picker)
+        self.profile_names = list(self.profiles)
+        handlers = [p for p in self.plugins.values() if isinstance(p, ProfileHandler)]
+        self.handler: ProfileHandler | None = handlers[0] if handlers else None
+        #: the profile `schedule` runs inline, or None when the handler drives a profile loop
+        self.profile: _Profile | None = None
+        if len(self.profiles) == 1 and _keeps_single_profile(self.handler):
+            self.profile = next(iter(self.profiles.values()))
+        elif self.handler is None:
+            raise ValueError(f"{len(self.profiles)} scheduling profiles need a profile handler")
         detector = plugins.get(config.saturation_detector)
         self._detector = detector.plugin if detector is not None else None
         self._states: dict[str, CycleState] = {}
@@ -65,20 +133,39 @@ class SchedulerRuntime:
 
     def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
         state = CycleState(request, table)
-        for producer in self.producers:
+        clock = time.perf_counter
+        for producer, timer in self._producer_timers:
+            started = clock()
             producer.produce(state, candidates)
+            timer.observe(clock() - started)
         profile = self.profile
-        for plugin in profile.filters:
-            candidates = plugin.filter(state, candidates)
-            if len(candidates) == 0:
-                raise SchedulingError("no endpoints available for the given request")
-        total = np.zeros(len(candidates))
-        for scorer, weight in profile.scorers:
-            total += weight * np.clip(scorer.score(state, candidates), 0.0, 1.0)
-        picked = profile.picker.pick(state, candidates, total)
-        if self.producers:
+        if profile is not None:
+            result = SchedulingResult({profile.name: profile.run(state, candidates)}, profile.name)
+        else:
+            result = self._run_profiles(state, candidates)
+        if self._pre_request:
             self._states[request.request_id] = state
-        return SchedulingResult({profile.name: ProfileResult(picked)}, profile.name)
+        return result
+
+    def _run_profiles(self, state: CycleState, candidates: SlotArray) -> SchedulingResult:
+        handler = self.handler
+        assert handler is not None
+        results: dict[str, ProfileResult | None] = {}
+        while True:
+            names = [
+                n for n in handler.pick_profiles(state, candidates, self.profile_names, results) if n not in results
+            ]
+            if not names:
+                break
+            for name in names:
+                profile = self.profiles.get(name)
+                if profile is None:
+                    raise SchedulingError(f"profile handler {handler.name} asked for unknown profile {name!r}")
+                try:
+                    results[name] = profile.run(state, candidates)
+                except SchedulingError:
+                    results[name] = None
+        return handler.process_results(state, results)
 
     # --- RequestHooks --------------------------------------------------------------------------
 
@@ -86,8 +173,8 @@ class SchedulerRuntime:
         state = self._states.pop(request.request_id, None)
         if state is None:
             return
-        for producer in self.producers:
-            producer.pre_request(state, result)
+        for hook in self._pre_request:
+            hook(state, result)
 
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable

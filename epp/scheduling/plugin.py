@@ -14,7 +14,7 @@ third-party package adds a scorer the same way:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
+from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 
 Scores = npt.NDArray[np.float64]
 
@@ -104,7 +104,48 @@ class Picker(Plugin):
 
 
 class ProfileHandler(Plugin):
+    """Chooses which scheduling profiles run for a request and builds the result from theirs.
+
+    The defaults are the single-profile handler's: every profile runs once, exactly one result is required
+    and its profile is primary. A handler that keeps both `pick_profiles` and `process_results` as they are
+    gets the framework's single-profile fast path.
+    """
+
     role = "profile-handler"
+
+    def resolve(self, profiles: Sequence[str], plugins: Mapping[str, Plugin]) -> list[tuple[str, str]]:
+        """Bind references to profiles and plugins by name when the config loads.
+
+        Returns the problems as (field under the plugin, message), e.g. ("parameters.deciders.prefill", ...);
+        an empty field means the plugin as a whole.
+        """
+        if len(profiles) != 1:
+            declared = ", ".join(profiles) or "none"
+            message = f"{self.type_name} runs exactly one profile but {len(profiles)} are declared ({declared})"
+            return [("", message + "; use a multi-profile handler such as disagg-profile-handler")]
+        return []
+
+    def pick_profiles(
+        self,
+        state: CycleState,
+        candidates: SlotArray,
+        profiles: Sequence[str],
+        results: Mapping[str, ProfileResult | None],
+    ) -> list[str]:
+        """Names of the profiles to run next, given the results so far (None = that profile found nothing).
+
+        An empty list ends the loop; names already in `results` are not run again.
+        """
+        return [name for name in profiles if name not in results]
+
+    def process_results(self, state: CycleState, results: Mapping[str, ProfileResult | None]) -> SchedulingResult:
+        """The routing result: which profile is primary, and any headers the pick adds upstream."""
+        if len(results) != 1:
+            raise SchedulingError(f"{self.type_name} expects one profile result, got {len(results)}")
+        ((name, result),) = results.items()
+        if result is None:
+            raise SchedulingError("no endpoints available for the given request")
+        return SchedulingResult({name: result}, name)
 
 
 class DataProducer(Plugin):

@@ -59,6 +59,9 @@ class SchedulingResult:
     primary_profile: str
     #: extra request headers to add upstream (e.g. x-prefiller-host-port from the disagg handler)
     headers: dict[str, str] = field(default_factory=dict)
+    #: headers to add to the response the client gets (e.g. x-session-token from session-affinity-scorer);
+    #: set by pre-request hooks, sent with the response headers
+    response_headers: dict[str, str] | None = None
 
     @property
     def primary(self) -> SlotArray:

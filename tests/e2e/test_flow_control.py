@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, free_port_range, render_bootstrap
 from epp.devstack.processes import EppProcess
+from tests.e2e import hog
 from tests.e2e.http import get, post
 
 pytestmark = pytest.mark.e2e
@@ -32,18 +33,6 @@ flowControl:
   maxRequests: 2
   defaultRequestTTL: 2s
   defaultPriorityBand: {fairnessPolicyRef: fair}
-"""
-HOG = """\
-import json, sys, urllib.request, concurrent.futures as f
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-def hold(url):
-    body = json.dumps({"model": sys.argv[1], "prompt": "hold the batch", "max_tokens": 1000000}).encode()
-    try:
-        opener.open(urllib.request.Request(url, data=body, headers={"content-type": "application/json"}), timeout=120)
-    except Exception:
-        pass
-urls = [f"http://127.0.0.1:{p}/v1/completions" for p in sys.argv[2:] for _ in range(6)]
-list(f.ThreadPoolExecutor(len(urls)).map(hold, urls))
 """
 
 
@@ -90,7 +79,7 @@ def test_requests_wait_while_saturated_and_dispatch_when_load_falls(tmp_path: Pa
         ["--endpoints", f"127.0.0.1:{base},127.0.0.1:{base + 1}", "--config-file", str(config),
          "--tracing=false", "--refresh-metrics-interval", "50ms"]
     )  # fmt: skip
-    hog: subprocess.Popen[bytes] | None = None
+    load: subprocess.Popen[bytes] | None = None
     pool = concurrent.futures.ThreadPoolExecutor(4)
     try:
         time.sleep(1.0)
@@ -98,9 +87,7 @@ def test_requests_wait_while_saturated_and_dispatch_when_load_falls(tmp_path: Pa
         with EnvoyProcess(render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port)) as envoy:
             listener = envoy.listener_port
             assert complete(listener, "warmup")[0] == 200  # not saturated: straight through
-            hog = subprocess.Popen(
-                [sys.executable, "-c", HOG, MODEL, str(base), str(base + 1)], env=env_without_proxies()
-            )
+            load = hog.start(MODEL, [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"])
             saturation = "inference_extension_flow_control_pool_saturation"
             wait_for(lambda: metric(epp.metrics_port, saturation) >= 1.0, 10, "the pool to saturate")
 
@@ -117,8 +104,8 @@ def test_requests_wait_while_saturated_and_dispatch_when_load_falls(tmp_path: Pa
 
             # load falls (the hog goes away, the servers abort its requests) → both dispatch promptly
             time.sleep(0.5)
-            hog.kill()
-            hog.wait()
+            load.kill()
+            load.wait()
             released = time.monotonic()
             for future in waiting:
                 status, _ = future.result(timeout=20)
@@ -131,8 +118,8 @@ def test_requests_wait_while_saturated_and_dispatch_when_load_falls(tmp_path: Pa
                 assert metric(epp.metrics_port, durations, fairness_id=tenant, outcome=outcome) == 1, (tenant, outcome)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        if hog is not None and hog.poll() is None:
-            hog.kill()
+        if load is not None and load.poll() is None:
+            load.kill()
         epp.stop()
         fleet.terminate()
         fleet.wait(10)

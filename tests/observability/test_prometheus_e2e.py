@@ -203,6 +203,11 @@ def test_objective_and_legacy_names_agree(stack: Stack) -> None:
     attempts = prom.query('sum(inference_extension_scheduler_attempts_total{job="epp",status="success"})')
     assert value(attempts) == picks
     assert prom.series('inference_extension_prefix_indexer_size{job="epp"}')
+    scorer = (
+        'inference_extension_plugin_duration_seconds_count{job="epp",extension_point="Scorer",'
+        'plugin_type="prefix-cache-scorer"}'
+    )
+    assert value(prom.query(f"sum({scorer})")) == picks
 
 
 def test_epp_overhead_streams_and_ttft_are_exported(stack: Stack) -> None:

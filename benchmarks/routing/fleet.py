@@ -1,0 +1,129 @@
+"""The processes of one benchmark run: the simulated fleet, epp, Envoy; their CPU use from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from epp.devstack.envoy import env_without_proxies, free_port_range
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_fleet(
+    model: str, count: int, time_scale: float, stream_interval: int, adapters: list[str], max_loras: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`count` simulated servers with the calibrated defaults in one process; returns it and the first port."""
+    base = free_port_range(count)
+    command = [
+        sys.executable, "-m", "vllmsim.cli", "--model", model, "--port", str(base), "--count", str(count),
+        "--time-scale", str(time_scale), "--stream-interval", str(stream_interval),
+    ]  # fmt: skip
+    if adapters:
+        command += ["--max-loras", str(max_loras), "--lora-modules", *adapters]
+    process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    for port in range(base, base + count):
+        while not _healthy(port):
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                process.wait()
+                raise RuntimeError("simulated fleet did not start")
+            time.sleep(0.1)
+    return process, base
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with _OPENER.open(f"http://127.0.0.1:{port}/health", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fleet_counters(base: int, count: int) -> list[dict[str, float]]:
+    """Each server's vLLM counters that the report needs (prefix cache, preemptions, tokens)."""
+    wanted = (
+        "vllm:prefix_cache_queries",
+        "vllm:prefix_cache_hits",
+        "vllm:num_preemptions",
+        "vllm:prompt_tokens",
+        "vllm:generation_tokens",
+    )
+    servers = []
+    for port in range(base, base + count):
+        totals: defaultdict[str, float] = defaultdict(float)
+        with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(wanted):
+                    name = line.split("{", 1)[0].split(" ", 1)[0].removesuffix("_total")
+                    totals[name] += float(line.rsplit(" ", 1)[1])
+        servers.append(dict(totals))
+    return servers
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of named process trees (a process and its descendants) between start() and stop()."""
+
+    roots: dict[str, int]
+    started: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+
+    def _sample(self) -> dict[str, float]:
+        tree = _children()
+        totals = {}
+        for name, root in self.roots.items():
+            pids, stack = [], [root]
+            while stack:
+                pid = stack.pop()
+                pids.append(pid)
+                stack.extend(tree.get(pid, []))
+            totals[name] = sum(_cpu_seconds(pid) for pid in pids)
+        return totals
+
+    def start(self) -> None:
+        self.started = self._sample()
+        self.wall = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Cores used by each tree over the window."""
+        ended, wall = self._sample(), time.monotonic() - self.wall
+        return {name: (ended[name] - self.started.get(name, 0.0)) / wall for name in self.roots} if wall else {}

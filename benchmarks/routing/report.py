@@ -1,0 +1,157 @@
+"""Summaries, the markdown table and the PNG plots of the routing benchmark."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from loadgen import Result
+
+
+def percentile(values: list[float], q: float) -> float:
+    clean = sorted(v for v in values if not math.isnan(v))
+    if not clean:
+        return math.nan
+    return clean[min(len(clean) - 1, round(q / 100 * (len(clean) - 1)))]
+
+
+def summarise(
+    results: list[Result], wall: float, scale: float, servers: list[dict[str, float]], ports: list[int]
+) -> dict[str, Any]:
+    """Latencies and rates in model time (wall-clock x time scale), as the simulated GPUs would see them."""
+    ok = [r for r in results if r.ok]
+    per_server = Counter(r.served_by for r in ok)
+    loads = [per_server.get(str(p), 0) for p in ports]
+    model_wall = wall * scale
+    queries = sum(s.get("vllm:prefix_cache_queries", 0.0) for s in servers)
+    hits = sum(s.get("vllm:prefix_cache_hits", 0.0) for s in servers)
+    sends = sorted(r.sent for r in results if not math.isnan(r.sent))
+    dues = sorted(r.due for r in results)
+    lags = [r.sent - r.due for r in results if not r.waited_for_dependency and not math.isnan(r.sent)]
+    mean_load = sum(loads) / len(loads) if loads else 0.0
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "error_statuses": dict(Counter(str(r.status) for r in results if not r.ok)),
+        "ttft_p50": percentile([r.ttft for r in ok], 50) * scale,
+        "ttft_p90": percentile([r.ttft for r in ok], 90) * scale,
+        "ttft_p99": percentile([r.ttft for r in ok], 99) * scale,
+        "e2e_p50": percentile([r.e2e for r in ok], 50) * scale,
+        "e2e_p90": percentile([r.e2e for r in ok], 90) * scale,
+        "throughput_rps": len(ok) / model_wall if model_wall else 0.0,
+        "output_tokens_per_s": sum(r.completion_tokens for r in ok) / model_wall if model_wall else 0.0,
+        "prefix_hit_rate": hits / queries if queries else math.nan,
+        "server_hit_rates": [
+            s.get("vllm:prefix_cache_hits", 0.0) / s["vllm:prefix_cache_queries"]
+            if s.get("vllm:prefix_cache_queries")
+            else math.nan
+            for s in servers
+        ],
+        "preemptions": sum(s.get("vllm:num_preemptions", 0.0) for s in servers),
+        "per_server": loads,
+        "spread": max(loads) / mean_load if mean_load else math.nan,
+        "offered_rate": (len(dues) - 1) / dues[-1] / scale if len(dues) > 1 and dues[-1] else math.nan,
+        "achieved_rate": (len(sends) - 1) / (sends[-1] - sends[0]) / scale if len(sends) > 1 else math.nan,
+        "send_lag_p99_ms": percentile(lags, 99) * 1e3,
+        "wall_s": wall,
+        "ttft_all": [r.ttft * scale for r in ok],
+    }
+
+
+HEADER = (
+    "| workload | config | offered → sent req/s | ok | TTFT p50 | TTFT p90 | TTFT p99 | e2e p50 | e2e p90 | req/s | "
+    "out tok/s | prefix hit | max/mean load | per server |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 1 else f"{value * 1e3:.0f} ms"
+
+
+def row(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['workload']} | {r['config']} | {r['offered_rate']:.1f} → {r['achieved_rate']:.1f} | "
+        f"{r['requests'] - r['errors']}/{r['requests']} | {_seconds(r['ttft_p50'])} | {_seconds(r['ttft_p90'])} | "
+        f"{_seconds(r['ttft_p99'])} | {_seconds(r['e2e_p50'])} | {_seconds(r['e2e_p90'])} | "
+        f"{r['throughput_rps']:.1f} | {r['output_tokens_per_s']:.0f} | {r['prefix_hit_rate']:.1%} | "
+        f"{r['spread']:.2f} | {r['per_server']} |"
+    )
+
+
+def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
+        return []
+    paths = []
+    for name in dict.fromkeys(r["workload"] for r in rows):
+        subset = [r for r in rows if r["workload"] == name]
+        figure, (cdf, bars, hits) = plt.subplots(1, 3, figsize=(15, 4.2))
+        for r in subset:
+            values = sorted(v for v in r["ttft_all"] if not math.isnan(v))
+            if values:
+                cdf.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=r["config"])
+        cdf.set_xscale("log")
+        cdf.set_xlabel("TTFT (s, model time)")
+        cdf.set_ylabel("fraction of requests")
+        cdf.set_title(f"{name}: TTFT CDF")
+        cdf.grid(True, which="both", alpha=0.3)
+        cdf.legend()
+        width = 0.8 / max(len(subset), 1)
+        for i, r in enumerate(subset):
+            positions = [j + i * width for j in range(len(r["per_server"]))]
+            bars.bar(positions, r["per_server"], width, label=r["config"])
+            hits.bar(positions, [h * 100 for h in r["server_hit_rates"]], width, label=r["config"])
+        centres = [j + width * (len(subset) - 1) / 2 for j in range(len(subset[0]["per_server"]))]
+        for axis in (bars, hits):
+            axis.set_xticks(centres, [str(j) for j in range(len(centres))])
+        bars.set_xlabel("server")
+        bars.set_ylabel("requests served")
+        bars.set_title(f"{name}: load per server")
+        bars.legend(fontsize="small", loc="lower right", framealpha=0.9)
+        hits.set_xlabel("server")
+        hits.set_ylabel("prefix-cache hit rate (%)")
+        hits.set_title(f"{name}: servers' own hit rate")
+        figure.tight_layout()
+        path = out / f"routing-{name}-{stamp}.png"
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
+        paths.append(path)
+    paths.append(_summary(rows, out, stamp, plt))
+    return paths
+
+
+def _summary(rows: list[dict[str, Any]], out: Path, stamp: str, plt: Any) -> Path:
+    """TTFT p90 and output throughput of every configuration, one group of bars per workload."""
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    by_key = {(r["workload"], r["config"]): r for r in rows}
+    figure, (ttft, throughput) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(configs)
+    for i, config in enumerate(configs):
+        positions = [w + i * width for w in range(len(workloads))]
+        found = [by_key.get((w, config)) for w in workloads]
+        ttft.bar(positions, [r["ttft_p90"] if r else 0 for r in found], width, label=config)
+        throughput.bar(positions, [r["output_tokens_per_s"] if r else 0 for r in found], width, label=config)
+    centres = [w + width * (len(configs) - 1) / 2 for w in range(len(workloads))]
+    for axis in (ttft, throughput):
+        axis.set_xticks(centres, workloads)
+        axis.legend()
+    ttft.set_yscale("log")
+    ttft.set_ylabel("TTFT p90 (s, model time)")
+    ttft.set_title("TTFT p90 by workload and configuration")
+    throughput.set_ylabel("output tokens/s (model time)")
+    throughput.set_title("throughput")
+    figure.tight_layout()
+    path = out / f"routing-summary-{stamp}.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

@@ -1,0 +1,1 @@
+"""Kubernetes mode: InferencePool discovery, objectives, model rewrites and canaries, leader election."""

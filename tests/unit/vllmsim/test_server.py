@@ -1,0 +1,44 @@
+"""The HTTP server over the engine: streamed chunks honour --stream-interval, usage reports cached tokens."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from epp.devstack.envoy import free_port
+from vllmsim.engine import EngineConfig
+from vllmsim.server import SimServer
+
+MODEL = "m"
+
+
+async def stream(port: int, prompt: str, max_tokens: int) -> tuple[list[str], dict[str, object]]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    texts: list[str] = []
+    usage: dict[str, object] = {}
+    async with (
+        aiohttp.ClientSession(trust_env=False) as session,
+        session.post(f"http://127.0.0.1:{port}/v1/completions", data=orjson.dumps(body)) as response,
+    ):
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                document = orjson.loads(line[6:])
+                if document["choices"]:
+                    texts.append(document["choices"][0]["text"])
+                usage = document.get("usage") or usage
+    return texts, usage
+
+
+async def test_stream_interval_groups_tokens_after_the_first() -> None:
+    server = SimServer(MODEL, free_port(), EngineConfig(), time_scale=200.0, stream_interval=4)
+    await server.start()
+    try:
+        texts, usage = await stream(server.port, "hello " * 100, 10)
+        assert [t.count(" tok") for t in texts] == [1, 4, 4, 1]
+        assert usage["completion_tokens"] == 10
+        _, usage = await stream(server.port, "hello " * 100, 2)
+        details = usage["prompt_tokens_details"]
+        assert isinstance(details, dict) and details["cached_tokens"] == 144  # 9 full blocks of the 150 tokens
+    finally:
+        await server.stop()
