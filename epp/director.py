@@ -72,6 +72,9 @@ class Decision:
     #: what the pick added to the in-flight columns, released on completion
     charged_slot: int = -1
     charged_tokens: float = 0.0
+    #: the prefill endpoint of a disaggregated pick, charged one request and the prompt's tokens
+    charged_prefill_slot: int = -1
+    charged_prefill_tokens: float = 0.0
     released: bool = False
 
 
@@ -231,22 +234,33 @@ class Director:
         self.table.inflight_requests[primary] += 1.0
         self.table.inflight_tokens[primary] += tokens
         decision = Decision(request, result, destination, new_body, dict(result.headers), primary, tokens)
+        prefill = result.profile_results.get("prefill")
+        if prefill is not None and len(prefill.slots) and int(prefill.slots[0]) != primary:
+            # the prefill server works on the prompt only (its KV then moves to the decode server)
+            decision.charged_prefill_slot = int(prefill.slots[0])
+            decision.charged_prefill_tokens = request.estimated_input_tokens if request.body_size else 0.0
+            self.table.inflight_requests[decision.charged_prefill_slot] += 1.0
+            self.table.inflight_tokens[decision.charged_prefill_slot] += decision.charged_prefill_tokens
         if run_hooks and self.hooks is not None:
             self.hooks.pre_request(request, result, self.table)
         return decision
 
     # --- completion -------------------------------------------------------------------------------
 
+    def _release(self, slot: int, tokens: float) -> None:
+        # The endpoint may have left and its slot been reused; only release what is still ours.
+        if slot >= 0 and self.table.present[slot] and self.table.inflight_requests[slot] >= 1.0:
+            self.table.inflight_requests[slot] -= 1.0
+            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - tokens)
+
     def complete(self, decision: Decision, usage: Usage | None) -> None:
         """The response ended (or the stream did): release in-flight load and run completion hooks once."""
         if decision.released:
             return
         decision.released = True
-        slot = decision.charged_slot
-        # The endpoint may have left and its slot been reused; only release what is still ours.
-        if self.table.present[slot] and self.table.inflight_requests[slot] >= 1.0:
-            self.table.inflight_requests[slot] -= 1.0
-            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - decision.charged_tokens)
+        self._release(decision.charged_slot, decision.charged_tokens)
+        if decision.charged_prefill_slot >= 0:
+            self._release(decision.charged_prefill_slot, decision.charged_prefill_tokens)
         if self.hooks is not None and decision.request.api:
             self.hooks.response_complete(decision.request, decision.result, usage, self.table)
         if self.on_release is not None:

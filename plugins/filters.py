@@ -263,8 +263,11 @@ class AffinityParameters:
             raise ValueError(f"affinityThreshold must be <= 1.0, got {self.affinity_threshold}")
         if not 0.0 <= self.exploration_probability <= 1.0:
             raise ValueError(f"explorationProbability must be in [0, 1], got {self.exploration_probability}")
-        if self.max_ttft_penalty_ms < 0:
-            raise ValueError(f"maxTTFTPenaltyMs must be >= 0, got {self.max_ttft_penalty_ms}")
+        if self.max_ttft_penalty_ms != 5000.0:
+            raise ValueError(
+                f"maxTTFTPenaltyMs {self.max_ttft_penalty_ms:g} is not configurable here: the TTFT gate needs latency "
+                "predictions, which no plugin in this build produces; remove the parameter"
+            )
         if self.max_tokens_in_flight_penalty < 0:
             raise ValueError(f"maxTokensInFlightPenalty must be >= 0, got {self.max_tokens_in_flight_penalty}")
 

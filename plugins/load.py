@@ -118,8 +118,11 @@ class ActiveRequestParameters:
             raise ValueError(f"idleThreshold must be >= 0, got {self.idle_threshold}")
         if not 0.0 <= self.max_busy_score <= 1.0:
             raise ValueError(f"maxBusyScore must be in [0, 1], got {self.max_busy_score}")
-        if duration_seconds(self.request_timeout, "requestTimeout") <= 0:
-            raise ValueError(f"requestTimeout must be a positive duration, got {self.request_timeout!r}")
+        if duration_seconds(self.request_timeout, "requestTimeout") != duration_seconds("2m", "requestTimeout"):
+            raise ValueError(
+                f"requestTimeout {self.request_timeout!r} is not configurable here: the director releases every "
+                "routed request the moment its stream ends, so no record needs to expire; remove the parameter"
+            )
 
 
 class ActiveRequestScorer(Scorer):

@@ -131,7 +131,7 @@ def test_no_decode_endpoint_is_an_error_and_no_prefill_endpoint_is_not() -> None
     assert list(result.profile_results) == ["decode"] and result.headers == {}
 
 
-def test_director_sends_the_prefiller_header_upstream_and_charges_the_decode_endpoint() -> None:
+def test_director_sends_the_prefiller_header_upstream_and_charges_both_endpoints() -> None:
     table = pd_pool()
     scheduler = build_scheduler(load_config_text(PD, "t"), table)
     director = Director(table, scheduler, hooks=scheduler)
@@ -140,6 +140,12 @@ def test_director_sends_the_prefiller_header_upstream_and_charges_the_decode_end
     assert decision.destination in ("10.0.0.3:8000", "10.0.0.4:8000")
     assert decision.headers[PREFILLER_HEADER] in ("10.0.0.1:8000", "10.0.0.2:8000")
     assert table.inflight_requests[decision.charged_slot] == 1 and decision.charged_slot in (2, 3)
+    # the prefill endpoint carries the request and its prompt tokens (4000 bytes ≈ 1000) until it ends
+    prefill = decision.charged_prefill_slot
+    assert prefill in (0, 1) and table.inflight_requests[prefill] == 1
+    assert table.inflight_tokens[prefill] == decision.request.estimated_input_tokens > 0
+    director.complete(decision, None)
+    assert table.inflight_requests.sum() == 0 and table.inflight_tokens.sum() == 0
 
 
 def test_legacy_flat_parameters() -> None:

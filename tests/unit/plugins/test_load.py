@@ -81,7 +81,7 @@ def test_active_request_scorer_defaults() -> None:
 def test_active_request_scorer_idle_threshold_and_busy_gap() -> None:
     table = pool(4)
     table.inflight_requests[:4] = [0, 2, 4, 1]
-    scorer = make(ActiveRequestScorer, {"idleThreshold": 1, "maxBusyScore": 0.5, "requestTimeout": "30s"})
+    scorer = make(ActiveRequestScorer, {"idleThreshold": 1, "maxBusyScore": 0.5, "requestTimeout": "2m"})
     # ≤ 1 in flight is idle → 1; busy: (4 - 2)/4 · 0.5 = 0.25, (4 - 4)/4 · 0.5 = 0
     np.testing.assert_allclose(scorer.score(state(table), slots(0, 1, 2, 3)), [1.0, 0.25, 0.0, 1.0])
     table.inflight_requests[:4] = 0
@@ -99,6 +99,8 @@ def test_active_request_scorer_idle_threshold_and_busy_gap() -> None:
          r"plugins\[0\]\.parameters: maxBusyScore must be in \[0, 1\]"),
         ("plugins: [{type: active-request-scorer, parameters: {requestTimeout: soon}}]",
          r"plugins\[0\]\.parameters: requestTimeout: invalid duration 'soon'"),
+        ("plugins: [{type: active-request-scorer, parameters: {requestTimeout: 30s}}]",
+         r"requestTimeout '30s' is not configurable here: .* remove the parameter"),
         ("plugins: [{type: load-aware-scorer, parameters: {queueThreshold: 3}}]",
          r"plugins\[0\]\.parameters\.queueThreshold: unknown parameter of load-aware-scorer; known: threshold"),
     ],
