@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,7 +45,13 @@ def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) ->
     """Register request, pool and extension metrics; `settings` is epp.cli.Settings (or any object with
     pool_name, metrics_staleness_threshold and refresh_prometheus_metrics_interval)."""
     request_metrics = RequestMetrics(registry)
-    pool_name = getattr(settings, "pool_name", "") or STANDALONE_POOL_NAME
+    pool_name: str = getattr(settings, "pool_name", "") or ""
+    selector: str = getattr(settings, "endpoint_selector", "") or ""
+    if not pool_name and selector:
+        from epp.k8s.runtime import deployment_of  # selector mode names the pool after the EPP's Deployment
+
+        pool_name = deployment_of(os.environ.get("POD_NAME", ""))
+    pool_name = pool_name or STANDALONE_POOL_NAME
     pool = PoolGauges(
         table,
         pool_name,

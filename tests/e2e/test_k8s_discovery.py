@@ -152,6 +152,9 @@ def test_selector_mode_without_the_pool_crd(tmp_path: Path) -> None:
         epp.start()
         try:
             expect(epp, {"s1-rank-0", "s1-rank-1", "s2-rank-0", "s2-rank-1"}, "selector mode")
+            # the pool gauges are named after the EPP's Deployment, as the pool is
+            url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
+            assert {labels["name"] for labels, _ in prometheus_samples(url, "inference_pool_ready_pods")} == {"epp"}
             kube.set_pod_ready("s2", False)
             expect(epp, {"s1-rank-0", "s1-rank-1"}, "s2 unready")
         finally:
