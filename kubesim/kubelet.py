@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from epp.devstack.lifecycle import stop_process
 from kubesim.store import Object
 from kubesim.testing import KubeSimThread, pod_manifest
 
@@ -148,12 +149,12 @@ class Kubelet:
         if delete:
             self.kube.delete("v1", "Pod", name, namespace, grace)
         if pod is not None:
-            _terminate(pod.process)
+            stop_process(pod.process, 5.0)
             pod.log_path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         for pod in self.pods.values():
-            _terminate(pod.process)
+            stop_process(pod.process, 5.0)
             pod.log_path.unlink(missing_ok=True)
         self.pods.clear()
 
@@ -162,16 +163,6 @@ class Kubelet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass

@@ -48,16 +48,6 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def fleet_counters(base: int, count: int) -> list[dict[str, float]]:
     """Each server's vLLM counters that the report needs (prefix cache, preemptions, tokens)."""
     wanted = (

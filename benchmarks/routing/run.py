@@ -29,12 +29,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from capacity import random_fleet_capacity  # noqa: E402
-from fleet import CpuMeter, fleet_counters, start_fleet, stop  # noqa: E402
+from fleet import CpuMeter, fleet_counters, start_fleet  # noqa: E402
 from loadgen import run_poisson  # noqa: E402
 from report import HEADER, plot, row, summarise  # noqa: E402
 from workloads import Request, multi_lora, multi_turn_chat, shared_prefix  # noqa: E402
 
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap  # noqa: E402
+from epp.devstack.lifecycle import stop_process  # noqa: E402
 from epp.devstack.processes import EppProcess  # noqa: E402
 from vllmsim.engine import EngineConfig  # noqa: E402
 
@@ -105,7 +106,7 @@ def run_one(name: str, config: str, requests: list[Request], rate: float, args: 
         if envoy is not None:
             envoy.stop()
         epp.stop()
-        stop(fleet)
+        stop_process(fleet)
     summary.update(workload=name, config=config, cores=cores)
     return summary
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from epp.devstack.lifecycle import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAPS = REPO_ROOT / "deploy" / "envoy"
 
@@ -151,13 +153,7 @@ class EnvoyProcess:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> EnvoyProcess:

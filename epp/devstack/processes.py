@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.devstack.envoy import env_without_proxies, free_port
+from epp.devstack.lifecycle import stop_process
 
 
 class EppProcess:
@@ -58,16 +59,7 @@ class EppProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> EppProcess:
         self.start()

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from epp.devstack.envoy import env_without_proxies, free_port
+from epp.devstack.lifecycle import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "observability" / "alerts.yaml"
@@ -98,13 +99,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def api(self, path: str, **params: str) -> Any:
