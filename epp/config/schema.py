@@ -302,6 +302,8 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
             detector, "utilization-detector", cls(detector, cls.parse_parameters({}, ""))
         )
     flow_control = parse_flow_control(document.get("flowControl"), {n: p.type for n, p in plugins.items()}, error)
+    if document.get("flowControl") is not None and "flowControl" not in gates:
+        error("flowControl", "has no effect while the flowControl feature gate is off; add featureGates: [flowControl]")
     if errors or flow_control is None:
         return None
     return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source, flow_control)

@@ -63,5 +63,13 @@ def test_absent_section_means_unlimited_queue_without_ttl() -> None:
 )
 def test_errors_name_the_path_and_what_is_valid(section: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        load_config_text(f"flowControl:\n  {section}\n", "test")
+        load_config_text(f"featureGates: [flowControl]\nflowControl:\n  {section}\n", "test")
     assert any(message in error for error in raised.value.errors), raised.value.errors
+
+
+def test_a_flow_control_section_without_the_gate_is_an_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config_text("flowControl:\n  maxRequests: 10\n", "test")
+    assert raised.value.errors == [
+        "test: flowControl: has no effect while the flowControl feature gate is off; add featureGates: [flowControl]"
+    ]
