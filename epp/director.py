@@ -76,6 +76,8 @@ class Decision:
     charged_prefill_slot: int = -1
     charged_prefill_tokens: float = 0.0
     released: bool = False
+    #: pre-request hooks still to run (the director defers them until the response has been sent)
+    hooks_pending: bool = False
 
 
 class Director:
@@ -107,6 +109,10 @@ class Director:
         self.models = models
         #: namespace of the pool's pods (the `namespace` label of scheduler attempts; "" when standalone)
         self.namespace = ""
+        #: run pre-request hooks (e.g. the prefix index insert) only when `run_deferred_hooks` is called,
+        #: which the ext_proc stream does once the pick's response is on its way (the reference runs them
+        #: asynchronously too); off, they run inside the pick
+        self.defer_hooks = False
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
 
@@ -242,8 +248,17 @@ class Director:
             self.table.inflight_requests[decision.charged_prefill_slot] += 1.0
             self.table.inflight_tokens[decision.charged_prefill_slot] += decision.charged_prefill_tokens
         if run_hooks and self.hooks is not None:
-            self.hooks.pre_request(request, result, self.table)
+            if self.defer_hooks:
+                decision.hooks_pending = True
+            else:
+                self.hooks.pre_request(request, result, self.table)
         return decision
+
+    def run_deferred_hooks(self, decision: Decision) -> None:
+        if decision.hooks_pending:
+            decision.hooks_pending = False
+            if self.hooks is not None:
+                self.hooks.pre_request(decision.request, decision.result, self.table)
 
     # --- completion -------------------------------------------------------------------------------
 
@@ -258,6 +273,7 @@ class Director:
         if decision.released:
             return
         decision.released = True
+        self.run_deferred_hooks(decision)
         self._release(decision.charged_slot, decision.charged_tokens)
         if decision.charged_prefill_slot >= 0:
             self._release(decision.charged_prefill_slot, decision.charged_prefill_tokens)

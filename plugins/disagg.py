@@ -99,7 +99,7 @@ class PrefixBasedPDDecider(PDDecider):
         if match is None:
             return False
         matched = 0
-        if match.hashes:
+        if match.total_blocks:
             matched = int(match.matched_blocks(np.array([decode_slot], dtype=np.intp))[0])
         cached = matched * self.block_tokens(state.table, candidates)
         return prompt - cached >= self.threshold

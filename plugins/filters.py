@@ -297,9 +297,9 @@ class PrefixCacheAffinityFilter(Filter):
         if self.exploration > 0 and self.rng.random() < self.exploration:
             return candidates
         match: PrefixMatch | None = state.data.get(STATE_KEY)
-        if match is None or not match.hashes:
+        if match is None or not match.total_blocks:
             return candidates
-        sticky = match.matched_blocks(candidates) / len(match.hashes) >= self.threshold
+        sticky = match.matched_blocks(candidates) / match.total_blocks >= self.threshold
         if not sticky.any():
             return candidates
         if self.token_penalty > 0 and not sticky.all():

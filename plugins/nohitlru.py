@@ -87,7 +87,7 @@ class NoHitLRUScorer(Scorer):
         if state.table is not self.table:
             self.bind(state.table)
         match: PrefixMatch | None = state.data.get(STATE_KEY)
-        cold = match is None or not match.hashes or not match.matched_blocks(candidates).any()
+        cold = match is None or not match.total_blocks or not match.matched_blocks(candidates).any()
         state.data[self._cold_key] = cold
         count = len(candidates)
         if not cold:

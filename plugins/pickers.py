@@ -35,7 +35,7 @@ class MaxScorePicker(_Base):
 
     def pick(self, state: CycleState, candidates: SlotArray, scores: Scores) -> SlotArray:
         if self.count == 1:
-            best = np.flatnonzero(scores == scores.max())
+            best = (scores == scores.max()).nonzero()[0]
             choice = best[0] if len(best) == 1 else best[self.rng.integers(len(best))]
             return candidates[choice : choice + 1]
         shuffled = self.rng.permutation(len(candidates))

@@ -11,6 +11,7 @@ the number of walked hashes it holds over the request's hash count.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,6 @@ from epp.scheduling.types import SchedulingResult
 from plugins.prefix_index import Keys, PrefixIndex, as_keys
 
 STATE_KEY = "prefix-cache-match"
-_NO_KEYS: Keys = np.empty(0, dtype=np.uint64)
 _NO_COUNTS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 
 
@@ -45,39 +45,160 @@ class PrefixParameters:
             raise ValueError(f"lruCapacityPerServer must be positive, got {self.lru_capacity_per_server}")
 
 
-def block_hashes(data: bytes, seed: bytes, block_chars: int, max_blocks: int) -> list[int]:
-    if len(data) < block_chars:
-        return []
-    view = memoryview(data)[: block_chars * max_blocks]
+#: blocks hashed before the first index walk; the rest are hashed for the decision only when every one of
+#: these is held (a prompt that leaves the cached prefix early costs 16 hashes, not all of them), and
+#: otherwise after the pick, when the index learns them
+FIRST_WALK_BLOCKS = 16
+
+
+def block_count(length: int, block_chars: int, max_blocks: int) -> int:
+    """Blocks of a prompt of `length` bytes: a trailing partial block counts; shorter than one block → 0."""
+    if length < block_chars:
+        return 0
+    return min(-(-length // block_chars), max_blocks)
+
+
+def chain_hashes(data: bytes, previous: int, block_chars: int, start: int, stop: int) -> list[int]:
+    """Hashes of blocks [start, stop), chained from `previous` (the hash of block start-1, or the seed's)."""
+    view = memoryview(data)
     digest = xxhash.xxh64_intdigest
-    previous = digest(seed)
     hashes: list[int] = []
     append = hashes.append
-    for start in range(0, len(view), block_chars):
-        previous = digest(view[start : start + block_chars], previous)
+    for offset in range(start * block_chars, stop * block_chars, block_chars):
+        previous = digest(view[offset : offset + block_chars], previous)
         append(previous)
     return hashes
 
 
-@dataclass
-class PrefixMatch:
-    """What the producer found for one request; consumers use `hashes` and `matched_blocks` only."""
+def block_hashes(data: bytes, seed: bytes, block_chars: int, max_blocks: int) -> list[int]:
+    """Every block hash of a prompt (the producer computes them in two steps, see FIRST_WALK_BLOCKS)."""
+    count = block_count(len(data), block_chars, max_blocks)
+    return chain_hashes(data, xxhash.xxh64_intdigest(seed), block_chars, 0, count)
 
-    hashes: list[int]
-    keys: Keys
-    #: walked blocks held, indexed by slot; slots past its end hold none
-    by_slot: npt.NDArray[np.int64]
-    block_bytes: int = 0
+
+class PrefixMatch:
+    """What the producer found for one request; consumers use `total_blocks` and `matched_blocks` only."""
+
+    __slots__ = ("_data", "_hashes", "_keys", "block_bytes", "by_slot", "slot_limit", "total_blocks")
+
+    def __init__(
+        self,
+        total_blocks: int,
+        by_slot: npt.NDArray[np.int64],
+        block_bytes: int,
+        data: bytes,
+        hashes: list[int],
+        slot_limit: int = 1 << 62,
+    ) -> None:
+        #: the request's block count (the denominator of every prefix score)
+        self.total_blocks = total_blocks
+        #: walked blocks held, indexed by slot; slots past its end hold none
+        self.by_slot = by_slot
+        self.block_bytes = block_bytes
+        #: the table's slot limit when matched (by_slot at least this long covers every candidate)
+        self.slot_limit = slot_limit
+        self._data = data
+        self._hashes = hashes
+        self._keys: Keys | None = None
 
     def matched_blocks(self, candidates: SlotArray) -> npt.NDArray[np.int64]:
         """Blocks of the request each candidate holds (walked greedily), aligned with `candidates`."""
         by_slot = self.by_slot
         if not len(by_slot) or not len(candidates):
             return np.zeros(len(candidates), np.int64)
-        if candidates.max() < len(by_slot):
+        if len(by_slot) >= self.slot_limit or candidates.max() < len(by_slot):
             return by_slot[candidates]
         inside = candidates < len(by_slot)
         return np.where(inside, by_slot[np.where(inside, candidates, 0)], 0)
+
+    def hashes(self) -> list[int]:
+        """Every block's hash, hashing the blocks the decision did not need."""
+        hashes = self._hashes
+        done = len(hashes)
+        if done < self.total_blocks:
+            hashes += chain_hashes(self._data, hashes[-1], self.block_bytes, done, self.total_blocks)
+        return hashes
+
+    def keys(self) -> Keys:
+        """Every block's index key."""
+        if self._keys is None:
+            self._keys = as_keys(self.hashes())
+        return self._keys
+
+
+_NO_MATCH = PrefixMatch(0, _NO_COUNTS, 0, b"", [])
+
+
+class _SeedCache:
+    """h0 = xxh64(target model ‖ cache salt), remembered for the last few hundred pairs."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._seeds: dict[tuple[str, str], int] = {}
+
+    def get(self, model: str, salt: str) -> int:
+        key = (model, salt)
+        seed = self._seeds.get(key)
+        if seed is None:
+            if len(self._seeds) >= self.size:
+                self._seeds.clear()
+            seed = self._seeds[key] = xxhash.xxh64_intdigest((model + salt).encode())
+        return seed
+
+
+class _RecentPrompts:
+    """Prompts hashed lately, keyed by their first block's hash, with all their block hashes: a prompt that
+    repeats the start of one (a conversation's next turn, a shared system prompt) hashes only the blocks
+    after the bytes they share. Bounded by the prompt bytes it keeps; the oldest entries go first."""
+
+    def __init__(self, max_bytes: int = 8 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[int, tuple[bytes, int, list[int]]] = OrderedDict()
+
+    def shared_hashes(self, first: int, data: bytes, block_chars: int, least: int) -> list[int]:
+        """Hashes of the leading full blocks `data` shares byte for byte with the prompt remembered under
+        `first`, when there are at least `least` of them (hashing fewer costs less than finding them)."""
+        entry = self._entries.get(first)
+        if entry is None or entry[1] != block_chars:
+            return []
+        old, _, hashes = entry
+        blocks = min(len(old), len(data)) // block_chars
+        blocks = min(blocks, len(hashes))
+        if blocks < least:
+            return []
+        if data[: blocks * block_chars] != old[: blocks * block_chars]:
+            if data[: least * block_chars] != old[: least * block_chars]:
+                return []
+            low, high = least, blocks - 1  # find the last shared block
+            while low < high:
+                middle = (low + high + 1) // 2
+                if data[: middle * block_chars] == old[: middle * block_chars]:
+                    low = middle
+                else:
+                    high = middle - 1
+            blocks = low
+        return hashes[:blocks]
+
+    def remember(self, data: bytes, block_chars: int, hashes: list[int]) -> None:
+        if len(hashes) < 2 or len(data) > self.max_bytes:
+            return
+        entries = self._entries
+        previous = entries.pop(hashes[0], None)
+        if previous is not None:
+            self.bytes -= len(previous[0])
+        entries[hashes[0]] = (data, block_chars, hashes)
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            self.bytes -= len(entries.popitem(last=False)[1][0])
+
+
+def _add_counts(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    if len(a) < len(b):
+        a, b = b, a
+    total = a.copy()
+    total[: len(b)] += b
+    return total
 
 
 class ApproxPrefixCacheProducer(DataProducer):
@@ -88,6 +209,8 @@ class ApproxPrefixCacheProducer(DataProducer):
         super().__init__(name, parameters)
         self.parameters: PrefixParameters = parameters
         self.index = PrefixIndex(parameters.lru_capacity_per_server)
+        self._seeds = _SeedCache()
+        self._recent = _RecentPrompts()
 
     def bind(self, table: EndpointTable) -> None:
         def on_change(kind: str, slot: int, endpoint: Endpoint) -> None:
@@ -109,22 +232,37 @@ class ApproxPrefixCacheProducer(DataProducer):
         max_blocks = self.parameters.max_prefix_blocks_to_match
         if self.parameters.max_prefix_tokens_to_match > 0:
             max_blocks = max(self.parameters.max_prefix_tokens_to_match // tokens, 1)
-        seed = (request.target_model + request.cache_salt).encode()
-        hashes = block_hashes(request.prompt_bytes, seed, tokens * 4, max_blocks)
-        if not hashes:
-            state.data[STATE_KEY] = PrefixMatch(hashes, _NO_KEYS, _NO_COUNTS)
+        block_chars = tokens * 4
+        data = request.prompt_bytes
+        total = block_count(len(data), block_chars, max_blocks)
+        if not total:
+            state.data[STATE_KEY] = _NO_MATCH
             return
-        keys = as_keys(hashes)
-        state.data[STATE_KEY] = PrefixMatch(hashes, keys, self.index.match_by_slot(keys), tokens * 4)
+        seed = self._seeds.get(request.target_model, request.cache_salt)
+        hashes = chain_hashes(data, seed, block_chars, 0, 1)
+        first = min(total, FIRST_WALK_BLOCKS)
+        if first < total:
+            hashes = self._recent.shared_hashes(hashes[0], data, block_chars, first + 1)[:total] or hashes
+            first = max(first, len(hashes))
+        if len(hashes) < first:
+            hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), first)
+        limit = state.table.slot_limit
+        by_slot, walked = self.index.walk(as_keys(hashes), limit)
+        if walked == first < total:  # every block so far is held somewhere: walk the rest too
+            rest = chain_hashes(data, hashes[-1], block_chars, first, total)
+            more, _ = self.index.walk(as_keys(rest), limit)
+            hashes += rest
+            by_slot = _add_counts(by_slot, more)
+        state.data[STATE_KEY] = PrefixMatch(total, by_slot, block_chars, data, hashes, limit)
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match: PrefixMatch | None = state.data.get(STATE_KEY)
-        if match is None or not match.hashes:
+        if match is None or not match.total_blocks:
             return
         targets = [int(result.primary[0])]
         primary = int(result.primary[0])
         matched = int(match.by_slot[primary]) if primary < len(match.by_slot) else 0
-        record_prefix_match(matched * match.block_bytes, len(match.hashes) * match.block_bytes)
+        record_prefix_match(matched * match.block_bytes, match.total_blocks * match.block_bytes)
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots):
             targets.append(int(prefill.slots[0]))
@@ -132,7 +270,8 @@ class ApproxPrefixCacheProducer(DataProducer):
             capacity = None
             if self.parameters.auto_tune and state.table.cache_num_blocks[slot] > 0:
                 capacity = int(state.table.cache_num_blocks[slot])
-            self.index.insert(slot, match.keys, capacity)
+            self.index.insert(slot, match.keys(), capacity)
+        self._recent.remember(state.request.prompt_bytes, match.block_bytes, match.hashes())
         set_prefix_indexer_size(len(self.index))
 
 
@@ -140,9 +279,10 @@ class PrefixCacheScorer(Scorer):
     type_name = "prefix-cache-scorer"
     #: the producer this scorer consumes (auto-created with defaults when the config does not declare one)
     consumes = ApproxPrefixCacheProducer.type_name
+    bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         match: PrefixMatch | None = state.data.get(STATE_KEY)
-        if match is None or not match.hashes or not len(match.by_slot):
+        if match is None or not len(match.by_slot):
             return np.zeros(len(candidates))
-        return match.matched_blocks(candidates) / len(match.hashes)
+        return match.matched_blocks(candidates) / match.total_blocks

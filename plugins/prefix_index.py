@@ -25,7 +25,7 @@ EMPTY = np.uint64(0)
 DELETED = np.uint64(1)
 _WINDOW = 8
 _OFFSETS = np.arange(_WINDOW, dtype=np.intp)
-_COLUMN_OFFSETS = _OFFSETS[:, None]
+_COLUMN_OFFSETS = np.arange(32, dtype=np.intp)[:, None]  # the walk's first window (probe runs pass 8 often)
 _MAX_LOAD = 0.5
 _GROW_AT = 0.3
 _REBUILD_CHUNK = 1 << 20
@@ -38,7 +38,8 @@ _NOTHING: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
 def as_keys(hashes: list[int]) -> Keys:
     """Block hashes as table keys: the two sentinel values (a 2^-63 chance each) become 2."""
-    keys: Keys = np.maximum(np.array(hashes, dtype=np.uint64), np.uint64(2))
+    keys: Keys = np.array(hashes, dtype=np.uint64)
+    np.maximum(keys, np.uint64(2), out=keys)
     return keys
 
 
@@ -109,27 +110,34 @@ class PrefixIndex:
     def match_by_slot(self, keys: Keys) -> npt.NDArray[np.int64]:
         """Walk the request's hashes in order up to the first one no endpoint holds; the number of walked
         hashes each slot holds, indexed by slot (the array ends at the highest holding slot)."""
-        window = (keys.view(np.int64) & self.mask)[None, :] + _COLUMN_OFFSETS  # (window, hashes)
+        return self.walk(keys)[0]
+
+    def walk(self, keys: Keys, minlength: int = 0) -> tuple[npt.NDArray[np.int64], int]:
+        """`match_by_slot` (at least `minlength` long when any hash is held) and the number of hashes
+        walked (len(keys) when every one is held)."""
+        window = (keys.view(np.int64) & self.mask) + _COLUMN_OFFSETS  # (window, hashes)
         window &= self.mask
         seen = self.keys.take(window)
         hit = seen == keys
         held = hit.any(axis=0)
-        unfinished = seen.min(axis=0) != EMPTY  # probe run goes on past the window (rare per hash)
+        if not held[0]:
+            return _NOTHING, 0
         more_rows, more_positions = None, None
+        unfinished = np.logical_and.reduce(seen, axis=0)  # no empty bucket in the window: the run goes on
         if unfinished.any():
             rows = np.flatnonzero(unfinished)
             found_rows, more_positions = self._scan(keys[rows], start=window[-1, rows] + 1)
             more_rows = rows[found_rows]
             held[more_rows] = True
-        if not held[0]:
-            return _NOTHING
-        walked = len(keys) if held.all() else int(np.argmin(held))
-        if walked < len(keys):
+        walked = int(held.argmin())
+        if held[walked]:
+            walked = len(keys)
+        else:
             hit, window = hit[:, :walked], window[:, :walked]
         holders = self.slots.take(window[hit])
         if more_rows is not None and more_positions is not None and len(more_rows):
             holders = np.concatenate((holders, self.slots.take(more_positions[more_rows < walked])))
-        return np.bincount(holders)
+        return np.bincount(holders, minlength=minlength), walked
 
     def match(self, keys: Keys) -> tuple[Positions, npt.NDArray[np.int64]]:
         """`match_by_slot` as (slots holding any walked hash, ascending; their counts)."""

@@ -10,15 +10,17 @@ from epp.scheduling.plugin import CycleState, Scorer, Scores
 
 def _min_max_inverted(values: Scores) -> Scores:
     """(max - v) / (max - min); all equal → 1.0 (reference queue-scorer normalisation)."""
-    low, high = values.min(), values.max()
+    low, high = float(values.min()), float(values.max())
     if high == low:
         return np.ones(len(values), dtype=np.float64)
-    result: Scores = (high - values) / (high - low)
+    result: Scores = np.subtract(high, values, out=values)  # `values` is the scorer's own copy (take)
+    result /= high - low
     return result
 
 
 class QueueScorer(Scorer):
     type_name = "queue-scorer"
+    bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         return _min_max_inverted(state.table.waiting_queue.take(candidates))
@@ -26,6 +28,7 @@ class QueueScorer(Scorer):
 
 class RunningRequestsSizeScorer(Scorer):
     type_name = "running-requests-size-scorer"
+    bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         return _min_max_inverted(state.table.running_requests.take(candidates))

@@ -1,14 +1,18 @@
 """Decision latency of the default profile (queue 2, KV 2, prefix 3, max-score picker) and the prefix index.
 
     python benchmarks/scheduler/run.py [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
-                                       [--picks 2000] [--index-endpoints 1000] [--index-entries 31250]
+                                       [--shapes chat,conversation] [--picks 2000]
+                                       [--index-endpoints 1000] [--index-entries 31250]
 
-Per (endpoints, prompt size): the index is warmed with one request per endpoint (a distinct 8-block
-system prompt each, so every endpoint holds blocks), metrics columns get random load, then `--picks`
-decisions are timed one by one (produce + filters + scorers + picker + pre-request index insert).
-The prompt of a timed pick shares a warm system prompt with one endpoint and has a fresh tail, as a chat
-turn would. Then the prefix index alone is filled to --index-endpoints x --index-entries (block,
-endpoint) entries and its resident bytes per entry are reported, with the insert cost per request.
+Per (shape, endpoints, prompt size): metrics columns get random load, the index is warmed with each
+shared prefix once, then `--picks` decisions are timed one by one (produce + filters + scorers + picker);
+the pre-request index insert runs after each (as it does once the response is sent) and is reported apart.
+Shapes: `chat` — a timed prompt shares a warm ~500-character system prompt and has a fresh tail (the first
+16 blocks, hashed and walked, decide the match); `conversation` — a timed prompt re-sends a warm
+conversation of all but its last 200 characters (every block up to the new turn is held: the shared bytes
+reuse the remembered hashes, the rest is hashed, and the whole prompt is walked before the pick).
+Then the prefix index alone is filled to --index-endpoints x --index-entries (block, endpoint) entries and
+its resident bytes per entry are reported, with the insert cost per request.
 """
 
 from __future__ import annotations
@@ -46,20 +50,29 @@ def request(i: int, prompt: str) -> LLMRequest:
     return LLMRequest(f"r{i}", MODEL, MODEL, {}, prompt_bytes=prompt.encode())
 
 
-def time_picks(endpoints: int, prompt_chars: int, picks: int, seed: int) -> tuple[float, float, float, float]:
+def time_picks(
+    endpoints: int, prompt_chars: int, picks: int, seed: int, shape: str = "chat"
+) -> tuple[float, float, float, float]:
     rng = np.random.default_rng(seed)
     table = make_table(endpoints, rng)
     scheduler = build_scheduler(default_config(), table)
     candidates = table.live_slots()
-    systems = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
-    for k, system in enumerate(systems):  # warm: each system prompt sent once
-        warm = request(-k - 1, system + "hello")
+    if shape == "chat":
+        shared = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
+    else:
+        history = max(prompt_chars - 200, 0)
+        # 200 conversations: with the table's static load they all land on one endpoint, whose LRU
+        # (31,250 blocks) must keep them all for the benchmark to measure matches, not evictions
+        shared = [(f"conversation {k}: " + "and then the user said something. " * (history // 34 + 1))[:history]
+                  for k in range(min(endpoints, 200))]  # fmt: skip
+    for k, prefix in enumerate(shared):  # warm: each shared prefix sent once
+        warm = request(-k - 1, prefix + "hello")
         result = scheduler.schedule(warm, table, candidates)
         scheduler.pre_request(warm, result, table)
-    tail = "x" * max(prompt_chars - len(systems[0]), 0)
+    tail = "x" * prompt_chars
     samples, inserts = [], []
     for i in range(picks):
-        prompt = systems[i % len(systems)] + f"{i:08d}" + tail[8:]
+        prompt = shared[i % len(shared)] + f"{i:08d}" + tail
         req = request(i, prompt[:prompt_chars])
         started = time.perf_counter()
         result = scheduler.schedule(req, table, candidates)
@@ -111,17 +124,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoints", default="10,100,1000,10000")
     parser.add_argument("--prompts", default="500,8000,32000")
+    parser.add_argument("--shapes", default="chat,conversation")
     parser.add_argument("--picks", type=int, default=2000)
     parser.add_argument("--index-endpoints", type=int, default=1000)
     parser.add_argument("--index-entries", type=int, default=31_250)
     parser.add_argument("--skip-index", action="store_true")
     args = parser.parse_args()
     print(f"hash blocks of an 8k prompt: {len(block_hashes(b'x' * 8000, b'm', 64, 256))}")
-    print(f"{'endpoints':>9} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'insert p50 ms':>14}")
-    for endpoints in (int(x) for x in args.endpoints.split(",")):
-        for chars in (int(x) for x in args.prompts.split(",")):
-            p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, seed=endpoints + chars)
-            print(f"{endpoints:>9} {chars:>7} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {insert:>14.3f}", flush=True)
+    header = ("shape", "endpoints", "prompt", "p50 ms", "p99 ms", "max ms", "insert p50 ms")
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, (12, 9, 7, 8, 8, 8, 14), strict=True)))
+    for shape in args.shapes.split(","):
+        if shape not in ("chat", "conversation"):
+            parser.error(f"--shapes: unknown shape {shape!r}; use chat and/or conversation")
+        for endpoints in (int(x) for x in args.endpoints.split(",")):
+            for chars in (int(x) for x in args.prompts.split(",")):
+                p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, endpoints + chars, shape)
+                print(
+                    f"{shape:>12} {endpoints:>9} {chars:>7} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {insert:>14.3f}",
+                    flush=True,
+                )
     if not args.skip_index:
         per_entry, insert_us, held = index_footprint(args.index_endpoints, args.index_entries, seed=1)
         print(

@@ -104,6 +104,8 @@ class EndpointTable:
         self._lock = threading.Lock()
         #: bumps on every add/remove; caches keyed on it (e.g. the live slot array) stay valid until then
         self.generation = 0
+        #: one past the highest slot ever used: every present slot is below it
+        self.slot_limit = 0
         self.lora_generation = 0
         self._live_cache: tuple[int, SlotArray] = (-1, np.empty(0, dtype=np.intp))
         self._listeners: list[Listener] = []
@@ -141,6 +143,7 @@ class EndpointTable:
                     f"endpoint table is full ({self.capacity} endpoints); start epp with a larger --max-endpoints"
                 )
             slot = self._free.pop()
+            self.slot_limit = max(self.slot_limit, slot + 1)
             for column in self._columns.values():
                 column[slot] = 0.0
             self.endpoints[slot] = endpoint

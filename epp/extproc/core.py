@@ -155,6 +155,9 @@ class ExtProcStream:
     # --- dispatch -------------------------------------------------------------------------------
 
     def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        decision = self._decision
+        if decision is not None and decision.hooks_pending:
+            self._director.run_deferred_hooks(decision)  # the caller did not call after_send()
         started = time.perf_counter()
         kind = message.WhichOneof("request")
         responses = self._dispatch(kind, message)
@@ -184,6 +187,13 @@ class ExtProcStream:
             self._finish()
             return [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
         return []
+
+    def after_send(self) -> None:
+        """The responses of the last message are on their way: run the work the pick deferred (pre-request
+        hooks such as the prefix index insert), off the request's latency."""
+        decision = self._decision
+        if decision is not None and decision.hooks_pending:
+            self._director.run_deferred_hooks(decision)
 
     def close(self) -> None:
         """The gRPC stream ended; release the pick if the response never completed (client gone)."""

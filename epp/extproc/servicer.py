@@ -39,6 +39,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     responses = await self._wait_turn(stream)
                 for response in responses:
                     yield response
+                stream.after_send()
         finally:
             self.streams_in_flight -= 1
             stream.close()

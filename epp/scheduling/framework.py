@@ -23,11 +23,12 @@ from epp.config.schema import EndpointPickerConfig, PluginInstance
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.observability.extension import plugin_duration
 from epp.observability.fast import Distribution
-from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
+from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer, Scores
 from epp.scheduling.registry import plugin_types
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 
 NO_ENDPOINTS = "no endpoints available for the given request"
+_NO_SCORES: Scores = np.zeros(0)
 
 
 def _timer(extension_point: str, plugin: Plugin) -> Distribution:
@@ -40,7 +41,7 @@ class _Profile:
     def __init__(self, name: str, filters: list[Filter], scorers: list[tuple[Scorer, float]], picker: Picker) -> None:
         self.name = name
         self.filters = [(f, _timer("Filter", f)) for f in filters]
-        self.scorers = [(s, w, _timer("Scorer", s)) for s, w in scorers]
+        self.scorers = [(s, float(w), s.bounded, _timer("Scorer", s)) for s, w in scorers]
         self.picker = picker
         self.picker_timer = _timer("Picker", picker)
 
@@ -54,12 +55,20 @@ class _Profile:
             started = now
             if len(candidates) == 0:
                 raise SchedulingError(NO_ENDPOINTS)
-        total = np.zeros(len(candidates))
-        for scorer, weight, timer in self.scorers:
-            total += weight * np.clip(scorer.score(state, candidates), 0.0, 1.0)
+        total: Scores = _NO_SCORES
+        for scorer, weight, bounded, timer in self.scorers:
+            scores = scorer.score(state, candidates)
+            if not bounded:
+                scores = np.minimum(np.maximum(scores, 0.0), 1.0)
+            if total is _NO_SCORES:
+                total = weight * scores
+            else:
+                total += weight * scores
             now = clock()
             timer.observe(now - started)
             started = now
+        if total is _NO_SCORES:
+            total = np.zeros(len(candidates))
         picked = self.picker.pick(state, candidates, total)
         self.picker_timer.observe(clock() - started)
         return ProfileResult(picked)

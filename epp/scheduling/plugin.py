@@ -91,6 +91,8 @@ class Filter(Plugin):
 
 class Scorer(Plugin):
     role = "scorer"
+    #: True when every score is in [0, 1] by construction, so the framework need not clamp it
+    bounded = False
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         raise NotImplementedError

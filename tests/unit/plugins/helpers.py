@@ -35,10 +35,10 @@ def slots(*values: int) -> SlotArray:
 
 
 class FakeMatch:
-    """What the prefix producer leaves in the cycle state, as its consumers see it: hashes and matched_blocks."""
+    """What the prefix producer leaves in the cycle state, as its consumers see it: total_blocks and matched_blocks."""
 
     def __init__(self, total_blocks: int, held: Mapping[int, int]) -> None:
-        self.hashes = list(range(1, total_blocks + 1))
+        self.total_blocks = total_blocks
         self.held = dict(held)
 
     def matched_blocks(self, candidates: SlotArray) -> npt.NDArray[np.int64]:

@@ -137,3 +137,76 @@ def test_prefix_index_forgets_endpoints_that_leave() -> None:
 def test_random_picker_config(config: str) -> None:
     table = pool((0, 0, []), (9, 0.9, []))
     assert len({pick(table, config) for _ in range(60)}) == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) -> None:
+    """The producer hashes FIRST_WALK_BLOCKS blocks and goes on only while every one is held; the scores and
+    the index after pre-request must be those of hashing and matching the whole prompt."""
+    from plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
+    from plugins.prefix_index import as_keys
+
+    rng = np.random.default_rng(seed)
+    table = EndpointTable(8)
+    for i in range(6):
+        table.add(Endpoint(f"10.0.0.{i + 1}", 8000))
+    scheduler = build_scheduler(default_config(), table)
+    producer = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer))
+    words = [f"w{k} " for k in range(40)]
+    prefixes = ["".join(rng.choice(words, int(rng.integers(10, 400)))) for _ in range(5)]
+    for i in range(40):
+        prompt = prefixes[int(rng.integers(len(prefixes)))] + "".join(rng.choice(words, int(rng.integers(0, 300))))
+        req = LLMRequest(f"r{i}", "m", "m", {}, prompt_bytes=prompt.encode())
+        expected_hashes = block_hashes(req.prompt_bytes, b"m", 64, 256)
+        expected = producer.index.match_by_slot(as_keys(expected_hashes)) if expected_hashes else np.zeros(0)
+        result = scheduler.schedule(req, table, table.live_slots())
+        match: PrefixMatch = scheduler._states[req.request_id].data[STATE_KEY]
+        assert match.total_blocks == len(expected_hashes)
+        got = match.matched_blocks(table.live_slots())
+        want = np.array([expected[s] if s < len(expected) else 0 for s in table.live_slots()])
+        assert got.tolist() == want.tolist()
+        scheduler.pre_request(req, result, table)
+        if expected_hashes:
+            slot = int(result.primary[0])
+            assert producer.index.holds(slot, as_keys(expected_hashes)).all()
+    assert FIRST_WALK_BLOCKS < 256
+
+
+def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_next_message() -> None:
+    from epp.director import Director
+    from epp.extproc.core import ExtProcStream, openai_parser
+    from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from plugins.prefix import ApproxPrefixCacheProducer
+
+    def messages(prompt: str) -> list[pb.ProcessingRequest]:
+        headers = pb.ProcessingRequest()
+        headers.request_headers.headers.headers.add(key=":path", raw_value=b"/v1/completions")
+        body = pb.ProcessingRequest()
+        body.request_body.body = b'{"model":"m","prompt":"' + prompt.encode() + b'"}'
+        body.request_body.end_of_stream = True
+        response = pb.ProcessingRequest()
+        response.response_headers.headers.headers.add(key=":status", raw_value=b"200")
+        return [headers, body, response]
+
+    table = EndpointTable(4)
+    table.add(Endpoint("10.0.0.1", 8000))
+    scheduler = build_scheduler(default_config(), table)
+    index = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer)).index
+    director = Director(table, scheduler, hooks=scheduler)
+    director.defer_hooks = True
+    for call_after_send in (True, False):
+        before = len(index)
+        stream = ExtProcStream(director, openai_parser)
+        first, body, response = messages(f"{call_after_send} " * 100)
+        stream.process(first)
+        stream.process(body)
+        assert len(index) == before, "the insert must wait until the response is sent"
+        if call_after_send:
+            stream.after_send()
+            assert len(index) > before
+        stream.process(response)
+        grown = len(index)
+        assert grown > before
+        stream.after_send()
+        stream.close()
+        assert len(index) == grown, "hooks run once"
