@@ -22,7 +22,7 @@ from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_prefix_match, set_prefix_indexer_size
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
 from epp.scheduling.types import SchedulingResult
-from plugins.prefix_index import Keys, PrefixIndex, as_keys
+from plugins.prefix_index import Keys, Positions, PrefixIndex, Walk, as_keys
 
 STATE_KEY = "prefix-cache-match"
 _NO_COUNTS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
@@ -45,10 +45,11 @@ class PrefixParameters:
             raise ValueError(f"lruCapacityPerServer must be positive, got {self.lru_capacity_per_server}")
 
 
-#: blocks hashed before the first index walk; the rest are hashed for the decision only when every one of
-#: these is held (a prompt that leaves the cached prefix early costs 16 hashes, not all of them), and
-#: otherwise after the pick, when the index learns them
+#: blocks hashed before the first index walk; more (WALK_GROWTH times as many so far) are hashed and walked
+#: for the decision only while every block so far is held, so a prompt that leaves the cached prefix early
+#: costs a few hashes, not all of them; the rest are hashed after the pick, when the index learns them
 FIRST_WALK_BLOCKS = 16
+WALK_GROWTH = 4
 
 
 def block_count(length: int, block_chars: int, max_blocks: int) -> int:
@@ -79,7 +80,7 @@ def block_hashes(data: bytes, seed: bytes, block_chars: int, max_blocks: int) ->
 class PrefixMatch:
     """What the producer found for one request; consumers use `total_blocks` and `matched_blocks` only."""
 
-    __slots__ = ("_data", "_hashes", "_keys", "block_bytes", "by_slot", "slot_limit", "total_blocks")
+    __slots__ = ("_data", "_hashes", "_keys", "block_bytes", "by_slot", "slot_limit", "total_blocks", "walks")
 
     def __init__(
         self,
@@ -100,6 +101,8 @@ class PrefixMatch:
         self._data = data
         self._hashes = hashes
         self._keys: Keys | None = None
+        #: the index walks of the decision: (first block, what the walk found)
+        self.walks: list[tuple[int, Walk]] = []
 
     def matched_blocks(self, candidates: SlotArray) -> npt.NDArray[np.int64]:
         """Blocks of the request each candidate holds (walked greedily), aligned with `candidates`."""
@@ -110,6 +113,16 @@ class PrefixMatch:
             return by_slot[candidates]
         inside = candidates < len(by_slot)
         return np.where(inside, by_slot[np.where(inside, candidates, 0)], 0)
+
+    def seen_entries(self) -> tuple[Positions, Positions]:
+        """(block, table position) of the index entries the walks met, for the insert after the pick."""
+        found = [walk.entries() for _, walk in self.walks]
+        rows = [found_rows + start for (start, _), (found_rows, _) in zip(self.walks, found, strict=True)]
+        if len(rows) == 1:
+            return rows[0], found[0][1]
+        if not rows:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+        return np.concatenate(rows), np.concatenate([positions for _, positions in found])
 
     def hashes(self) -> list[int]:
         """Every block's hash, hashing the blocks the decision did not need."""
@@ -240,20 +253,26 @@ class ApproxPrefixCacheProducer(DataProducer):
             return
         seed = self._seeds.get(request.target_model, request.cache_salt)
         hashes = chain_hashes(data, seed, block_chars, 0, 1)
-        first = min(total, FIRST_WALK_BLOCKS)
-        if first < total:
-            hashes = self._recent.shared_hashes(hashes[0], data, block_chars, first + 1)[:total] or hashes
-            first = max(first, len(hashes))
-        if len(hashes) < first:
-            hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), first)
+        stop = min(total, FIRST_WALK_BLOCKS)
+        if stop < total:
+            hashes = self._recent.shared_hashes(hashes[0], data, block_chars, stop + 1)[:total] or hashes
+            stop = max(stop, len(hashes))
         limit = state.table.slot_limit
-        by_slot, walked = self.index.walk(as_keys(hashes), limit)
-        if walked == first < total:  # every block so far is held somewhere: walk the rest too
-            rest = chain_hashes(data, hashes[-1], block_chars, first, total)
-            more, _ = self.index.walk(as_keys(rest), limit)
-            hashes += rest
-            by_slot = _add_counts(by_slot, more)
-        state.data[STATE_KEY] = PrefixMatch(total, by_slot, block_chars, data, hashes, limit)
+        start = 0
+        by_slot = _NO_COUNTS
+        walks: list[tuple[int, Walk]] = []
+        while True:  # walk chunks of growing size while every block so far is held somewhere
+            if len(hashes) < stop:
+                hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), stop)
+            walk = self.index.walk(as_keys(hashes[start:stop]), limit)
+            walks.append((start, walk))
+            by_slot = _add_counts(by_slot, walk.by_slot) if len(by_slot) else walk.by_slot
+            if walk.walked < stop - start or stop == total:
+                break
+            start, stop = stop, min(total, stop * WALK_GROWTH)
+        match = PrefixMatch(total, by_slot, block_chars, data, hashes, limit)
+        match.walks = walks
+        state.data[STATE_KEY] = match
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match: PrefixMatch | None = state.data.get(STATE_KEY)
@@ -270,7 +289,7 @@ class ApproxPrefixCacheProducer(DataProducer):
             capacity = None
             if self.parameters.auto_tune and state.table.cache_num_blocks[slot] > 0:
                 capacity = int(state.table.cache_num_blocks[slot])
-            self.index.insert(slot, match.keys(), capacity)
+            self.index.insert(slot, match.keys(), capacity, match.seen_entries())
         self._recent.remember(state.request.prompt_bytes, match.block_bytes, match.hashes())
         set_prefix_indexer_size(len(self.index))
 

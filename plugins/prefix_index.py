@@ -34,6 +34,7 @@ _INITIAL_BITS = 12
 Positions = npt.NDArray[np.intp]
 Keys = npt.NDArray[np.uint64]
 _NOTHING: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+_NO_POSITIONS: Positions = np.zeros(0, dtype=np.intp)
 
 
 def as_keys(hashes: list[int]) -> Keys:
@@ -41,6 +42,30 @@ def as_keys(hashes: list[int]) -> Keys:
     keys: Keys = np.array(hashes, dtype=np.uint64)
     np.maximum(keys, np.uint64(2), out=keys)
     return keys
+
+
+@dataclass
+class Walk:
+    """What `PrefixIndex.walk` found: the walked hashes each slot holds, how many hashes were walked, and
+    where their entries sat then (so that a later insert of the same hashes need not search for them)."""
+
+    by_slot: npt.NDArray[np.int64]
+    walked: int
+    hit: npt.NDArray[np.bool_] | None = None
+    window: Positions | None = None
+    more_rows: Positions | None = None
+    more_positions: Positions | None = None
+
+    def entries(self) -> tuple[Positions, Positions]:
+        """(row, table position) of every walked entry, whatever its slot."""
+        if self.hit is None or self.window is None:
+            return _NO_POSITIONS, _NO_POSITIONS
+        offsets, rows = self.hit.nonzero()
+        positions = self.window[offsets, rows]
+        if self.more_rows is not None and self.more_positions is not None and len(self.more_rows):
+            rows = np.concatenate((rows, self.more_rows))
+            positions = np.concatenate((positions, self.more_positions))
+        return rows, positions
 
 
 @dataclass
@@ -110,19 +135,19 @@ class PrefixIndex:
     def match_by_slot(self, keys: Keys) -> npt.NDArray[np.int64]:
         """Walk the request's hashes in order up to the first one no endpoint holds; the number of walked
         hashes each slot holds, indexed by slot (the array ends at the highest holding slot)."""
-        return self.walk(keys)[0]
+        return self.walk(keys).by_slot
 
-    def walk(self, keys: Keys, minlength: int = 0) -> tuple[npt.NDArray[np.int64], int]:
-        """`match_by_slot` (at least `minlength` long when any hash is held) and the number of hashes
-        walked (len(keys) when every one is held)."""
+    def walk(self, keys: Keys, minlength: int = 0) -> Walk:
+        """`match_by_slot` (at least `minlength` long when any hash is held), the number of hashes walked
+        (len(keys) when every one is held) and where their entries were."""
         window = (keys.view(np.int64) & self.mask) + _COLUMN_OFFSETS  # (window, hashes)
         window &= self.mask
         seen = self.keys.take(window)
         hit = seen == keys
         held = hit.any(axis=0)
         if not held[0]:
-            return _NOTHING, 0
-        more_rows, more_positions = None, None
+            return Walk(_NOTHING, 0)
+        more_rows, more_positions = _NO_POSITIONS, _NO_POSITIONS
         unfinished = np.logical_and.reduce(seen, axis=0)  # no empty bucket in the window: the run goes on
         if unfinished.any():
             rows = np.flatnonzero(unfinished)
@@ -134,10 +159,12 @@ class PrefixIndex:
             walked = len(keys)
         else:
             hit, window = hit[:, :walked], window[:, :walked]
+            inside = more_rows < walked
+            more_rows, more_positions = more_rows[inside], more_positions[inside]
         holders = self.slots.take(window[hit])
-        if more_rows is not None and more_positions is not None and len(more_rows):
-            holders = np.concatenate((holders, self.slots.take(more_positions[more_rows < walked])))
-        return np.bincount(holders, minlength=minlength), walked
+        if len(more_rows):
+            holders = np.concatenate((holders, self.slots.take(more_positions)))
+        return Walk(np.bincount(holders, minlength=minlength), walked, hit, window, more_rows, more_positions)
 
     def match(self, keys: Keys) -> tuple[Positions, npt.NDArray[np.int64]]:
         """`match_by_slot` as (slots holding any walked hash, ascending; their counts)."""
@@ -153,16 +180,23 @@ class PrefixIndex:
 
     # --- updates ------------------------------------------------------------------------------------
 
-    def insert(self, slot: int, keys: Keys, capacity: int | None = None) -> None:
-        """Record that `slot` was sent these hashes (most recent last), evicting its least recently used."""
+    def insert(
+        self, slot: int, keys: Keys, capacity: int | None = None, hints: tuple[Positions, Positions] | None = None
+    ) -> None:
+        """Record that `slot` was sent these hashes (most recent last), evicting its least recently used.
+        `hints`: (row, position) pairs where entries of these hashes were seen lately (see `Walk.entries`);
+        those still holding `slot`'s entry for the row's hash need no search."""
         ring = self._rings.get(slot)
         limit = capacity or self.capacity
         if ring is None:
             ring = self._rings[slot] = _Ring(limit, np.empty(min(1024, 2 * limit), dtype=np.int32))
         ring.capacity = limit
         if len(keys) > limit:
-            keys = keys[-limit:]
-        rows, positions = self._scan(keys, slot)
+            cut = len(keys) - limit
+            keys = keys[cut:]
+            if hints is not None:
+                hints = (hints[0][hints[0] >= cut] - cut, hints[1][hints[0] >= cut])
+        rows, positions = self._find(slot, keys, hints)
         request_positions = np.full(len(keys), -1, dtype=np.intp)
         request_positions[rows] = positions
         missing = request_positions < 0
@@ -186,6 +220,23 @@ class PrefixIndex:
             ring.size += count
         # the request's blocks become the most recent, in request order (as one Add per block would leave them)
         self._append(ring, request_positions)
+
+    def _find(self, slot: int, keys: Keys, hints: tuple[Positions, Positions] | None) -> tuple[Positions, Positions]:
+        """(row, position) of `slot`'s entries for these hashes: confirmed hints, then a search for the rest."""
+        if hints is None or not len(hints[0]):
+            return self._scan(keys, slot)
+        rows, positions = hints
+        inside = positions < len(self.keys)  # hints from before a rebuild point anywhere: checked below
+        rows, positions = rows[inside], positions[inside]
+        current = (self.keys[positions] == keys[rows]) & (self.slots[positions] == slot)
+        rows, positions = rows[current], positions[current]
+        unknown = np.ones(len(keys), dtype=np.bool_)
+        unknown[rows] = False
+        if not unknown.any():
+            return rows, positions
+        rest = np.flatnonzero(unknown)
+        found_rows, found_positions = self._scan(keys[rest], slot)
+        return np.concatenate((rows, rest[found_rows])), np.concatenate((positions, found_positions))
 
     def forget(self, slot: int) -> None:
         ring = self._rings.pop(slot, None)
@@ -252,7 +303,10 @@ class PrefixIndex:
             target = window[np.arange(len(pending)), free.argmax(axis=1)]
             start[pending[~found]] += _WINDOW
             claimants, wanted = pending[found], target[found]
-            buckets, first = np.unique(wanted, return_index=True)
+            if len(wanted) <= 64 and len(set(wanted.tolist())) == len(wanted):  # no two want one bucket
+                buckets, first = wanted, np.arange(len(wanted))
+            else:
+                buckets, first = np.unique(wanted, return_index=True)
             winners = claimants[first]
             self.deleted -= int(np.count_nonzero(table[buckets] == DELETED))
             table[buckets] = keys[winners]

@@ -57,12 +57,15 @@ def test_matches_the_reference_lru_under_random_traffic(capacity: int) -> None:
     ours, model = PrefixIndex(capacity), ModelIndex(capacity)
     prompts = [[rng.getrandbits(64) for _ in range(rng.randint(1, capacity))] for _ in range(25)]
     chains = [p[: rng.randint(1, len(p))] for p in prompts]
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chain → entries its last walk met (may go stale)
     for step in range(3000):
-        hashes = rng.choice(chains)
+        chain = rng.randrange(len(chains))
+        hashes = chains[chain]
         action = rng.random()
         if action < 0.6:
             slot = rng.randrange(12)
-            ours.insert(slot, as_keys(hashes))
+            hints = seen.get(chain) if rng.random() < 0.7 else None
+            ours.insert(slot, as_keys(hashes), hints=hints)
             model.insert(slot, hashes)
         elif action < 0.62:
             slot = rng.randrange(12)
@@ -70,6 +73,7 @@ def test_matches_the_reference_lru_under_random_traffic(capacity: int) -> None:
             model.forget(slot)
         else:
             assert as_dict(ours.match(as_keys(hashes))) == model.match(hashes), step
+            seen[chain] = ours.walk(as_keys(hashes)).entries()
         assert len(ours) == sum(len(lru) for lru in model.lru.values())
     if capacity > 100:
         assert ours.bits > 12  # the table grew (rebuilt) along the way
