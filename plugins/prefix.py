@@ -180,6 +180,9 @@ class _RecentPrompts:
         blocks = min(blocks, len(hashes))
         if blocks < least:
             return []
+        edge = slice((least - 1) * block_chars, least * block_chars)
+        if data[edge] != old[edge]:  # cheap early out: they part before `least` blocks (usually)
+            return []
         if data[: blocks * block_chars] != old[: blocks * block_chars]:
             if data[: least * block_chars] != old[: least * block_chars]:
                 return []

@@ -3,8 +3,11 @@
 Envoy (`--concurrency 1`) → ext_proc server → nginx (1 worker, `return 200`) on 4 ports. wrk drives HTTP/1.1
 keep-alive POSTs of a JSON completions body. For every body size and concurrency the configurations run
 back to back: Envoy direct (no ext_proc), bare server and epp in FULL_DUPLEX_STREAMED (both directions,
-as the reference) and in BUFFERED mode. Reports req/s, p50/p99, the ratio to direct and to the bare server,
-and the ext_proc server's CPU µs per request (utime+stime of the whole process over the window).
+as the reference) and in BUFFERED mode; optionally `shell-fd` / `shell-buffered`: epp's whole process
+with the bare servicer in place of its own (epp_shell.py), which isolates what epp's per-request code
+costs. Reports req/s, p50/p99, the ratio to direct and to the bare server, the ext_proc server's CPU µs
+per request (utime+stime of the whole process over the window) and, for epp, the µs per request its own
+processing metrics report (its Python on the request path, measured live).
 
 `python benchmarks/extproc/run.py [--duration 10] [--concurrency 1,16,64] [--bodies 1024,65536]`
 (needs wrk and nginx: `bash benchmarks/extproc/run.sh` installs them).
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +61,33 @@ class Row:
     errors: int
     server_cpu_us_per_req: float | None
     envoy_cpu_us_per_req: float
+    #: what epp's own processing metrics say it spent per stream (its Python, in the live server)
+    epp_processing_us_per_req: float | None = None
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+PROCESSING = (
+    "inference_extension_request_processing_duration_seconds",
+    "inference_extension_response_processing_duration_seconds",
+)
+
+
+def processing_seconds(metrics_port: int) -> tuple[float, float]:
+    """(Σ seconds, streams) the EPP reports spending in its own request + response processing."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total, streams = 0.0, 0.0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (f"{PROCESSING[0]}_sum", f"{PROCESSING[1]}_sum"):
+            total += float(value)
+        elif name == f"{PROCESSING[0]}_count":
+            streams = float(value)
+    return total, streams
 
 
 def start_nginx(ports: list[int], workdir: Path) -> subprocess.Popen[bytes]:
@@ -159,13 +185,18 @@ def main() -> int:
         [sys.executable, str(HERE / "bare_server.py"), "--port", str(bare_port), "--backends", backends_arg],
         env=env_without_proxies(),
     )
-    epp = EppProcess(
-        ["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", "--tracing=false", *args.epp_args.split()]
-    )
+    epp_flags = ["--endpoints", backends_arg, "--secure-serving=false", "--v", "1", "--tracing=false"]
+    epp = EppProcess([*epp_flags, *args.epp_args.split()])
     epp.start()
     assert epp.process is not None
     server_pid = {"bare": bare.pid, "epp": epp.process.pid}
     server_port = {"bare": bare_port, "epp": epp.grpc_port}
+    shell: EppProcess | None = None
+    if any(name.startswith("shell-") for name in configs):
+        shell = EppProcess(epp_flags, launcher=[sys.executable, str(HERE / "epp_shell.py")])
+        shell.start()
+        assert shell.process is not None
+        server_pid["shell"], server_port["shell"] = shell.process.pid, shell.grpc_port
     envoys: dict[str, EnvoyProcess] = {}
     rows: list[Row] = []
     try:
@@ -185,8 +216,11 @@ def main() -> int:
             envoys[name].start()
         print(f"# ext_proc benchmark — {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
         print(f"# wrk -t1, {args.duration:.0f}s per point after {args.warmup:.0f}s warm-up; Envoy --concurrency 1\n")
-        print("| body | c | config | req/s | vs direct | vs bare | p50 ms | p99 ms | server CPU µs/req | errors |")
-        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| body | c | config | req/s | vs direct | vs bare | p50 ms | p99 ms | server CPU µs/req "
+            "| epp Python µs/req | errors |"
+        )
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size in bodies:
             lua = workdir / f"post-{size}.lua"
             body_file = workdir / f"body-{size}.json"
@@ -200,27 +234,35 @@ def main() -> int:
                     server = None if name == "direct" else name.split("-")[0]
                     assert envoy.process is not None
                     before = (cpu_seconds(server_pid[server]) if server else 0.0, cpu_seconds(envoy.process.pid))
+                    spent_before = processing_seconds(epp.metrics_port) if server == "epp" else (0.0, 0.0)
                     result = run_wrk(envoy.listener_port, lua, concurrency, args.duration)
                     after = (cpu_seconds(server_pid[server]) if server else 0.0, cpu_seconds(envoy.process.pid))
+                    spent_after = processing_seconds(epp.metrics_port) if server == "epp" else (0.0, 0.0)
                     requests = max(result["requests"], 1)
+                    streams = max(spent_after[1] - spent_before[1], 1.0)
                     row = Row(
                         name, size, concurrency, result["rps"], result["p50"], result["p90"], result["p99"],
                         int(result["errors"]), (after[0] - before[0]) / requests * 1e6 if server else None,
                         (after[1] - before[1]) / requests * 1e6,
+                        (spent_after[0] - spent_before[0]) / streams * 1e6 if server == "epp" else None,
                     )  # fmt: skip
                     point[name] = row
                     rows.append(row)
                     direct = point.get("direct")
-                    bare_row = point.get(f"bare-{name.split('-')[-1]}") if server == "epp" else None
+                    bare_row = point.get(f"bare-{name.split('-')[-1]}") if server in ("epp", "shell") else None
                     vs_direct = f"{row.rps / direct.rps:.2f}" if direct and name != "direct" else "-"
                     vs_bare = f"{row.rps / bare_row.rps:.3f}" if bare_row else "-"
                     cpu = f"{row.server_cpu_us_per_req:.0f}" if row.server_cpu_us_per_req is not None else "-"
-                    print(f"| {size} | {concurrency} | {name} | {row.rps:,.0f} | {vs_direct} | {vs_bare} | "
-                          f"{row.p50_ms:.2f} | {row.p99_ms:.2f} | {cpu} | {row.errors} |", flush=True)  # fmt: skip
+                    own = f"{row.epp_processing_us_per_req:.0f}" if row.epp_processing_us_per_req is not None else "-"
+                    cells = (size, concurrency, name, f"{row.rps:,.0f}", vs_direct, vs_bare, f"{row.p50_ms:.2f}",
+                             f"{row.p99_ms:.2f}", cpu, own, row.errors)  # fmt: skip
+                    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
     finally:
         for envoy in envoys.values():
             envoy.stop()
         epp.stop()
+        if shell is not None:
+            shell.stop()
         bare.terminate()
         nginx.terminate()
         nginx.wait(5)

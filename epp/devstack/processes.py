@@ -17,8 +17,16 @@ from epp.devstack.lifecycle import stop_process
 
 
 class EppProcess:
-    def __init__(self, args: Sequence[str], grpc_port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        grpc_port: int | None = None,
+        env: dict[str, str] | None = None,
+        launcher: Sequence[str] | None = None,
+    ) -> None:
         self.env = {**env_without_proxies(), **(env or {})}
+        #: the command before the flags (a benchmark may run epp's process through a wrapper script)
+        self.launcher = list(launcher) if launcher is not None else [sys.executable, "-m", "epp.cli"]
         self.grpc_port = grpc_port or free_port()
         self.health_port = free_port()
         self.metrics_port = free_port()
@@ -31,7 +39,7 @@ class EppProcess:
 
     def start(self, timeout: float = 20.0, wait_serving: bool = True) -> None:
         log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "epp.cli", *self.args]
+        command = [*self.launcher, *self.args]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         if wait_serving:
             self.wait_serving(timeout)

@@ -193,7 +193,9 @@ class ExtProcStream:
         hooks such as the prefix index insert), off the request's latency."""
         decision = self._decision
         if decision is not None and decision.hooks_pending:
+            started = time.perf_counter()
             self._director.run_deferred_hooks(decision)
+            self._request_seconds += time.perf_counter() - started
 
     def close(self) -> None:
         """The gRPC stream ended; release the pick if the response never completed (client gone)."""
