@@ -45,6 +45,7 @@ class LoraAffinityScorer(Scorer):
     """1.0 adapter active; 0.8 room for another adapter; 0.6 adapter waiting; else 0 (target model = adapter)."""
 
     type_name = "lora-affinity-scorer"
+    bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         table = state.table
@@ -52,12 +53,11 @@ class LoraAffinityScorer(Scorer):
         if table.lora_generation == 0:
             return scores  # no server has reported LoRA state: every candidate scores 0
         adapter = state.request.target_model
-        active, waiting, max_lora = table.lora_active, table.lora_waiting, table.max_lora
-        for i, slot in enumerate(candidates.tolist()):
-            if adapter in active[slot]:
-                scores[i] = 1.0
-            elif len(active[slot]) + len(waiting[slot]) < max_lora[slot]:
-                scores[i] = 0.8
-            elif adapter in waiting[slot]:
-                scores[i] = 0.6
+        waiting = table.lora_waiting_mask(adapter)
+        if waiting is not None:
+            scores[waiting[candidates]] = 0.6
+        scores[table.lora_loaded[candidates] < table.max_lora[candidates]] = 0.8
+        active = table.lora_active_mask(adapter)
+        if active is not None:
+            scores[active[candidates]] = 1.0
         return scores

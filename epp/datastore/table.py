@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatColumn = npt.NDArray[np.float64]
+BoolColumn = npt.NDArray[np.bool_]
 SlotArray = npt.NDArray[np.intp]
 
 #: Numeric columns, in buffer order. Scraped columns are written by the data layer; the in-flight
@@ -98,6 +99,11 @@ class EndpointTable:
         self.hostports: list[str] = [""] * capacity
         self.lora_active: list[frozenset[str]] = [frozenset()] * capacity
         self.lora_waiting: list[frozenset[str]] = [frozenset()] * capacity
+        #: adapters running or waiting per slot (len of the two sets), for vectorised LoRA scoring
+        self.lora_loaded = np.zeros(capacity, dtype=np.float64)
+        #: adapter → mask over slots where it is running / waiting (an adapter no slot has is dropped)
+        self._active_masks: dict[str, BoolColumn] = {}
+        self._waiting_masks: dict[str, BoolColumn] = {}
         self._slot_by_key: dict[str, int] = {}
         self._slot_by_hostport: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
@@ -148,8 +154,7 @@ class EndpointTable:
                 column[slot] = 0.0
             self.endpoints[slot] = endpoint
             self.hostports[slot] = endpoint.hostport
-            self.lora_active[slot] = frozenset()
-            self.lora_waiting[slot] = frozenset()
+            self._store_lora(slot, frozenset(), frozenset())
             self._slot_by_key[endpoint.key] = slot
             self._slot_by_hostport[endpoint.hostport] = slot
             self.present[slot] = True
@@ -167,6 +172,7 @@ class EndpointTable:
             assert endpoint is not None
             del self._slot_by_hostport[endpoint.hostport]
             self.present[slot] = False
+            self._store_lora(slot, frozenset(), frozenset())
             self.endpoints[slot] = None
             self.hostports[slot] = ""
             self._free.append(slot)
@@ -222,10 +228,35 @@ class EndpointTable:
 
     def set_lora(self, slot: int, active: frozenset[str], waiting: frozenset[str], max_lora: float) -> None:
         if self.lora_active[slot] != active or self.lora_waiting[slot] != waiting:
-            self.lora_active[slot] = active
-            self.lora_waiting[slot] = waiting
+            self._store_lora(slot, active, waiting)
             self.lora_generation += 1
         self.max_lora[slot] = max_lora
+
+    def lora_active_mask(self, adapter: str) -> BoolColumn | None:
+        """Slots running `adapter` (None: none does)."""
+        return self._active_masks.get(adapter)
+
+    def lora_waiting_mask(self, adapter: str) -> BoolColumn | None:
+        """Slots with `adapter` waiting to be loaded (None: none has)."""
+        return self._waiting_masks.get(adapter)
+
+    def _store_lora(self, slot: int, active: frozenset[str], waiting: frozenset[str]) -> None:
+        for masks, old, new in (
+            (self._active_masks, self.lora_active[slot], active),
+            (self._waiting_masks, self.lora_waiting[slot], waiting),
+        ):
+            for adapter in old - new:
+                mask = masks[adapter]
+                mask[slot] = False
+                if not mask.any():
+                    del masks[adapter]
+            for adapter in new - old:
+                if adapter not in masks:
+                    masks[adapter] = np.zeros(self.capacity, dtype=np.bool_)
+                masks[adapter][slot] = True
+        self.lora_active[slot] = active
+        self.lora_waiting[slot] = waiting
+        self.lora_loaded[slot] = len(active) + len(waiting)
 
     # --- change listeners (discovery → scrapers, prefix index) ---------------------------------
 
