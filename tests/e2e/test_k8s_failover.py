@@ -12,6 +12,7 @@ hosts while neither is healthy); their count and the fail-over times are printed
 
 from __future__ import annotations
 
+import http.client
 import signal
 import threading
 import time
@@ -94,8 +95,10 @@ class Load(threading.Thread):
             body = {"model": MODEL, "prompt": f"hello {i}", "max_tokens": 1}
             try:
                 status, _, _ = post(self.port, "/v1/completions", body, timeout=5)
-            except OSError:
-                status = 0  # connection closed without a response
+            except (OSError, http.client.HTTPException, ValueError):
+                # closed without a response, or a response cut short (http.client raises ValueError on a
+                # chunk-size line cut to nothing): a failed request, and the load goes on
+                status = 0
             self.results.append((time.monotonic(), status))
             i += 1
 
