@@ -103,8 +103,8 @@ async def start(settings: Settings) -> Runtime:
         subset_filter=not settings.disable_endpoint_subset_filter,
         saturation=scheduler.saturation,
         shed_sheddable=not flow_control,  # with flow control, saturation holds requests instead of shedding
+        defer_hooks=True,  # the servicer runs them once the pick's response is written
     )
-    director.defer_hooks = True  # the servicer runs them once the pick's response is written
     parser = passthrough_parser if config.parser == "passthrough-parser" else openai_parser
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()

@@ -92,6 +92,7 @@ class Director:
         shed_sheddable: bool = True,
         on_release: Callable[[], None] | None = None,
         models: ModelRouting | None = None,
+        defer_hooks: bool = False,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -112,7 +113,7 @@ class Director:
         #: run pre-request hooks (e.g. the prefix index insert) only when `run_deferred_hooks` is called,
         #: which the ext_proc stream does once the pick's response is on its way (the reference runs them
         #: asynchronously too); off, they run inside the pick
-        self.defer_hooks = False
+        self.defer_hooks = defer_hooks
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
 

@@ -80,7 +80,7 @@ def block_hashes(data: bytes, seed: bytes, block_chars: int, max_blocks: int) ->
 class PrefixMatch:
     """What the producer found for one request; consumers use `total_blocks` and `matched_blocks` only."""
 
-    __slots__ = ("_data", "_hashes", "_keys", "block_bytes", "by_slot", "slot_limit", "total_blocks", "walks")
+    __slots__ = ("_data", "_hashes", "_keys", "block_bytes", "by_slot", "total_blocks", "walks")
 
     def __init__(
         self,
@@ -89,40 +89,33 @@ class PrefixMatch:
         block_bytes: int,
         data: bytes,
         hashes: list[int],
-        slot_limit: int = 1 << 62,
+        walks: list[tuple[int, Walk]],
     ) -> None:
         #: the request's block count (the denominator of every prefix score)
         self.total_blocks = total_blocks
-        #: walked blocks held, indexed by slot; slots past its end hold none
+        #: walked blocks held, indexed by slot: empty (none held) or covering every slot of the table
         self.by_slot = by_slot
         self.block_bytes = block_bytes
-        #: the table's slot limit when matched (by_slot at least this long covers every candidate)
-        self.slot_limit = slot_limit
         self._data = data
         self._hashes = hashes
         self._keys: Keys | None = None
         #: the index walks of the decision: (first block, what the walk found)
-        self.walks: list[tuple[int, Walk]] = []
+        self.walks = walks
 
     def matched_blocks(self, candidates: SlotArray) -> npt.NDArray[np.int64]:
         """Blocks of the request each candidate holds (walked greedily), aligned with `candidates`."""
-        by_slot = self.by_slot
-        if not len(by_slot) or not len(candidates):
+        if not len(self.by_slot):
             return np.zeros(len(candidates), np.int64)
-        if len(by_slot) >= self.slot_limit or candidates.max() < len(by_slot):
-            return by_slot[candidates]
-        inside = candidates < len(by_slot)
-        return np.where(inside, by_slot[np.where(inside, candidates, 0)], 0)
+        return self.by_slot[candidates]
 
     def seen_entries(self) -> tuple[Positions, Positions]:
         """(block, table position) of the index entries the walks met, for the insert after the pick."""
-        found = [walk.entries() for _, walk in self.walks]
-        rows = [found_rows + start for (start, _), (found_rows, _) in zip(self.walks, found, strict=True)]
-        if len(rows) == 1:
-            return rows[0], found[0][1]
-        if not rows:
-            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-        return np.concatenate(rows), np.concatenate([positions for _, positions in found])
+        rows, positions = [], []
+        for start, walk in self.walks:
+            walk_rows, walk_positions = walk.entries()
+            rows.append(walk_rows + start)
+            positions.append(walk_positions)
+        return np.concatenate(rows), np.concatenate(positions)
 
     def hashes(self) -> list[int]:
         """Every block's hash, hashing the blocks the decision did not need."""
@@ -139,7 +132,7 @@ class PrefixMatch:
         return self._keys
 
 
-_NO_MATCH = PrefixMatch(0, _NO_COUNTS, 0, b"", [])
+_NO_MATCH = PrefixMatch(0, _NO_COUNTS, 0, b"", [], [])
 
 
 class _SeedCache:
@@ -209,14 +202,6 @@ class _RecentPrompts:
             self.bytes -= len(entries.popitem(last=False)[1][0])
 
 
-def _add_counts(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    if len(a) < len(b):
-        a, b = b, a
-    total = a.copy()
-    total[: len(b)] += b
-    return total
-
-
 class ApproxPrefixCacheProducer(DataProducer):
     type_name = "approx-prefix-cache-producer"
     Parameters = PrefixParameters
@@ -269,13 +254,12 @@ class ApproxPrefixCacheProducer(DataProducer):
                 hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), stop)
             walk = self.index.walk(as_keys(hashes[start:stop]), limit)
             walks.append((start, walk))
-            by_slot = _add_counts(by_slot, walk.by_slot) if len(by_slot) else walk.by_slot
+            if len(walk.by_slot):  # every non-empty count array is `limit` long
+                by_slot = by_slot + walk.by_slot if len(by_slot) else walk.by_slot
             if walk.walked < stop - start or stop == total:
                 break
             start, stop = stop, min(total, stop * WALK_GROWTH)
-        match = PrefixMatch(total, by_slot, block_chars, data, hashes, limit)
-        match.walks = walks
-        state.data[STATE_KEY] = match
+        state.data[STATE_KEY] = PrefixMatch(total, by_slot, block_chars, data, hashes, walks)
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match: PrefixMatch | None = state.data.get(STATE_KEY)

@@ -225,9 +225,7 @@ class PrefixIndex:
         """(row, position) of `slot`'s entries for these hashes: confirmed hints, then a search for the rest."""
         if hints is None or not len(hints[0]):
             return self._scan(keys, slot)
-        rows, positions = hints
-        inside = positions < len(self.keys)  # hints from before a rebuild point anywhere: checked below
-        rows, positions = rows[inside], positions[inside]
+        rows, positions = hints  # the table never shrinks, so even hints from before a rebuild index it
         current = (self.keys[positions] == keys[rows]) & (self.slots[positions] == slot)
         rows, positions = rows[current], positions[current]
         unknown = np.ones(len(keys), dtype=np.bool_)

@@ -155,9 +155,7 @@ class ExtProcStream:
     # --- dispatch -------------------------------------------------------------------------------
 
     def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
-        decision = self._decision
-        if decision is not None and decision.hooks_pending:
-            self._director.run_deferred_hooks(decision)  # the caller did not call after_send()
+        self.after_send()  # work a pick deferred, if the caller has not run it yet
         started = time.perf_counter()
         kind = message.WhichOneof("request")
         responses = self._dispatch(kind, message)

@@ -23,12 +23,11 @@ from epp.config.schema import EndpointPickerConfig, PluginInstance
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.observability.extension import plugin_duration
 from epp.observability.fast import Distribution
-from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer, Scores
+from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.registry import plugin_types
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 
 NO_ENDPOINTS = "no endpoints available for the given request"
-_NO_SCORES: Scores = np.zeros(0)
 
 
 def _timer(extension_point: str, plugin: Plugin) -> Distribution:
@@ -55,20 +54,15 @@ class _Profile:
             started = now
             if len(candidates) == 0:
                 raise SchedulingError(NO_ENDPOINTS)
-        total: Scores = _NO_SCORES
+        total = np.zeros(len(candidates))
         for scorer, weight, bounded, timer in self.scorers:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
-            if total is _NO_SCORES:
-                total = weight * scores
-            else:
-                total += weight * scores
+            total += weight * scores
             now = clock()
             timer.observe(now - started)
             started = now
-        if total is _NO_SCORES:
-            total = np.zeros(len(candidates))
         picked = self.picker.pick(state, candidates, total)
         self.picker_timer.observe(clock() - started)
         return ProfileResult(picked)

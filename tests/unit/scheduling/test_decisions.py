@@ -192,8 +192,7 @@ def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_
     table.add(Endpoint("10.0.0.1", 8000))
     scheduler = build_scheduler(default_config(), table)
     index = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer)).index
-    director = Director(table, scheduler, hooks=scheduler)
-    director.defer_hooks = True
+    director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
     for call_after_send in (True, False):
         before = len(index)
         stream = ExtProcStream(director, openai_parser)
