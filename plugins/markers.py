@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,26 +30,27 @@ class SingleProfileHandler(ProfileHandler):
     type_name = "single-profile-handler"
 
 
-class MetricsDataSource(Marker):
+class _DataLayerMarker(Marker):
+    """A data-layer plugin whose parameters are parsed by the data layer's own `from_dict`."""
+
+    params: ClassVar[Any]
+
+    @classmethod
+    def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> Any:
+        try:
+            return cls.params.from_dict(raw or {}, path)
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+
+
+class MetricsDataSource(_DataLayerMarker):
     type_name = "metrics-data-source"
-
-    @classmethod
-    def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> Any:
-        try:
-            return MetricsDataSourceParams.from_dict(raw or {}, path)
-        except ValueError as exc:
-            raise ParameterError(str(exc)) from None
+    params = MetricsDataSourceParams
 
 
-class CoreMetricsExtractor(Marker):
+class CoreMetricsExtractor(_DataLayerMarker):
     type_name = "core-metrics-extractor"
-
-    @classmethod
-    def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> Any:
-        try:
-            return CoreMetricsExtractorParams.from_dict(raw or {}, path)
-        except ValueError as exc:
-            raise ParameterError(str(exc)) from None
+    params = CoreMetricsExtractorParams
 
 
 def duration_seconds(text: str, name: str) -> float:
