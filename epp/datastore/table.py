@@ -198,11 +198,15 @@ class EndpointTable:
         return len(self._slot_by_key)
 
     def live_slots(self) -> SlotArray:
-        """Sorted slots of present endpoints (cached until membership changes)."""
+        """Sorted slots of present endpoints (cached until membership changes).
+
+        Also called from the /metrics thread: numpy's nonzero counts and then fills without holding the
+        GIL, so on the live mask, while the event loop removes an endpoint, it returns uninitialised slot
+        numbers. A private copy of the mask is consistent."""
         generation, slots = self._live_cache
         if generation != self.generation:
             generation = self.generation
-            slots = np.flatnonzero(self.present).astype(np.intp)
+            slots = np.flatnonzero(self.present.copy()).astype(np.intp)
             self._live_cache = (generation, slots)
         return slots
 

@@ -189,11 +189,14 @@ class FlowQueue:
         return self._deadlines[0][0] if self._deadlines else math.inf
 
     def flow_sizes(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(fairness id, priority) → (requests, bytes) for metrics; O(queued items)."""
+        """(fairness id, priority) → (requests, bytes) for metrics; O(queued items).
+
+        Called from the /metrics thread while the event loop adds flows: each container is copied in one
+        C call (atomic under the GIL) before it is walked, so the walk cannot see it change size."""
         sizes: dict[tuple[str, int], tuple[int, int]] = {}
-        for band in self._bands.values():
-            for flow in band.flows.values():
-                live = [item for _, item in flow.heap if item.queued]
+        for band in list(self._bands.values()):
+            for flow in list(band.flows.values()):
+                live = [item for _, item in list(flow.heap) if item.queued]
                 if live:
                     sizes[flow.key] = (len(live), sum(item.size for item in live))
         return sizes

@@ -12,8 +12,8 @@ averages are absent rather than stuck at their last value (the reference leaves 
 value), so an HPA or alert never acts on a number nobody measured.
 
 The columns are read without the table lock: a scrape may see one endpoint's row half-updated, which
-moves a gauge by at most one sample's worth; membership is read from the `present` mask and the
-`endpoints` list, both safe to read concurrently.
+moves a gauge by at most one sample's worth. Membership comes from `live_slots()`, which is safe to call
+from this thread (a slot freed meanwhile has no endpoint and is skipped).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class PoolGauges(Collector):
 
     def compute(self, now: float) -> PoolSnapshot:
         table = self.table
-        slots = np.flatnonzero(table.present)
+        slots = table.live_slots()
         scraped_at = table.metrics_time[slots]
         scraped = scraped_at > 0.0
         fresh = scraped & (now - scraped_at <= self.staleness_s)
@@ -140,7 +140,7 @@ class PoolGauges(Collector):
             "The total number of requests pending in the model server queue for each underlying pod.",
             labels=["name", "model_server_pod"],
         )
-        slots = np.flatnonzero(table.present)
+        slots = table.live_slots()
         queues = table.waiting_queue[slots].tolist()
         endpoints = table.endpoints
         for slot, queue in zip(slots.tolist(), queues, strict=True):
