@@ -20,8 +20,8 @@ from epp.datalayer.extract import LoraInfo, extract
 from epp.datalayer.params import EngineConfig
 from epp.datastore.table import EndpointTable
 
-#: (slot, running adapters, waiting adapters, max_lora) when an endpoint's LoRA state changes
-LoraSink = Callable[[int, frozenset[str], frozenset[str], float], None]
+#: (slot, epoch, running adapters, waiting adapters, max_lora) when an endpoint's LoRA state changes
+LoraSink = Callable[[int, int, frozenset[str], frozenset[str], float], None]
 
 #: Stats array layout (float64): scrapes attempted to completion, failed scrapes
 STAT_SCRAPES, STAT_ERRORS = 0, 1
@@ -156,10 +156,12 @@ def _dechunk(buf: bytes, pos: int) -> bytes | None:
 
 
 class Target:
-    __slots__ = ("busy", "conn", "engine", "hints", "host", "lora", "port", "request", "slot", "started")
+    __slots__ = ("busy", "conn", "engine", "epoch", "hints", "host", "lora", "port", "request", "slot", "started")
 
-    def __init__(self, slot: int, host: str, port: int, path: str, engine: EngineConfig) -> None:
+    def __init__(self, slot: int, epoch: int, host: str, port: int, path: str, engine: EngineConfig) -> None:
         self.slot = slot
+        #: the table's epoch for the slot when this endpoint was assigned to it
+        self.epoch = float(epoch)
         self.host = host
         self.port = port
         self.engine = engine
@@ -204,12 +206,14 @@ class ScrapeWorker:
         self._nblocks = table.cache_num_blocks
         self._mtime = table.metrics_time
         self._errors = table.scrape_errors
+        self._epoch = table.epoch
 
     # --- membership ---------------------------------------------------------------------------
 
-    def set_target(self, slot: int, host: str, port: int, path: str, engine: EngineConfig) -> None:
+    def set_target(self, slot: int, epoch: int, host: str, port: int, path: str, engine: EngineConfig) -> None:
+        """Scrape `host:port` into `slot` while the table's epoch for the slot is `epoch`."""
         self.remove_target(slot)
-        target = Target(slot, host, port, path, engine)
+        target = Target(slot, epoch, host, port, path, engine)
         self.targets[slot] = target
         self._buckets[slot % SUBTICKS][slot] = target
 
@@ -298,19 +302,23 @@ class ScrapeWorker:
         if not target.busy:
             return
         target.busy = False
-        if self.targets.get(target.slot) is not target:
+        if self.targets.get(target.slot) is not target or self._epoch[target.slot] != target.epoch:
             return
         self.stats[STAT_SCRAPES] += 1
         self.stats[STAT_ERRORS] += 1
         self._errors[target.slot] += 1
+
+    def _undo(self, slot: int) -> None:
+        for column in (self._waiting, self._running, self._kv, self._bsize, self._nblocks, self._mtime):
+            column[slot] = 0.0
 
     def _done(self, target: Target, ok: bool, body: bytes) -> None:
         if not target.busy:
             return
         target.busy = False
         slot = target.slot
-        if self.targets.get(slot) is not target:
-            return
+        if self.targets.get(slot) is not target or self._epoch[slot] != target.epoch:
+            return  # removed, or the slot changed hands before this process heard of it
         self.stats[STAT_SCRAPES] += 1
         if ok:
             try:
@@ -328,10 +336,15 @@ class ScrapeWorker:
                     self._bsize[slot] = ex.block_size
                 if ex.num_blocks is not None:
                     self._nblocks[slot] = ex.num_blocks
+                self._mtime[slot] = time.monotonic()
+                if self._epoch[slot] != target.epoch:
+                    # the serving process reassigned the slot while this wrote: its zeroing may have
+                    # come first, so put the row back to the state it gives a new endpoint
+                    self._undo(slot)
+                    return
                 if ex.lora is not None and ex.lora != target.lora:
                     target.lora = ex.lora
-                    self.lora_sink(slot, *ex.lora)
-                self._mtime[slot] = time.monotonic()
+                    self.lora_sink(slot, int(target.epoch), *ex.lora)
                 return
         self.stats[STAT_ERRORS] += 1
         self._errors[slot] += 1

@@ -159,16 +159,18 @@ class ScrapePlane:
             while conn.poll():
                 msg = conn.recv()
                 if msg[0] == "lora":
-                    _, slot, active, waiting, max_lora = msg
-                    self._apply_lora(slot, frozenset(active), frozenset(waiting), max_lora)
+                    _, slot, epoch, active, waiting, max_lora = msg
+                    self._apply_lora(slot, epoch, frozenset(active), frozenset(waiting), max_lora)
                     n += 1
         except (EOFError, OSError):
             self._detach()
         return n
 
-    def _apply_lora(self, slot: int, active: frozenset[str], waiting: frozenset[str], max_lora: float) -> None:
+    def _apply_lora(
+        self, slot: int, epoch: int, active: frozenset[str], waiting: frozenset[str], max_lora: float
+    ) -> None:
         table = self._table
-        if table is not None and table.present[slot]:
+        if table is not None and table.present[slot] and table.epoch[slot] == epoch:
             table.set_lora(slot, active, waiting, max_lora)
 
     def _detach(self) -> None:
@@ -211,7 +213,8 @@ class ScrapePlane:
             return
         engine = self._extractor.engine(endpoint.labels).name
         port = endpoint.metrics_port or endpoint.port
-        self._dispatch(("set", slot, endpoint.address, port, engine))
+        assert self._table is not None
+        self._dispatch(("set", slot, int(self._table.epoch[slot]), endpoint.address, port, engine))
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         if self._worker is not None:
@@ -241,9 +244,9 @@ def _apply(
     worker: ScrapeWorker, source: MetricsDataSourceParams, extractor: CoreMetricsExtractorParams, msg: tuple[Any, ...]
 ) -> None:
     if msg[0] == "set":
-        _, slot, host, port, engine = msg
+        _, slot, epoch, host, port, engine = msg
         cfg = extractor.engine_configs.get(engine) or extractor.engine_configs[extractor.default_engine]
-        worker.set_target(slot, host, port, source.path, cfg)
+        worker.set_target(slot, epoch, host, port, source.path, cfg)
     elif msg[0] == "del":
         worker.remove_target(msg[1])
 
@@ -294,9 +297,9 @@ async def _child_async(
     table = EndpointTable(capacity, buffer=buffer)
     stats = np.frombuffer(stats_raw, dtype=np.float64) if stats_raw is not None else None
 
-    def lora_sink(slot: int, active: frozenset[str], waiting: frozenset[str], max_lora: float) -> None:
+    def lora_sink(slot: int, epoch: int, active: frozenset[str], waiting: frozenset[str], max_lora: float) -> None:
         with contextlib.suppress(OSError):
-            up.send(("lora", slot, sorted(active), sorted(waiting), max_lora))
+            up.send(("lora", slot, epoch, sorted(active), sorted(waiting), max_lora))
 
     worker = ScrapeWorker(table, interval_s, timeout_s, lora_sink, stats, _tls_context(source))
     loop = asyncio.get_running_loop()

@@ -24,7 +24,9 @@ SlotArray = npt.NDArray[np.intp]
 
 #: Numeric columns, in buffer order. Scraped columns are written by the data layer; the in-flight
 #: columns by the EPP's own accounting; `metrics_time` is the monotonic time of the last good scrape
-#: (0.0 = never scraped).
+#: (0.0 = never scraped). `epoch` counts the membership changes of a slot (add, update, remove) and is
+#: never reset: the scrape process writes a slot only while its target carries the slot's current epoch,
+#: so a scrape of a departed pod cannot land in the row of the endpoint that reuses its slot.
 COLUMNS: tuple[str, ...] = (
     "waiting_queue",
     "running_requests",
@@ -36,6 +38,7 @@ COLUMNS: tuple[str, ...] = (
     "scrape_errors",
     "inflight_requests",
     "inflight_tokens",
+    "epoch",
 )
 
 DEFAULT_CAPACITY = 16384
@@ -93,6 +96,8 @@ class EndpointTable:
         self.scrape_errors = self._columns["scrape_errors"]
         self.inflight_requests = self._columns["inflight_requests"]
         self.inflight_tokens = self._columns["inflight_tokens"]
+        self.epoch = self._columns["epoch"]
+        self._reset_columns = [column for name, column in self._columns.items() if name != "epoch"]
 
         self.present = np.zeros(capacity, dtype=np.bool_)
         self.endpoints: list[Endpoint | None] = [None] * capacity
@@ -141,6 +146,7 @@ class EndpointTable:
                 self.endpoints[slot] = endpoint
                 self.hostports[slot] = endpoint.hostport
                 self._slot_by_hostport[endpoint.hostport] = slot
+                self.epoch[slot] += 1
                 self.generation += 1
                 self._notify("update", slot, endpoint)
                 return slot
@@ -150,7 +156,10 @@ class EndpointTable:
                 )
             slot = self._free.pop()
             self.slot_limit = max(self.slot_limit, slot + 1)
-            for column in self._columns.values():
+            # epoch first: a scrape of the slot's previous pod that writes after this either sees the new
+            # epoch and undoes its write, or wrote before the zeroing below
+            self.epoch[slot] += 1
+            for column in self._reset_columns:
                 column[slot] = 0.0
             self.endpoints[slot] = endpoint
             self.hostports[slot] = endpoint.hostport
@@ -171,6 +180,7 @@ class EndpointTable:
             endpoint = self.endpoints[slot]
             assert endpoint is not None
             del self._slot_by_hostport[endpoint.hostport]
+            self.epoch[slot] += 1
             self.present[slot] = False
             self._store_lora(slot, frozenset(), frozenset())
             self.endpoints[slot] = None

@@ -5,9 +5,13 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pytest
 
+from epp.datalayer import client
+from epp.datalayer.client import ScrapeWorker
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane, create_shared_table, scrape_url
 from epp.datalayer.staleness import fresh_mask
@@ -178,3 +182,68 @@ async def _exercise_process_mode(table: EndpointTable, vllm: PageServer, triton:
     finally:
         await plane.stop()
     assert not plane.is_alive()
+
+
+def test_a_scrape_of_a_departed_pod_never_lands_in_its_successors_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving process frees a slot and reuses it at once; the scrape process hears of it later."""
+    table = EndpointTable(4)
+    slot = table.add(Endpoint("10.0.0.1", 8000, name="old"))
+    lora_updates: list[tuple[object, ...]] = []
+    worker = ScrapeWorker(table, 1.0, 1.0, lambda *update: lora_updates.append(update))
+    extractor = CoreMetricsExtractorParams()
+    engine = extractor.engine_configs[extractor.default_engine]
+    page = fixture_page("vllm.txt")
+
+    def scrape_finishes(host: str) -> None:
+        target = worker.targets[slot]
+        assert target.host == host
+        target.busy = True
+        worker._done(target, True, page)
+
+    def row() -> tuple[float, ...]:
+        return (table.metrics_time[slot], table.waiting_queue[slot], table.kv_usage[slot], table.scrape_errors[slot])
+
+    # reassigned before the old pod's scrape finished: nothing is written, no failure counted
+    worker.set_target(slot, int(table.epoch[slot]), "10.0.0.1", 8000, "/metrics", engine)
+    table.remove("old")
+    assert table.add(Endpoint("10.0.0.2", 8000, name="new")) == slot
+    scrape_finishes("10.0.0.1")
+    target = worker.targets[slot]
+    target.busy = True
+    worker._failed(target)
+    assert row() == (0.0, 0.0, 0.0, 0.0) and lora_updates == []
+
+    # reassigned while the scrape wrote, after the serving process zeroed the row: the write is undone
+    worker.set_target(slot, int(table.epoch[slot]), "10.0.0.2", 8000, "/metrics", engine)
+    real_extract = client.extract
+
+    def extract_while_the_slot_changes_hands(*args: Any) -> Any:
+        parsed = real_extract(*args)
+        table.remove("new")
+        table.add(Endpoint("10.0.0.3", 8000, name="newer"))
+        return parsed
+
+    monkeypatch.setattr(client, "extract", extract_while_the_slot_changes_hands)
+    scrape_finishes("10.0.0.2")
+    assert row() == (0.0, 0.0, 0.0, 0.0) and lora_updates == []
+    monkeypatch.undo()
+
+    # the current endpoint's scrape is written, and its LoRA update carries the epoch it was made for
+    worker.set_target(slot, int(table.epoch[slot]), "10.0.0.3", 8000, "/metrics", engine)
+    scrape_finishes("10.0.0.3")
+    assert table.metrics_time[slot] > 0 and table.waiting_queue[slot] == 3.0
+    assert [update[:2] for update in lora_updates] == [(slot, int(table.epoch[slot]))]
+
+
+def test_lora_update_for_an_earlier_occupant_of_the_slot_is_dropped() -> None:
+    table = EndpointTable(4)
+    plane = ScrapePlane()
+    plane._table = table
+    slot = table.add(Endpoint("10.0.0.1", 8000, name="old"))
+    stale = int(table.epoch[slot])
+    table.remove("old")
+    assert table.add(Endpoint("10.0.0.2", 8000, name="new")) == slot
+    plane._apply_lora(slot, stale, frozenset({"a"}), frozenset(), 2.0)
+    assert table.lora_active[slot] == frozenset()
+    plane._apply_lora(slot, int(table.epoch[slot]), frozenset({"a"}), frozenset(), 2.0)
+    assert table.lora_active[slot] == {"a"}
