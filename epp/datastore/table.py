@@ -12,6 +12,7 @@ same memory and write load columns in place; see `EndpointTable.create(buffer=..
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -24,9 +25,10 @@ SlotArray = npt.NDArray[np.intp]
 
 #: Numeric columns, in buffer order. Scraped columns are written by the data layer; the in-flight
 #: columns by the EPP's own accounting; `metrics_time` is the monotonic time of the last good scrape
-#: (0.0 = never scraped). `epoch` counts the membership changes of a slot (add, update, remove) and is
-#: never reset: the scrape process writes a slot only while its target carries the slot's current epoch,
-#: so a scrape of a departed pod cannot land in the row of the endpoint that reuses its slot.
+#: (0.0 = never scraped). `epoch` counts a slot's occupants (bumped when an endpoint is added to it and
+#: when it leaves; never reset): whatever was charged or started for one occupant (a scrape in the scrape
+#: process, a request's in-flight load, a deferred prefix insert) checks it, so nothing meant for a
+#: departed endpoint lands in the row of the one that reuses its slot.
 COLUMNS: tuple[str, ...] = (
     "waiting_queue",
     "running_requests",
@@ -112,7 +114,7 @@ class EndpointTable:
         self._slot_by_key: dict[str, int] = {}
         self._slot_by_hostport: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # add() removes the endpoint it displaces
         #: bumps on every add/remove; caches keyed on it (e.g. the live slot array) stay valid until then
         self.generation = 0
         #: one past the highest slot ever used: every present slot is below it
@@ -134,7 +136,12 @@ class EndpointTable:
     # --- membership -------------------------------------------------------------------------
 
     def add(self, endpoint: Endpoint) -> int:
-        """Insert or update an endpoint; returns its slot. Load columns start at zero for a new slot."""
+        """Insert or update an endpoint; returns its slot. Load columns start at zero for a new slot.
+
+        An endpoint keeps its slot, load and epoch only while its `ip:port` stays the same: at another
+        address it is another server, so it is removed and added afresh. An address is one endpoint's:
+        adding an endpoint at an address another key holds removes that one (a pool's `targetPorts`
+        reordered moves rank 0 onto rank 1's port before rank 1 moves on)."""
         with self._lock:
             slot = self._slot_by_key.get(endpoint.key)
             if slot is not None:
@@ -142,14 +149,17 @@ class EndpointTable:
                 if old == endpoint:
                     return slot
                 assert old is not None
-                del self._slot_by_hostport[old.hostport]
-                self.endpoints[slot] = endpoint
-                self.hostports[slot] = endpoint.hostport
-                self._slot_by_hostport[endpoint.hostport] = slot
-                self.epoch[slot] += 1
-                self.generation += 1
-                self._notify("update", slot, endpoint)
-                return slot
+                if old.hostport == endpoint.hostport:
+                    self.endpoints[slot] = endpoint
+                    self.generation += 1
+                    self._notify("update", slot, endpoint)
+                    return slot
+                self.remove(endpoint.key)
+            holder = self._slot_by_hostport.get(endpoint.hostport)
+            if holder is not None:
+                previous = self.endpoints[holder]
+                assert previous is not None
+                self.remove(previous.key)
             if not self._free:
                 raise TableFullError(
                     f"endpoint table is full ({self.capacity} endpoints); start epp with a larger --max-endpoints"
@@ -197,8 +207,16 @@ class EndpointTable:
             seen: set[str] = set()
             dupes = sorted({e.key for e in endpoints if e.key in seen or seen.add(e.key)})  # type: ignore[func-returns-value]
             raise ValueError(f"duplicate endpoints: {', '.join(dupes)}")
-        for key in [k for k in self._slot_by_key if k not in wanted]:
-            self.remove(key)
+        addresses = Counter(e.hostport for e in endpoints)
+        shared = sorted(hostport for hostport, count in addresses.items() if count > 1)
+        if shared:
+            raise ValueError(f"more than one endpoint at {', '.join(shared)}")
+        # those leaving or moving to another address go first, so an address is free when its new
+        # holder is added (a move is a remove and an add; see add())
+        for key, slot in list(self._slot_by_key.items()):
+            endpoint = wanted.get(key)
+            if endpoint is None or endpoint.hostport != self.hostports[slot]:
+                self.remove(key)
         for endpoint in endpoints:
             self.add(endpoint)
 

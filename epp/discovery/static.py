@@ -97,10 +97,17 @@ def parse_endpoints_document(document: Any, source: str) -> list[Endpoint]:
 
 def _reject_duplicates(endpoints: list[Endpoint], source: str) -> None:
     seen: set[str] = set()
+    at: dict[str, str] = {}
     for endpoint in endpoints:
         if endpoint.key in seen:
             raise EndpointSpecError(f"{source}: endpoint {endpoint.key} is listed twice")
         seen.add(endpoint.key)
+        other = at.setdefault(endpoint.hostport, endpoint.key)
+        if other != endpoint.key:
+            raise EndpointSpecError(
+                f"{source}: {endpoint.hostport} is listed twice (as {other} and {endpoint.key}); "
+                "one address is one endpoint"
+            )
 
 
 def load_endpoints_file(path: Path) -> list[Endpoint]:

@@ -14,10 +14,11 @@ Objects are plain dicts as the API server sends them; the listener is told what 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,6 +142,13 @@ class Reflector:
                 await self._watch()
             except asyncio.CancelledError:
                 raise
+            except ListenerError as exc:
+                # a bug on our side, not the API server's: say so loudly, then rebuild from a fresh list
+                self.stats.errors += 1
+                delay = self.backoff.next()
+                log.error("%s: %s; listing again in %.1fs", self.what, exc, delay, exc_info=exc.__cause__)
+                await asyncio.sleep(delay)
+                need_list = True
             except Gone:
                 self.stats.gone += 1
                 log.info(
@@ -188,7 +196,8 @@ class Reflector:
         self.stats.lists += 1
         self.resource_version = str(metadata.get("resourceVersion", ""))
         self.objects = {object_key(o): o for o in items}
-        self._listener.on_replace(dict(self.objects))
+        with _listener_call("the list"):
+            self._listener.on_replace(dict(self.objects))
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -229,15 +238,29 @@ class Reflector:
         elif kind in ("ADDED", "MODIFIED"):
             self.stats.events += 1
             self.objects[object_key(obj)] = obj
-            self._listener.on_upsert(obj)
+            with _listener_call(f"{kind} {object_key(obj)}"):
+                self._listener.on_upsert(obj)
         elif kind == "DELETED":
             self.stats.events += 1
             self.objects.pop(object_key(obj), None)
-            self._listener.on_delete(obj)
+            with _listener_call(f"{kind} {object_key(obj)}"):
+                self._listener.on_delete(obj)
         else:
             raise ValueError(f"unknown watch event type {kind!r}")
         if version:
             self.resource_version = version
+
+
+class ListenerError(Exception):
+    """The listener failed to apply a change: the Reflector logs it and lists again."""
+
+
+@contextlib.contextmanager
+def _listener_call(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise ListenerError(f"applying {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _describe(exc: Exception) -> str:

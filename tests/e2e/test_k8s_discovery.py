@@ -91,6 +91,16 @@ def test_pods_readiness_pool_edits_and_watch_drops(cluster: tuple[KubeSimThread,
         # Pool edit: a second target port makes a second rank per pod; active-ports narrows one pod.
         kube.patch(POOL_V1, "InferencePool", "pool", {"spec": {"targetPorts": [{"number": 8000}, {"number": 8001}]}})
         expect(epp, {"a-rank-0", "a-rank-1", "c-rank-0", "c-rank-1"}, "two target ports")
+
+        # Ports reordered: each rank moves onto the other's address. The pod's endpoints must still leave
+        # cleanly afterwards (a corrupted address index once made this remove fail and stopped discovery).
+        for order in ([8001, 8000], [8000, 8001]):
+            kube.patch(POOL_V1, "InferencePool", "pool", {"spec": {"targetPorts": [{"number": p} for p in order]}})
+            time.sleep(0.5)  # the pool and pod watches are separate streams: let the reorder land first
+            kube.set_pod_ready("c", False)
+            expect(epp, {"a-rank-0", "a-rank-1"}, f"pod c unready after targetPorts {order}")
+            kube.set_pod_ready("c", True)
+            expect(epp, {"a-rank-0", "a-rank-1", "c-rank-0", "c-rank-1"}, f"pod c Ready after targetPorts {order}")
         kube.patch(
             "v1", "Pod", "c", {"metadata": {"annotations": {"inference.networking.k8s.io/active-ports": "8001"}}}
         )

@@ -50,3 +50,10 @@ def test_endpoints_file_errors_name_the_path(tmp_path: Path) -> None:
     write(path, "- {address: 10.0.0.1, port: 99999}\n")
     with pytest.raises(EndpointSpecError, match=r"endpoints\[0\]\.port: port 99999"):
         EndpointsFileWatcher(path, EndpointTable(4)).load_now()
+
+
+def test_endpoints_file_with_one_address_under_two_names_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.yaml"
+    write(path, "- {address: 10.0.0.1, port: 8000, name: a}\n- {address: 10.0.0.1, port: 8000, name: b}\n")
+    with pytest.raises(EndpointSpecError, match=r"10\.0\.0\.1:8000 is listed twice \(as a and b\)"):
+        EndpointsFileWatcher(path, EndpointTable(4)).load_now()

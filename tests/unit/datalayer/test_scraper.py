@@ -31,7 +31,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def ep(server: PageServer, name: str, **labels: str) -> Endpoint:
-    return Endpoint("127.0.0.1", 1, name=name, labels=labels, metrics_port=server.port)
+    return Endpoint("127.0.0.1", server.port, name=name, labels=labels, metrics_port=server.port)
 
 
 def test_scrape_url() -> None:

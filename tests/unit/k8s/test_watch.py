@@ -149,3 +149,38 @@ def test_backoff_grows_to_the_cap_and_resets() -> None:
     assert 0.8 <= delays[0] <= 1.2 and 3.2 <= delays[-1] <= 4.8
     backoff.reset()
     assert backoff.next() <= 1.2
+
+
+class FailsOnce(Recorder):
+    """A listener with a bug that bites once, on the first delete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def on_delete(self, obj: Object) -> None:
+        if not self.failed:
+            self.failed = True
+            raise KeyError("10.0.0.1:8000")
+        super().on_delete(obj)
+
+
+async def test_a_listener_that_raises_is_reported_and_the_reflector_lists_again(
+    sim: KubeSim, api: client.ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    apply(sim.store, pod_manifest("a", "10.0.0.1", {"app": "x"}))
+    apply(sim.store, pod_manifest("b", "10.0.0.2", {"app": "x"}))
+    recorder = FailsOnce()
+    reflector = pods_reflector(api, recorder)
+    reflector.start()
+    try:
+        await asyncio.wait_for(reflector.synced.wait(), 3)
+        sim.store.delete(sim.store.type_of("v1", "Pod"), "default", "a", 0)
+        await until(lambda: reflector.stats.lists == 2)
+        await until(lambda: set(recorder.state) == {"b"})
+        assert "pods: applying DELETED ('default', 'a') failed: KeyError: '10.0.0.1:8000'; listing again" in caplog.text
+        assert "Traceback" in caplog.text  # the listener's own traceback is logged
+        apply(sim.store, pod_manifest("c", "10.0.0.3", {"app": "x"}))  # and the watch goes on
+        await until(lambda: "c" in recorder.state)
+    finally:
+        await reflector.stop()
