@@ -75,6 +75,10 @@ class Decision:
     #: the prefill endpoint of a disaggregated pick, charged one request and the prompt's tokens
     charged_prefill_slot: int = -1
     charged_prefill_tokens: float = 0.0
+    #: the table's epochs of the charged slots at the pick: a slot whose endpoint left (and whose slot
+    #: another endpoint may hold now) is neither released nor given this request's pre-request hooks
+    charged_epoch: float = 0.0
+    charged_prefill_epoch: float = 0.0
     released: bool = False
     #: pre-request hooks still to run (the director defers them until the response has been sent)
     hooks_pending: bool = False
@@ -241,10 +245,12 @@ class Director:
         self.table.inflight_requests[primary] += 1.0
         self.table.inflight_tokens[primary] += tokens
         decision = Decision(request, result, destination, new_body, dict(result.headers), primary, tokens)
+        decision.charged_epoch = float(self.table.epoch[primary])
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots) and int(prefill.slots[0]) != primary:
             # the prefill server works on the prompt only (its KV then moves to the decode server)
             decision.charged_prefill_slot = int(prefill.slots[0])
+            decision.charged_prefill_epoch = float(self.table.epoch[decision.charged_prefill_slot])
             decision.charged_prefill_tokens = request.estimated_input_tokens if request.body_size else 0.0
             self.table.inflight_requests[decision.charged_prefill_slot] += 1.0
             self.table.inflight_tokens[decision.charged_prefill_slot] += decision.charged_prefill_tokens
@@ -258,14 +264,23 @@ class Director:
     def run_deferred_hooks(self, decision: Decision) -> None:
         if decision.hooks_pending:
             decision.hooks_pending = False
-            if self.hooks is not None:
+            if self.hooks is not None and self._still_held(decision):
                 self.hooks.pre_request(decision.request, decision.result, self.table)
+
+    def _still_held(self, decision: Decision) -> bool:
+        """Every charged slot still holds the endpoint the pick chose."""
+        epoch = self.table.epoch
+        if decision.charged_slot >= 0 and epoch[decision.charged_slot] != decision.charged_epoch:
+            return False
+        prefill = decision.charged_prefill_slot
+        return prefill < 0 or epoch[prefill] == decision.charged_prefill_epoch
 
     # --- completion -------------------------------------------------------------------------------
 
-    def _release(self, slot: int, tokens: float) -> None:
-        # The endpoint may have left and its slot been reused; only release what is still ours.
-        if slot >= 0 and self.table.present[slot] and self.table.inflight_requests[slot] >= 1.0:
+    def _release(self, slot: int, tokens: float, epoch: float) -> None:
+        # The endpoint may have left (its load went with it) and its slot been reused: only release
+        # what is still ours.
+        if slot >= 0 and self.table.epoch[slot] == epoch and self.table.inflight_requests[slot] >= 1.0:
             self.table.inflight_requests[slot] -= 1.0
             self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - tokens)
 
@@ -275,9 +290,10 @@ class Director:
             return
         decision.released = True
         self.run_deferred_hooks(decision)
-        self._release(decision.charged_slot, decision.charged_tokens)
+        self._release(decision.charged_slot, decision.charged_tokens, decision.charged_epoch)
         if decision.charged_prefill_slot >= 0:
-            self._release(decision.charged_prefill_slot, decision.charged_prefill_tokens)
+            prefill = decision.charged_prefill_slot
+            self._release(prefill, decision.charged_prefill_tokens, decision.charged_prefill_epoch)
         if self.hooks is not None and decision.request.api:
             self.hooks.response_complete(decision.request, decision.result, usage, self.table)
         if self.on_release is not None:

@@ -6,8 +6,9 @@ increments (see epp/observability/fast.py). Every `inference_objective_*` family
 under its pre-v1.1 `inference_model_*` name (summed over `priority` where the old name had no such
 label) at scrape time, so existing alert rules and dashboards work with no extra per-request cost.
 
-Label cardinality is bounded: after `MAX_LABEL_SETS` distinct label sets, new model names are
-counted under `"other"`.
+Label cardinality and size are bounded: after `MAX_LABEL_SETS` distinct label sets new model names,
+and model names longer than `MAX_LABEL_VALUE` characters at any time (a client chooses them; real
+names are Kubernetes names or Hugging Face ids, far shorter), are counted under `"other"`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ PROCESSING_BUCKETS = (
 MODEL_LABELS = ("model_name", "target_model_name")
 #: distinct label sets kept per family group before new model names are counted under "other"
 MAX_LABEL_SETS = 1000
+#: longest model name kept as a label value
+MAX_LABEL_VALUE = 256
 OVERFLOW_LABEL = "other"
 
 OBJECTIVE = "inference_objective_"
@@ -167,7 +170,7 @@ class RequestMetrics:
         key = (model, target, priority)
         children = self._children.get(key)
         if children is None:
-            if len(self._children) >= MAX_LABEL_SETS:
+            if len(self._children) >= MAX_LABEL_SETS or _too_long(model, target):
                 key = (OVERFLOW_LABEL, OVERFLOW_LABEL, priority)
                 children = self._children.get(key)
             if children is None:
@@ -201,7 +204,7 @@ class RequestMetrics:
         key = (model, target_model, error.code)
         counter = self._errors.get(key)
         if counter is None:
-            if len(self._errors) >= MAX_LABEL_SETS:
+            if len(self._errors) >= MAX_LABEL_SETS or _too_long(model, target_model):
                 key = (OVERFLOW_LABEL, OVERFLOW_LABEL, error.code)
             counter = self._errors[key] = self.request_error_total.value(*key)
         counter.value += 1.0
@@ -245,3 +248,7 @@ class _Children:
     cached_tokens: Distribution
     ntpot: Distribution
     ttft: Distribution
+
+
+def _too_long(model: str, target_model: str) -> bool:
+    return len(model) > MAX_LABEL_VALUE or len(target_model) > MAX_LABEL_VALUE

@@ -130,7 +130,6 @@ class SchedulerRuntime:
             raise ValueError(f"{len(self.profiles)} scheduling profiles need a profile handler")
         detector = plugins.get(config.saturation_detector)
         self._detector = detector.plugin if detector is not None else None
-        self._states: dict[str, CycleState] = {}
 
     # --- Scheduler ----------------------------------------------------------------------------
 
@@ -147,7 +146,7 @@ class SchedulerRuntime:
         else:
             result = self._run_profiles(state, candidates)
         if self._pre_request:
-            self._states[request.request_id] = state
+            result.cycle_state = state
         return result
 
     def _run_profiles(self, state: CycleState, candidates: SlotArray) -> SchedulingResult:
@@ -173,9 +172,10 @@ class SchedulerRuntime:
     # --- RequestHooks --------------------------------------------------------------------------
 
     def pre_request(self, request: LLMRequest, result: SchedulingResult, table: EndpointTable) -> None:
-        state = self._states.pop(request.request_id, None)
+        state = result.cycle_state
         if state is None:
             return
+        result.cycle_state = None
         for hook in self._pre_request:
             hook(state, result)
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from epp.datastore.table import EndpointTable, SlotArray
+
+if TYPE_CHECKING:
+    from epp.scheduling.plugin import CycleState
 
 
 @dataclass(slots=True)
@@ -62,6 +65,9 @@ class SchedulingResult:
     #: headers to add to the response the client gets (e.g. x-session-token from session-affinity-scorer);
     #: set by pre-request hooks, sent with the response headers
     response_headers: dict[str, str] | None = None
+    #: the cycle state the pick was made with, kept for the pre-request hooks (which clear it); it rides
+    #: on the result rather than in a table keyed by request id, which a client chooses and may repeat
+    cycle_state: CycleState | None = None
 
     @property
     def primary(self) -> SlotArray:

@@ -117,6 +117,21 @@ def test_running_requests_ignore_empty_model_and_labels_are_capped(monkeypatch: 
     assert sum(1 for k in got if k[0] == "inference_objective_request_error_total") == 20 + 1
 
 
+def test_overlong_model_names_are_counted_as_other() -> None:
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    long_name = "m" * (metrics_module.MAX_LABEL_VALUE + 1)
+    metrics.picked(decision(model=long_name, target="m"))
+    metrics.failed(EppError("BadRequest", "x"), "m", long_name)
+    metrics.picked(decision(model="m" * metrics_module.MAX_LABEL_VALUE, target="m"))
+    got = samples(registry)
+    other = (("model_name", "other"), ("priority", "0"), ("target_model_name", "other"))
+    assert got[("inference_objective_request_total", other)] == 1
+    assert got[("inference_objective_request_error_total", (("error_code", "BadRequest"), *other[:1], other[2]))] == 1
+    assert not any(long_name in value for _, labels in got for _, value in labels)
+    assert sum(1 for k in got if k[0] == "inference_objective_request_total") == 2  # the 256-char name is kept
+
+
 def fleet(n: int = 3) -> EndpointTable:
     table = EndpointTable(16)
     table.replace_all([Endpoint(f"10.0.0.{i + 1}", 8000, name=f"pod-{i}") for i in range(n)])

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import orjson
 import pytest
 
 from epp.config.schema import default_config, load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
+from epp.director import Decision, Director
+from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.plugin import CycleState
 from epp.scheduling.types import LLMRequest
 from plugins.pickers import PickerParameters, WeightedRandomPicker
-from plugins.prefix import block_hashes
+from plugins.prefix import ApproxPrefixCacheProducer, block_hashes
+from plugins.prefix_index import as_keys
 
 ALL_FOUR = """
 plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer},
@@ -143,8 +147,7 @@ def test_random_picker_config(config: str) -> None:
 def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) -> None:
     """The producer hashes FIRST_WALK_BLOCKS blocks and goes on only while every one is held; the scores and
     the index after pre-request must be those of hashing and matching the whole prompt."""
-    from plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
-    from plugins.prefix_index import as_keys
+    from plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, PrefixMatch
 
     rng = np.random.default_rng(seed)
     table = EndpointTable(8)
@@ -160,7 +163,7 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
         expected_hashes = block_hashes(req.prompt_bytes, b"m", 64, 256)
         expected = producer.index.match_by_slot(as_keys(expected_hashes)) if expected_hashes else np.zeros(0)
         result = scheduler.schedule(req, table, table.live_slots())
-        match: PrefixMatch = scheduler._states[req.request_id].data[STATE_KEY]
+        match: PrefixMatch = result.cycle_state.data[STATE_KEY]
         assert match.total_blocks == len(expected_hashes)
         got = match.matched_blocks(table.live_slots())
         want = np.array([expected[s] if s < len(expected) else 0 for s in table.live_slots()])
@@ -173,10 +176,8 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
 
 
 def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_next_message() -> None:
-    from epp.director import Director
     from epp.extproc.core import ExtProcStream, openai_parser
     from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-    from plugins.prefix import ApproxPrefixCacheProducer
 
     def messages(prompt: str) -> list[pb.ProcessingRequest]:
         headers = pb.ProcessingRequest()
@@ -209,3 +210,44 @@ def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_
         stream.after_send()
         stream.close()
         assert len(index) == grown, "hooks run once"
+
+
+def decide_on(director: Director, request_id: str, prompt: str) -> Decision:
+    raw = orjson.dumps({"model": "m", "prompt": prompt})
+    parsed = parse_openai_body(raw, "/v1/completions")
+    return director.decide(request_id, {":path": "/v1/completions"}, parsed, raw, None)
+
+
+def test_what_a_request_charged_to_a_departed_endpoint_never_lands_on_the_next_holder_of_its_slot() -> None:
+    table = EndpointTable(4)
+    old = table.add(Endpoint("10.0.0.1", 8000, name="a"))
+    scheduler = build_scheduler(default_config(), table)
+    index = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer)).index
+    director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
+    departed = decide_on(director, "r1", "x" * 4000)  # its prefix insert waits for the response
+    assert departed.charged_slot == old and table.inflight_requests[old] == 1.0
+    table.remove("a")
+    assert table.add(Endpoint("10.0.0.2", 8000, name="b")) == old  # the slot is reused at once
+    current = decide_on(director, "r2", "y" * 4000)
+    director.run_deferred_hooks(current)
+    held = len(index)
+    director.complete(departed, None)  # its deferred hook and its release both come too late
+    assert table.inflight_requests[old] == 1.0, "b's own request is still in flight"
+    assert len(index) == held, "a's prompt must not be recorded as held by b"
+    director.complete(current, None)
+    assert table.inflight_requests[old] == 0.0
+
+
+def test_requests_sharing_a_client_chosen_request_id_each_record_their_own_prompt() -> None:
+    table = EndpointTable(4)
+    table.add(Endpoint("10.0.0.1", 8000, name="a"))
+    scheduler = build_scheduler(default_config(), table)
+    producer = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer))
+    director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
+    prompts = ["first prompt " * 300, "second prompt " * 300]
+    decisions = [decide_on(director, "same-id", prompt) for prompt in prompts]
+    for decision in decisions:
+        director.complete(decision, None)
+    for prompt in prompts:
+        keys = as_keys(block_hashes(prompt.encode(), b"m", 64, 256))
+        assert producer.index.holds(0, keys).all(), prompt[:12]
