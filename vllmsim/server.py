@@ -138,15 +138,30 @@ class SimServer:
             return web.json_response(error, status=404)
         return str(model)
 
+    async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The request's JSON object, or vLLM's 400 validation error for anything else (empty, not JSON)."""
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _bad_request(f"JSON decode error: {exc}")
+        if not isinstance(body, dict):
+            return _bad_request(f"Input should be a valid dictionary or object, got {type(body).__name__}")
+        return body
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):
             prompt = " ".join(map(str, prompt))
         return await self._generate(request, body, str(prompt), chat=False)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         messages = body.get("messages") or []
         prompt = "".join(f"<|{m.get('role', '')}|>{m.get('content', '')}" for m in messages if isinstance(m, dict))
         return await self._generate(request, body, prompt, chat=True)
@@ -295,3 +310,8 @@ class SimServer:
             lora,
         )
         return web.Response(text=page, content_type="text/plain")
+
+
+def _bad_request(message: str) -> web.Response:
+    error = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+    return web.json_response(error, status=400)

@@ -42,3 +42,18 @@ async def test_stream_interval_groups_tokens_after_the_first() -> None:
         assert isinstance(details, dict) and details["cached_tokens"] == 144  # 9 full blocks of the 150 tokens
     finally:
         await server.stop()
+
+
+async def test_a_body_that_is_not_a_json_object_is_a_400_as_in_vllm() -> None:
+    server = SimServer(MODEL, free_port(), EngineConfig(), time_scale=200.0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            for path in ("/v1/completions", "/v1/chat/completions"):
+                for raw in (b"", b"{not json", b"[1, 2]"):
+                    async with session.post(f"http://127.0.0.1:{server.port}{path}", data=raw) as response:
+                        assert response.status == 400, (path, raw)
+                        error = await response.json()
+                        assert (error["object"], error["type"], error["code"]) == ("error", "BadRequestError", 400)
+    finally:
+        await server.stop()
