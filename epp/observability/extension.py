@@ -19,7 +19,7 @@ from importlib import metadata
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family
+from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family, too_long
 
 LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 HIT_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -134,7 +134,7 @@ def record_scheduler_attempt(
     """One scheduling attempt: status "success" (with the picked endpoint) or "failure" (endpoint labels empty)."""
     family = EXTENSION.scheduler_attempts
     key = (status, target_model, pod_name, namespace, port)
-    if key not in family.children and len(family.children) >= MAX_REWRITE_LABEL_SETS:
+    if key not in family.children and (len(family.children) >= MAX_REWRITE_LABEL_SETS or too_long(target_model)):
         key = (status, "other", "other", "other", "other")
     family.value(*key).value += 1.0
 
@@ -153,7 +153,7 @@ def record_prefix_match(matched_bytes: int, total_bytes: int) -> None:
 def record_model_rewrite(rewrite_name: str, model: str, target_model: str) -> None:
     family = EXTENSION.model_rewrite_decisions
     key = (rewrite_name, model, target_model)
-    if key not in family.children and len(family.children) >= MAX_REWRITE_LABEL_SETS:
+    if key not in family.children and (len(family.children) >= MAX_REWRITE_LABEL_SETS or too_long(model, target_model)):
         key = (rewrite_name, "other", "other")
     family.value(*key).value += 1.0
 

@@ -19,6 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 KINDS = ("counter", "gauge", "histogram")
+#: longest client-chosen label value (a model name) kept; longer ones are counted as "other". Real names
+#: are Kubernetes names or Hugging Face ids, far shorter.
+MAX_LABEL_VALUE = 256
+
+
+def too_long(*values: str) -> bool:
+    return any(len(value) > MAX_LABEL_VALUE for value in values)
 
 
 class Value:

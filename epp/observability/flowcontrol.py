@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.flowcontrol.queue import FlowQueue, Item
-from epp.observability.fast import FamiliesCollector, Family
+from epp.observability.fast import FamiliesCollector, Family, too_long
 
 PREFIX = "inference_extension_flow_control_"
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
@@ -37,7 +37,7 @@ class FlowControlMetrics(Collector):
             fairness_id, priority = item.fairness_id, item.priority
         family = self.queue_duration
         key = (fairness_id, str(priority), outcome, self.pool)
-        if key not in family.children and len(family.children) >= MAX_FAIRNESS_LABELS:
+        if key not in family.children and (len(family.children) >= MAX_FAIRNESS_LABELS or too_long(fairness_id)):
             key = ("other", str(priority), outcome, self.pool)
         family.distribution(*key).observe(waited)
 
@@ -52,7 +52,12 @@ class FlowControlMetrics(Collector):
             PREFIX + "queue_bytes", "Bytes of requests waiting in the flow-control queue.",
             labels=["fairness_id", "priority", "inference_pool"],
         )  # fmt: skip
+        flows: dict[tuple[str, int], tuple[int, int]] = {}
         for (fairness_id, priority), (count, total) in self.queue.flow_sizes().items():
+            key = ("other" if too_long(fairness_id) else fairness_id, priority)
+            before = flows.get(key, (0, 0))
+            flows[key] = (before[0] + count, before[1] + total)
+        for (fairness_id, priority), (count, total) in flows.items():
             size.add_metric([fairness_id, str(priority), self.pool], count)
             nbytes.add_metric([fairness_id, str(priority), self.pool], total)
         yield size

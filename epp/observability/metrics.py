@@ -7,8 +7,8 @@ under its pre-v1.1 `inference_model_*` name (summed over `priority` where the ol
 label) at scrape time, so existing alert rules and dashboards work with no extra per-request cost.
 
 Label cardinality and size are bounded: after `MAX_LABEL_SETS` distinct label sets new model names,
-and model names longer than `MAX_LABEL_VALUE` characters at any time (a client chooses them; real
-names are Kubernetes names or Hugging Face ids, far shorter), are counted under `"other"`.
+and model names longer than `fast.MAX_LABEL_VALUE` characters at any time (a client chooses them), are
+counted under `"other"`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.director import Decision
 from epp.errors import EppError
-from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family, Value
+from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family, Value, too_long
 from epp.scheduling.types import Usage
 
 #: request latency and TTFT buckets (5 ms … 1 h), as the reference
@@ -44,8 +44,6 @@ PROCESSING_BUCKETS = (
 MODEL_LABELS = ("model_name", "target_model_name")
 #: distinct label sets kept per family group before new model names are counted under "other"
 MAX_LABEL_SETS = 1000
-#: longest model name kept as a label value
-MAX_LABEL_VALUE = 256
 OVERFLOW_LABEL = "other"
 
 OBJECTIVE = "inference_objective_"
@@ -170,7 +168,7 @@ class RequestMetrics:
         key = (model, target, priority)
         children = self._children.get(key)
         if children is None:
-            if len(self._children) >= MAX_LABEL_SETS or _too_long(model, target):
+            if len(self._children) >= MAX_LABEL_SETS or too_long(model, target):
                 key = (OVERFLOW_LABEL, OVERFLOW_LABEL, priority)
                 children = self._children.get(key)
             if children is None:
@@ -204,7 +202,7 @@ class RequestMetrics:
         key = (model, target_model, error.code)
         counter = self._errors.get(key)
         if counter is None:
-            if len(self._errors) >= MAX_LABEL_SETS or _too_long(model, target_model):
+            if len(self._errors) >= MAX_LABEL_SETS or too_long(model, target_model):
                 key = (OVERFLOW_LABEL, OVERFLOW_LABEL, error.code)
             counter = self._errors[key] = self.request_error_total.value(*key)
         counter.value += 1.0
@@ -248,7 +246,3 @@ class _Children:
     cached_tokens: Distribution
     ntpot: Distribution
     ttft: Distribution
-
-
-def _too_long(model: str, target_model: str) -> bool:
-    return len(model) > MAX_LABEL_VALUE or len(target_model) > MAX_LABEL_VALUE
