@@ -6,10 +6,11 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import uvloop
@@ -17,7 +18,13 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 
 from epp import tls
 from epp.cli import Settings
-from epp.config.schema import ConfigError, default_config, load_config_file, load_config_text
+from epp.config.schema import (
+    ConfigError,
+    EndpointPickerConfig,
+    default_config,
+    load_config_file,
+    load_config_text,
+)
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
@@ -43,6 +50,9 @@ log = logging.getLogger("epp")
 
 class StartupError(Exception):
     pass
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,6 +103,16 @@ async def start(settings: Settings) -> Runtime:
     except ConfigError as exc:
         raise StartupError("invalid EndpointPickerConfig:\n  " + "\n  ".join(exc.errors)) from None
     table, shared_memory = create_shared_table(settings.max_endpoints)
+    try:
+        return await _start_with(settings, config, table, shared_memory)
+    except BaseException:
+        shared_memory.unlink()  # the scrape process has not started, or stopped with the failure
+        raise
+
+
+async def _start_with(
+    settings: Settings, config: EndpointPickerConfig, table: EndpointTable, shared_memory: SharedMemory
+) -> Runtime:
     health = HealthState()
     scheduler = build_scheduler(config, table)
     flow_control = "flowControl" in config.feature_gates
@@ -142,58 +162,78 @@ async def start(settings: Settings) -> Runtime:
             credentials = tls.server_credentials(settings.cert_path, settings.enable_cert_reload)
         except (OSError, ValueError) as exc:
             raise StartupError(str(exc)) from None
-        grpc_port = server.add_secure_port(address, credentials)
+        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_secure_port(address, credentials))
     else:
-        grpc_port = server.add_insecure_port(address)
+        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_insecure_port(address))
     health_server = grpc.aio.server()
     add_health(health_server, health)
-    health_port = health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}")
-
-    runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server, tracer=tracer)
-    runtime.grpc_port, runtime.health_port = grpc_port, health_port
+    health_port = _bind(
+        "--grpc-health-port",
+        settings.grpc_health_port,
+        lambda: health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}"),
+    )
+    # bound now, with the other ports, so a taken port fails before anything else has started
+    metrics_server, _ = _bind(
+        "--metrics-port", settings.metrics_port, lambda: start_http_server(settings.metrics_port, registry=registry)
+    )
     try:
-        if settings.endpoints:
-            table.replace_all(parse_endpoints_flag(settings.endpoints))
-            health.synced = True
-        elif settings.endpoints_file:
-            runtime.watcher = EndpointsFileWatcher(Path(settings.endpoints_file), table)
-            runtime.watcher.load_now()
-            health.synced = True
-            runtime.watcher.start()
-        else:
-            runtime.kubernetes = await _start_kubernetes(settings, table, health, director)
-    except EndpointSpecError as exc:
-        raise StartupError(str(exc)) from None
+        runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server, tracer=tracer)
+        runtime.grpc_port, runtime.health_port = grpc_port, health_port
+        try:
+            if settings.endpoints:
+                table.replace_all(parse_endpoints_flag(settings.endpoints))
+                health.synced = True
+            elif settings.endpoints_file:
+                runtime.watcher = EndpointsFileWatcher(Path(settings.endpoints_file), table)
+                runtime.watcher.load_now()
+                health.synced = True
+                runtime.watcher.start()
+            else:
+                runtime.kubernetes = await _start_kubernetes(settings, table, health, director)
+        except EndpointSpecError as exc:
+            raise StartupError(str(exc)) from None
 
-    runtime.shared_memory = shared_memory
-    runtime.scrape_plane = ScrapePlane()
-    source = MetricsDataSourceParams(
-        scheme=settings.model_server_metrics_scheme,
-        path=settings.model_server_metrics_path,
-        insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
-    )
-    extractor = CoreMetricsExtractorParams()
-    for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
-        if instance.type == "metrics-data-source":
-            source = instance.plugin.parameters
-        elif instance.type == "core-metrics-extractor":
-            extractor = instance.plugin.parameters
-    runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
-    if flow is not None:
-        flow.start()
-        runtime.flow = flow
-    await server.start()
-    await health_server.start()
-    start_http_server(settings.metrics_port, registry=registry)
-    log.info(
-        "epp serving: ext_proc :%d (%s), health :%d, metrics :%d, %d endpoints",
-        grpc_port,
-        "TLS" if settings.secure_serving else "plaintext",
-        health_port,
-        settings.metrics_port,
-        len(table),
-    )
-    return runtime
+        runtime.shared_memory = shared_memory
+        runtime.scrape_plane = ScrapePlane()
+        source = MetricsDataSourceParams(
+            scheme=settings.model_server_metrics_scheme,
+            path=settings.model_server_metrics_path,
+            insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
+        )
+        extractor = CoreMetricsExtractorParams()
+        for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
+            if instance.type == "metrics-data-source":
+                source = instance.plugin.parameters
+            elif instance.type == "core-metrics-extractor":
+                extractor = instance.plugin.parameters
+        runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
+        if flow is not None:
+            flow.start()
+            runtime.flow = flow
+        await server.start()
+        await health_server.start()
+        log.info(
+            "epp serving: ext_proc :%d (%s), health :%d, metrics :%d, %d endpoints",
+            grpc_port,
+            "TLS" if settings.secure_serving else "plaintext",
+            health_port,
+            settings.metrics_port,
+            len(table),
+        )
+        return runtime
+    except BaseException:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+        raise
+
+
+def _bind(flag: str, port: int, bind: Callable[[], T]) -> T:
+    try:
+        return bind()
+    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise StartupError(
+            f"{flag} {port}: cannot listen there ({exc}); another process holds the port: stop it or pick another"
+        ) from None
 
 
 async def stop(runtime: Runtime) -> None:

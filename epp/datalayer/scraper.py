@@ -33,9 +33,18 @@ Mode = Literal["process", "inline"]
 _shm_of: weakref.WeakKeyDictionary[EndpointTable, SharedMemory] = weakref.WeakKeyDictionary()
 
 
+class _TableMemory(SharedMemory):
+    """The table's block. numpy views of its columns live as long as the table (until the process exits),
+    so closing the mapping earlier is refused with BufferError; the mapping then goes with the process."""
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            super().close()
+
+
 def create_shared_table(capacity: int) -> tuple[EndpointTable, SharedMemory]:
     """An EndpointTable whose numeric columns live in a new shared-memory block (caller unlinks it)."""
-    shm = SharedMemory(create=True, size=EndpointTable.buffer_size(capacity))
+    shm = _TableMemory(create=True, size=EndpointTable.buffer_size(capacity))
     table = EndpointTable(capacity, buffer=shm.buf)
     _shm_of[table] = shm
     return table, shm

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +83,24 @@ def test_broken_endpoint_source_stops_startup_with_the_reason(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 1
     assert str(missing) in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--grpc-health-port", "--metrics-port"])
+def test_a_port_in_use_stops_startup_with_the_flag_and_no_traceback(flag: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--grpc-port": "0", "--grpc-health-port": "0", "--metrics-port": "0", flag: str(port)}
+        shm_before = set(os.listdir("/dev/shm"))
+        result = subprocess.run(
+            [sys.executable, "-m", "epp.cli", "--endpoints", "127.0.0.1:9", *(x for kv in ports.items() for x in kv)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"epp: {flag} {port}: cannot listen there" in result.stderr
+    assert "Traceback" not in result.stderr and "leaked" not in result.stderr, result.stderr
+    assert set(os.listdir("/dev/shm")) <= shm_before  # the endpoint table's shared memory is released
 
 
 def test_tls_with_cert_path_and_reload(tmp_path: Path) -> None:

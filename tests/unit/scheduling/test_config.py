@@ -82,5 +82,8 @@ def test_config_check_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_is_valid(path: Path) -> None:
-    load_config_text(path.read_text(), str(path))
+def test_every_shipped_config_is_valid_and_routable_by_the_shipped_envoy(path: Path) -> None:
+    config = load_config_text(path.read_text(), str(path))
+    # deploy/envoy's ORIGINAL_DST cluster routes to one ip:port; a fallback list would be a 503 there
+    counts = {name: getattr(instance.plugin, "count", 1) for name, instance in config.plugins.items()}
+    assert all(count == 1 for count in counts.values()), counts
