@@ -29,7 +29,7 @@ from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourcePa
 from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
-from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, parse_endpoints_flag
+from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, check_capacity, parse_endpoints_flag
 from epp.extproc.core import ExtProcStream, openai_parser, passthrough_parser
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
@@ -181,7 +181,9 @@ async def _start_with(
         runtime.grpc_port, runtime.health_port = grpc_port, health_port
         try:
             if settings.endpoints:
-                table.replace_all(parse_endpoints_flag(settings.endpoints))
+                endpoints = parse_endpoints_flag(settings.endpoints)
+                check_capacity(endpoints, table.capacity, "--endpoints")
+                table.replace_all(endpoints)
                 health.synced = True
             elif settings.endpoints_file:
                 runtime.watcher = EndpointsFileWatcher(Path(settings.endpoints_file), table)

@@ -140,7 +140,7 @@ FLAGS: tuple[_Flag, ...] = (
     ("metrics-client-ca-file", "", str, "require client certificates on /metrics signed by this CA"),
     ("allow-experimental-plugins", False, parse_bool, "allow Alpha-stability plugins"),
     # Standalone discovery (not in the reference):
-    ("endpoints", "", str, "static endpoints host:port[,host:port...] (standalone, no Kubernetes)"),
+    ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),
     ("endpoints-file", "", str, "YAML file of endpoints (address, port, name, labels); re-read on change"),
     ("max-endpoints", 16384, int, "capacity of the endpoint table"),
 )
