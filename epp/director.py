@@ -141,8 +141,13 @@ class Director:
         parsed: ParsedBody | None,
         raw_body: bytes,
         subset: Sequence[str] | None,
+        flow_control: bool = False,
     ) -> Prepared:
-        """Everything before the pick: model, rewrite, objective, admission, candidates."""
+        """Everything before the pick: model, rewrite, objective, admission, candidates.
+
+        With `flow_control` the request goes through flow-control admission next, before the candidates
+        are checked (reference §2.4): none yet is no error here, it waits in the queue (an empty pool is
+        saturated; scale-from-zero) and `schedule` looks again."""
         model = parsed.model if parsed else ""
         pinned = headers.get(REWRITE_HEADER)
         target = pinned or model
@@ -178,7 +183,7 @@ class Director:
             and self.saturation(candidates) >= 1.0
         ):
             raise EppError("ResourceExhausted", "system saturated, sheddable request dropped")
-        if len(candidates) == 0:
+        if len(candidates) == 0 and not flow_control:
             raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
         new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
         return Prepared(request, subset, new_body, candidates, self.table.generation)
@@ -188,8 +193,8 @@ class Director:
         candidates = prepared.candidates
         if prepared.generation != self.table.generation:
             candidates = self._serving(prepared.request.target_model, self.candidates(prepared.subset))
-            if len(candidates) == 0:
-                raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+        if len(candidates) == 0:
+            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
         started = time.perf_counter()
         try:
             result = self.scheduler.schedule(prepared.request, self.table, candidates)

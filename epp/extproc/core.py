@@ -269,7 +269,9 @@ class ExtProcStream:
             self._trace.start_orchestration()
         try:
             parsed = self._parser(raw, request_path(self._headers))
-            prepared = self._director.prepare(self._request_id, self._headers, parsed, raw, self._subset)
+            prepared = self._director.prepare(
+                self._request_id, self._headers, parsed, raw, self._subset, flow_control=self._flow_control
+            )
         except EppError as error:
             model = parsed.model if parsed else ""
             return self.reject(error, model, self._headers.get("x-gateway-model-name-rewrite") or model)

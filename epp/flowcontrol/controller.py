@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from epp.errors import EppError
 from epp.flowcontrol.queue import CapacityExceeded, FlowQueue, Item, QueueSettings
@@ -30,6 +30,13 @@ EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
 
 
+class OutcomeHook(Protocol):
+    def __call__(
+        self, item: Item | None, outcome: str, waited: float, fairness_id: str = "", priority: int = 0
+    ) -> None:
+        """`item` is None when the request never queued; its flow is then (fairness_id, priority)."""
+
+
 class FlowController(Generic[T]):
     def __init__(
         self,
@@ -37,10 +44,11 @@ class FlowController(Generic[T]):
         saturation: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
         poll_interval: float = 0.02,
-        on_outcome: Callable[[Item | None, str, float], None] | None = None,
+        on_outcome: OutcomeHook | None = None,
     ) -> None:
         self.queue = FlowQueue(settings)
-        #: called with (item or None when it never queued, outcome, seconds waited) for every admission
+        #: called for every admission with (item or None when it never queued, outcome, seconds waited,
+        #: fairness id, priority)
         self.on_outcome = on_outcome
         self._saturation = saturation
         self.saturation = saturation
@@ -48,23 +56,26 @@ class FlowController(Generic[T]):
         self.poll_interval = poll_interval
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.dispatched = 0
         self.rejected = 0
         self.expired = 0
         self.cancelled = 0
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control-dispatch")
 
     async def stop(self) -> None:
+        # The flag ends the dispatcher even when the cancellation below is lost (see `_run`).
+        self._stopping = True
+        self._wakeup.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while (item := self.queue.pop()) is not None:
-            future: asyncio.Future[T] = item.payload[0]
-            if not future.done():
-                future.set_exception(EppError("ServiceUnavailable", "flow control stopped while the request waited"))
+            _fail(item, EppError("ServiceUnavailable", "flow control stopped while the request waited"))
 
     def notify(self) -> None:
         """Capacity may have changed: let the dispatcher look again."""
@@ -75,7 +86,7 @@ class FlowController(Generic[T]):
         """Run `dispatch` now or once the request's turn comes; raises EppError 429 (full) / 503 (TTL)."""
         if len(self.queue) == 0 and self._saturation() < 1.0:
             self.dispatched += 1
-            self._outcome(None, DISPATCHED, 0.0)
+            self._outcome(None, DISPATCHED, 0.0, fairness_id, priority)
             return dispatch()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         item = self.queue.make_item(fairness_id, priority, size, self._clock(), payload=(future, dispatch))
@@ -90,16 +101,19 @@ class FlowController(Generic[T]):
             return await future
         except asyncio.CancelledError:
             if self.queue.remove(item):
+                item.payload = None
                 self.cancelled += 1
                 self._outcome(item, EVICTED_CANCELLED, self._clock() - item.arrival)
             raise
 
-    def _outcome(self, item: Item | None, outcome: str, waited: float) -> None:
+    def _outcome(
+        self, item: Item | None, outcome: str, waited: float, fairness_id: str = "", priority: int = 0
+    ) -> None:
         if self.on_outcome is not None:
-            self.on_outcome(item, outcome, waited)
+            self.on_outcome(item, outcome, waited, fairness_id, priority)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
             now = self._clock()
             for item in self.queue.expire(now):
@@ -110,29 +124,35 @@ class FlowController(Generic[T]):
             while len(self.queue) and self._saturation() < 1.0:
                 next_item = self.queue.pop()
                 assert next_item is not None
-                future, dispatch = next_item.payload
-                if future.done():
-                    continue
-                self.dispatched += 1
-                self._outcome(next_item, DISPATCHED, self._clock() - next_item.arrival)
-                try:
-                    future.set_result(dispatch())
-                except EppError as error:
-                    future.set_exception(error)
-                except Exception as error:  # a bug in dispatch must not kill the dispatcher
-                    log.exception("dispatch failed")
-                    future.set_exception(error)
+                self._dispatch(next_item)
             timeout = self.queue.next_deadline() - self._clock()
             if len(self.queue):
                 timeout = min(timeout, self.poll_interval)
-            if timeout == math.inf:
-                await self._wakeup.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), max(timeout, 0.0))
+            # Not asyncio.wait_for: in Python 3.11 it returns normally when the event is set in the same loop
+            # turn as the task is cancelled, and the cancellation is lost.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if timeout == math.inf else max(timeout, 0.0)):
+                    await self._wakeup.wait()
+
+    def _dispatch(self, item: Item) -> None:
+        # A dispatched item may outlive its wait in the queue's heaps: it must not keep the result alive.
+        future, dispatch = item.payload
+        item.payload = None
+        if future.done():
+            return
+        self.dispatched += 1
+        self._outcome(item, DISPATCHED, self._clock() - item.arrival)
+        try:
+            future.set_result(dispatch())
+        except EppError as error:
+            future.set_exception(error)
+        except Exception as error:  # a bug in dispatch must not kill the dispatcher
+            log.exception("dispatch failed")
+            future.set_exception(error)
 
 
 def _fail(item: Item, error: EppError) -> None:
     future = item.payload[0]
+    item.payload = None
     if not future.done():
         future.set_exception(error)

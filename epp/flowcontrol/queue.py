@@ -20,6 +20,9 @@ from typing import Any
 
 FAIRNESS_POLICIES = ("global-strict-fairness-policy", "round-robin-fairness-policy")
 ORDERING_POLICIES = ("fcfs-ordering-policy", "edf-ordering-policy")
+#: Taken items leave the heaps lazily; a heap holding more than twice its queued items + this is rebuilt, which
+#: bounds it by what is queued (an old item at the top would otherwise pin every later one) at O(1) amortized.
+HEAP_SLACK = 64
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,23 @@ class CapacityExceeded(Exception):
 
 
 class _Flow:
-    __slots__ = ("heap", "key")
+    __slots__ = ("heap", "key", "live")
 
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
         self.heap: list[tuple[tuple[float, int], Item]] = []
+        self.live = 0  # queued items in `heap`
 
     def head(self) -> Item | None:
         # Removed items stay in the heap until they surface (lazy deletion).
         while self.heap and not self.heap[0][1].queued:
             heapq.heappop(self.heap)
         return self.heap[0][1] if self.heap else None
+
+    def compact(self) -> None:
+        if _outgrown(self.heap, self.live):
+            self.heap = [entry for entry in self.heap if entry[1].queued]
+            heapq.heapify(self.heap)
 
 
 class _Band:
@@ -130,6 +139,7 @@ class FlowQueue:
         if flow is None:
             flow = band.flows[item.fairness_id] = _Flow((item.fairness_id, item.priority))
         heapq.heappush(flow.heap, (item.sort_key(band.settings.ordering), item))
+        flow.live += 1
         item.queued = True
         band.count += 1
         band.bytes += item.size
@@ -149,8 +159,15 @@ class FlowQueue:
         self.count -= 1
         self.bytes -= item.size
         flow = band.flows.get(item.fairness_id)
-        if flow is not None and flow.head() is None:
-            del band.flows[item.fairness_id]
+        if flow is not None:
+            flow.live -= 1
+            if flow.head() is None:
+                del band.flows[item.fairness_id]
+            else:
+                flow.compact()
+        if _outgrown(self._deadlines, self.count):
+            self._deadlines = [entry for entry in self._deadlines if entry[2].queued]
+            heapq.heapify(self._deadlines)
         return True
 
     def peek(self) -> Item | None:
@@ -224,3 +241,7 @@ class FlowQueue:
             if best is not None:
                 return best
         raise AssertionError("band count says non-empty but no flow has a head")
+
+
+def _outgrown(heap: list[Any], live: int) -> bool:
+    return len(heap) > 2 * live + HEAP_SLACK

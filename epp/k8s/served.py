@@ -43,12 +43,14 @@ class ServedModels:
         self._pending: dict[str, float] = {}  # hostport → retry delay
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._index: tuple[int, int, dict[str, SlotArray], bool] = (-1, -1, {}, False)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False
         self._loop = asyncio.get_running_loop()
         self.table.subscribe(self._on_table)
         for _, endpoint in self.table.items():
@@ -57,6 +59,9 @@ class ServedModels:
 
     async def stop(self) -> None:
         self.table.unsubscribe(self._on_table)
+        # The flag ends the loop even when the cancellation below is lost (see `_run`).
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -84,7 +89,7 @@ class ServedModels:
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
             loop = asyncio.get_running_loop()
             next_refresh = loop.time() + self.refresh_s
-            while True:
+            while not self._stopping:
                 due = dict(self._pending)
                 self._pending.clear()
                 self._wake.clear()
@@ -97,8 +102,11 @@ class ServedModels:
                     continue
                 retry = min(self._pending.values(), default=None)
                 wait = next_refresh - loop.time() if retry is None else min(retry, next_refresh - loop.time())
+                # Not asyncio.wait_for: in Python 3.11 it returns normally when the event is set in the same
+                # loop turn as the task is cancelled, and the cancellation is lost.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        await self._wake.wait()
 
     async def _probe(self, session: aiohttp.ClientSession, hostport: str, delay: float) -> None:
         if self.table.slot_of_hostport(hostport) is None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.flowcontrol.queue import BandSettings, CapacityExceeded, FlowQueue, QueueSettings
+from epp.flowcontrol.queue import HEAP_SLACK, BandSettings, CapacityExceeded, FlowQueue, QueueSettings
 
 
 def drain(queue: FlowQueue) -> list[str]:
@@ -67,4 +67,24 @@ def test_expiry_and_removal() -> None:
     assert queue.next_deadline() == 5
     assert [i.payload for i in queue.expire(6.5)] == ["first"]
     assert drain(queue) == ["third"]
+    assert len(queue) == 0 and queue.bytes == 0
+
+
+def test_heaps_stay_bounded_while_an_old_item_stays_queued() -> None:
+    queue = FlowQueue(QueueSettings(default_ttl=60))
+    starved = queue.make_item("batch", -10, 1, now=0)
+    queue.push(starved)  # the earliest deadline: taken items behind it never surface in the deadline heap
+    behind = queue.make_item("tenant", 0, 1, now=0)
+    queue.push(behind)  # the head of its flow: items removed behind it never surface in the flow heap
+    for now in range(1, 5001):
+        passing = queue.make_item("interactive", 10, 1, now=now)
+        queue.push(passing)
+        assert queue.pop() is passing
+        cancelled = queue.make_item("tenant", 0, 1, now=now)
+        queue.push(cancelled)
+        assert queue.remove(cancelled)
+        assert len(queue._deadlines) <= 2 * len(queue) + HEAP_SLACK
+        assert len(queue._bands[0].flows["tenant"].heap) <= 2 + HEAP_SLACK
+    assert queue.next_deadline() == 60
+    assert [item.fairness_id for item in queue.expire(60.5)] == ["batch", "tenant"]
     assert len(queue) == 0 and queue.bytes == 0
