@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -60,6 +60,16 @@ class Prepared:
     generation: int
 
 
+class Charge(NamedTuple):
+    """One request and `tokens` added to a slot's in-flight columns. `epoch` is the slot's at the pick: a
+    slot whose endpoint left (another may hold it now) is neither released nor given the request's
+    pre-request hooks."""
+
+    slot: int
+    tokens: float
+    epoch: float
+
+
 @dataclass
 class Decision:
     request: LLMRequest
@@ -69,19 +79,20 @@ class Decision:
     #: the body to send upstream, or None when it is unchanged
     new_body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    #: what the pick added to the in-flight columns, released on completion
-    charged_slot: int = -1
-    charged_tokens: float = 0.0
-    #: the prefill endpoint of a disaggregated pick, charged one request and the prompt's tokens
-    charged_prefill_slot: int = -1
-    charged_prefill_tokens: float = 0.0
-    #: the table's epochs of the charged slots at the pick: a slot whose endpoint left (and whose slot
-    #: another endpoint may hold now) is neither released nor given this request's pre-request hooks
-    charged_epoch: float = 0.0
-    charged_prefill_epoch: float = 0.0
+    #: what the pick added to the in-flight columns, released on completion: the primary endpoint, then
+    #: the prefill endpoint of a disaggregated pick (one request and the prompt's tokens)
+    charges: tuple[Charge, ...] = ()
     released: bool = False
     #: pre-request hooks still to run (the director defers them until the response has been sent)
     hooks_pending: bool = False
+
+    @property
+    def charged_slot(self) -> int:
+        return self.charges[0].slot if self.charges else -1
+
+    @property
+    def charged_prefill_slot(self) -> int:
+        return self.charges[1].slot if len(self.charges) > 1 else -1
 
 
 class Director:
@@ -247,18 +258,13 @@ class Director:
         destination = ",".join(hostports[int(s)] for s in slots)
         primary = int(slots[0])
         tokens = request.estimated_input_tokens * (1.0 + OUTPUT_TOKEN_RATIO) if request.body_size else 0.0
-        self.table.inflight_requests[primary] += 1.0
-        self.table.inflight_tokens[primary] += tokens
-        decision = Decision(request, result, destination, new_body, dict(result.headers), primary, tokens)
-        decision.charged_epoch = float(self.table.epoch[primary])
+        charges = [self._charge(primary, tokens)]
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots) and int(prefill.slots[0]) != primary:
             # the prefill server works on the prompt only (its KV then moves to the decode server)
-            decision.charged_prefill_slot = int(prefill.slots[0])
-            decision.charged_prefill_epoch = float(self.table.epoch[decision.charged_prefill_slot])
-            decision.charged_prefill_tokens = request.estimated_input_tokens if request.body_size else 0.0
-            self.table.inflight_requests[decision.charged_prefill_slot] += 1.0
-            self.table.inflight_tokens[decision.charged_prefill_slot] += decision.charged_prefill_tokens
+            prompt_tokens = request.estimated_input_tokens if request.body_size else 0.0
+            charges.append(self._charge(int(prefill.slots[0]), prompt_tokens))
+        decision = Decision(request, result, destination, new_body, dict(result.headers), tuple(charges))
         if run_hooks and self.hooks is not None:
             if self.defer_hooks:
                 decision.hooks_pending = True
@@ -272,22 +278,25 @@ class Director:
             if self.hooks is not None and self._still_held(decision):
                 self.hooks.pre_request(decision.request, decision.result, self.table)
 
+    def _charge(self, slot: int, tokens: float) -> Charge:
+        self.table.inflight_requests[slot] += 1.0
+        self.table.inflight_tokens[slot] += tokens
+        return Charge(slot, tokens, float(self.table.epoch[slot]))
+
     def _still_held(self, decision: Decision) -> bool:
         """Every charged slot still holds the endpoint the pick chose."""
         epoch = self.table.epoch
-        if decision.charged_slot >= 0 and epoch[decision.charged_slot] != decision.charged_epoch:
-            return False
-        prefill = decision.charged_prefill_slot
-        return prefill < 0 or epoch[prefill] == decision.charged_prefill_epoch
+        return all(epoch[charge.slot] == charge.epoch for charge in decision.charges)
 
     # --- completion -------------------------------------------------------------------------------
 
-    def _release(self, slot: int, tokens: float, epoch: float) -> None:
+    def _release(self, charge: Charge) -> None:
         # The endpoint may have left (its load went with it) and its slot been reused: only release
         # what is still ours.
-        if slot >= 0 and self.table.epoch[slot] == epoch and self.table.inflight_requests[slot] >= 1.0:
+        slot = charge.slot
+        if self.table.epoch[slot] == charge.epoch and self.table.inflight_requests[slot] >= 1.0:
             self.table.inflight_requests[slot] -= 1.0
-            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - tokens)
+            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - charge.tokens)
 
     def complete(self, decision: Decision, usage: Usage | None) -> None:
         """The response ended (or the stream did): release in-flight load and run completion hooks once."""
@@ -295,10 +304,8 @@ class Director:
             return
         decision.released = True
         self.run_deferred_hooks(decision)
-        self._release(decision.charged_slot, decision.charged_tokens, decision.charged_epoch)
-        if decision.charged_prefill_slot >= 0:
-            prefill = decision.charged_prefill_slot
-            self._release(prefill, decision.charged_prefill_tokens, decision.charged_prefill_epoch)
+        for charge in decision.charges:
+            self._release(charge)
         if self.hooks is not None and decision.request.api:
             self.hooks.response_complete(decision.request, decision.result, usage, self.table)
         if self.on_release is not None:

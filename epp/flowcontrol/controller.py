@@ -56,20 +56,15 @@ class FlowController(Generic[T]):
         self.poll_interval = poll_interval
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self.dispatched = 0
         self.rejected = 0
         self.expired = 0
         self.cancelled = 0
 
     def start(self) -> None:
-        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control-dispatch")
 
     async def stop(self) -> None:
-        # The flag ends the dispatcher even when the cancellation below is lost (see `_run`).
-        self._stopping = True
-        self._wakeup.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,7 +108,7 @@ class FlowController(Generic[T]):
             self.on_outcome(item, outcome, waited, fairness_id, priority)
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while True:
             self._wakeup.clear()
             now = self._clock()
             for item in self.queue.expire(now):

@@ -16,7 +16,7 @@ import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 FAIRNESS_POLICIES = ("global-strict-fairness-policy", "round-robin-fairness-policy")
 ORDERING_POLICIES = ("fcfs-ordering-policy", "edf-ordering-policy")
@@ -87,11 +87,6 @@ class _Flow:
         while self.heap and not self.heap[0][1].queued:
             heapq.heappop(self.heap)
         return self.heap[0][1] if self.heap else None
-
-    def compact(self) -> None:
-        if _outgrown(self.heap, self.live):
-            self.heap = [entry for entry in self.heap if entry[1].queued]
-            heapq.heapify(self.heap)
 
 
 class _Band:
@@ -164,10 +159,8 @@ class FlowQueue:
             if flow.head() is None:
                 del band.flows[item.fairness_id]
             else:
-                flow.compact()
-        if _outgrown(self._deadlines, self.count):
-            self._deadlines = [entry for entry in self._deadlines if entry[2].queued]
-            heapq.heapify(self._deadlines)
+                flow.heap = _compacted(flow.heap, flow.live)
+        self._deadlines = _compacted(self._deadlines, self.count)
         return True
 
     def peek(self) -> Item | None:
@@ -243,5 +236,14 @@ class FlowQueue:
         raise AssertionError("band count says non-empty but no flow has a head")
 
 
-def _outgrown(heap: list[Any], live: int) -> bool:
-    return len(heap) > 2 * live + HEAP_SLACK
+#: a heap entry of a flow or of the deadline heap: the item comes last
+_Entry = TypeVar("_Entry", tuple[tuple[float, int], Item], tuple[float, int, Item])
+
+
+def _compacted(heap: list[_Entry], live: int) -> list[_Entry]:
+    """`heap`, rebuilt without its taken items once they outnumber its `live` (queued) ones by far."""
+    if len(heap) <= 2 * live + HEAP_SLACK:
+        return heap
+    kept = [entry for entry in heap if entry[-1].queued]
+    heapq.heapify(kept)
+    return kept

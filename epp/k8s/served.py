@@ -43,14 +43,12 @@ class ServedModels:
         self._pending: dict[str, float] = {}  # hostport → retry delay
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._index: tuple[int, int, dict[str, SlotArray], bool] = (-1, -1, {}, False)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
         self._loop = asyncio.get_running_loop()
         self.table.subscribe(self._on_table)
         for _, endpoint in self.table.items():
@@ -59,9 +57,6 @@ class ServedModels:
 
     async def stop(self) -> None:
         self.table.unsubscribe(self._on_table)
-        # The flag ends the loop even when the cancellation below is lost (see `_run`).
-        self._stopping = True
-        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -89,7 +84,7 @@ class ServedModels:
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
             loop = asyncio.get_running_loop()
             next_refresh = loop.time() + self.refresh_s
-            while not self._stopping:
+            while True:
                 due = dict(self._pending)
                 self._pending.clear()
                 self._wake.clear()
