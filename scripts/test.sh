@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs every check: generated protos current, ruff, mypy, pytest.
+# Makes the project's virtual environment (scripts/venv.sh: locked versions, no system pip), then runs every
+# check: generated protos current, ruff, mypy, pytest. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --disable-pip-version-check -q -e '.[test]'
-python3 proto/generate.py --check
-python3 -m ruff check .
-python3 -m ruff format --check .
-python3 -m mypy
-python3 -m pytest "$@"
+source scripts/venv.sh ""
+python -m pip --version >/dev/null
+python proto/generate.py --check
+python -m ruff check .
+python -m ruff format --check .
+python -m mypy
+python -m pytest "$@"

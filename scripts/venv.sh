@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sourced by the README's commands: makes (once) and activates the project's own virtual environment and
+# installs epp with its test extras at the locked versions of requirements/constraints.txt. Nothing goes
+# into the system Python, so it works as root and as a user whose python3 refuses pip (PEP 668).
+#   EPP_VENV=DIR      where the environment lives (default: .venv in the repository)
+#   EPP_EXTRAS=LIST   extras to install (default: test); e.g. EPP_EXTRAS=test,bench
+#   bash scripts/venv.sh --relock   re-resolve the newest versions and rewrite the constraints file
+set -euo pipefail
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_venv="${EPP_VENV:-$_repo/.venv}"
+_extras="${EPP_EXTRAS:-test}"
+_constraints="$_repo/requirements/constraints.txt"
+
+_make_venv() {
+  local python="${EPP_PYTHON:-python3}"
+  command -v "$python" >/dev/null || { echo "venv.sh: no $python on PATH; install Python 3.11 or newer" >&2; return 1; }
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    { echo "venv.sh: $("$python" --version) is too old; epp needs Python 3.11 or newer (set EPP_PYTHON)" >&2; return 1; }
+  if ! "$python" -m venv "$_venv" 2>/dev/null; then
+    rm -rf "$_venv"
+    local package
+    package="python3-venv"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "venv.sh: installing $package (the venv module of Debian's python3)" >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+      "$python" -m venv "$_venv"
+    else
+      echo "venv.sh: '$python -m venv' failed; as root run: apt-get install $package   (or set EPP_PYTHON)" >&2
+      return 1
+    fi
+  fi
+}
+
+[ -x "$_venv/bin/python" ] || _make_venv
+if [ "${1:-}" = "--relock" ]; then
+  "$_venv/bin/python" -m pip install -q --upgrade -e "$_repo[test,bench]"
+  { head -2 "$_constraints"; "$_venv/bin/python" -m pip freeze --exclude-editable | grep -v '^-e '; } > "$_constraints.new"
+  mv "$_constraints.new" "$_constraints"
+  echo "rewrote $_constraints"
+  exit 0
+fi
+# reinstall only when what decides the install changed
+_stamp="$_venv/.epp-installed"
+_want="$(cat "$_repo/pyproject.toml" "$_constraints" | sha256sum | cut -d' ' -f1) $_extras $_repo"
+if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
+  echo "venv.sh: installing epp[$_extras] into $_venv (locked versions)" >&2
+  "$_venv/bin/python" -m pip install --disable-pip-version-check -q -c "$_constraints" -e "$_repo[$_extras]"
+  echo "$_want" > "$_stamp"
+fi
+export VIRTUAL_ENV="$_venv"
+export PATH="$_venv/bin:$PATH"
+hash -r
