@@ -61,12 +61,13 @@ class Prepared:
 
 
 class Charge(NamedTuple):
-    """One request and `tokens` added to a slot's in-flight columns. `epoch` is the slot's at the pick: a
-    slot whose endpoint left (another may hold it now) is neither released nor given the request's
-    pre-request hooks."""
+    """One request, `tokens` (input plus estimated output) and `prompt_tokens` added to a slot's in-flight
+    columns. `epoch` is the slot's at the pick: a slot whose endpoint left (another may hold it now) is neither
+    released nor given the request's pre-request hooks."""
 
     slot: int
     tokens: float
+    prompt_tokens: float
     epoch: float
 
 
@@ -85,6 +86,9 @@ class Decision:
     released: bool = False
     #: pre-request hooks still to run (the director defers them until the response has been sent)
     hooks_pending: bool = False
+    #: time.monotonic() of the pick, and whether the first response chunk has been seen since
+    picked_at: float = 0.0
+    first_chunk_seen: bool = False
 
     @property
     def charged_slot(self) -> int:
@@ -257,14 +261,14 @@ class Director:
         hostports = self.table.hostports
         destination = ",".join(hostports[int(s)] for s in slots)
         primary = int(slots[0])
-        tokens = request.estimated_input_tokens * (1.0 + OUTPUT_TOKEN_RATIO) if request.body_size else 0.0
-        charges = [self._charge(primary, tokens)]
+        prompt_tokens = float(request.estimated_input_tokens) if request.body_size else 0.0
+        charges = [self._charge(primary, prompt_tokens * (1.0 + OUTPUT_TOKEN_RATIO), prompt_tokens)]
         prefill = result.profile_results.get("prefill")
         if prefill is not None and len(prefill.slots) and int(prefill.slots[0]) != primary:
             # the prefill server works on the prompt only (its KV then moves to the decode server)
-            prompt_tokens = request.estimated_input_tokens if request.body_size else 0.0
-            charges.append(self._charge(int(prefill.slots[0]), prompt_tokens))
+            charges.append(self._charge(int(prefill.slots[0]), prompt_tokens, prompt_tokens))
         decision = Decision(request, result, destination, new_body, dict(result.headers), tuple(charges))
+        decision.picked_at = time.monotonic()
         if run_hooks and self.hooks is not None:
             if self.defer_hooks:
                 decision.hooks_pending = True
@@ -278,10 +282,12 @@ class Director:
             if self.hooks is not None and self._still_held(decision):
                 self.hooks.pre_request(decision.request, decision.result, self.table)
 
-    def _charge(self, slot: int, tokens: float) -> Charge:
-        self.table.inflight_requests[slot] += 1.0
-        self.table.inflight_tokens[slot] += tokens
-        return Charge(slot, tokens, float(self.table.epoch[slot]))
+    def _charge(self, slot: int, tokens: float, prompt_tokens: float) -> Charge:
+        table = self.table
+        table.inflight_requests[slot] += 1.0
+        table.inflight_tokens[slot] += tokens
+        table.inflight_prompt_tokens[slot] += prompt_tokens
+        return Charge(slot, tokens, prompt_tokens, float(table.epoch[slot]))
 
     def _still_held(self, decision: Decision) -> bool:
         """Every charged slot still holds the endpoint the pick chose."""
@@ -294,9 +300,21 @@ class Director:
         # The endpoint may have left (its load went with it) and its slot been reused: only release
         # what is still ours.
         slot = charge.slot
-        if self.table.epoch[slot] == charge.epoch and self.table.inflight_requests[slot] >= 1.0:
-            self.table.inflight_requests[slot] -= 1.0
-            self.table.inflight_tokens[slot] = max(0.0, self.table.inflight_tokens[slot] - charge.tokens)
+        table = self.table
+        if table.epoch[slot] == charge.epoch and table.inflight_requests[slot] >= 1.0:
+            table.inflight_requests[slot] -= 1.0
+            table.inflight_tokens[slot] = max(0.0, table.inflight_tokens[slot] - charge.tokens)
+            table.inflight_prompt_tokens[slot] = max(0.0, table.inflight_prompt_tokens[slot] - charge.prompt_tokens)
+
+    def first_chunk(self, decision: Decision, streamed: bool) -> None:
+        """The first chunk of the response body arrived (`streamed`: as server-sent events, so it carries the
+        first token and the time since the pick is the request's TTFT as the EPP sees it)."""
+        if decision.first_chunk_seen or decision.released:
+            return
+        decision.first_chunk_seen = True
+        if self.hooks is not None and decision.request.api and self._still_held(decision):
+            ttft = time.monotonic() - decision.picked_at if streamed else None
+            self.hooks.first_response(decision.request, decision.result, ttft)
 
     def complete(self, decision: Decision, usage: Usage | None) -> None:
         """The response ended (or the stream did): release in-flight load and run completion hooks once."""

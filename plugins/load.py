@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
 from plugins.markers import duration_seconds
@@ -100,7 +101,7 @@ class LoadAwareScorer(Scorer):
         self.threshold = float(parameters.threshold)
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        queue = np.minimum(state.table.waiting_queue.take(candidates), self.threshold)
+        queue = np.minimum(cached_fresh_load(state, candidates).waiting, self.threshold)
         result: Scores = 0.5 * (1.0 - queue / self.threshold)
         return result
 

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
 from epp.datalayer.staleness import fresh_mask
+from epp.datastore.fresh import cached_fresh_load, fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.plugin import CycleState, Filter, Marker, ParameterError, ProfileHandler
 
@@ -103,20 +104,19 @@ class UtilizationDetector(Filter):
     def saturation(self, table: EndpointTable, candidates: SlotArray, now: float) -> float:
         if len(candidates) == 0:
             return 1.0
-        per_endpoint = np.maximum(
-            table.waiting_queue.take(candidates) / self.q, table.kv_usage.take(candidates) / self.kv
-        )
+        load = fresh_load(table, candidates)
+        per_endpoint = np.maximum(load.waiting / self.q, load.kv_usage / self.kv)
         scraped = table.metrics_time.take(candidates)
         stale = (scraped == 0) | (now - scraped > self.staleness)
         per_endpoint[stale] = 1.0
         return float(per_endpoint.mean())
 
     def filter(self, state: CycleState, candidates: SlotArray) -> SlotArray:
-        table = state.table
+        load = cached_fresh_load(state, candidates)
         keep = (
-            fresh_mask(table, candidates, self.staleness, self.clock())
-            & (table.waiting_queue.take(candidates) < self.queue_limit)
-            & (table.kv_usage.take(candidates) < self.kv_limit)
+            fresh_mask(state.table, candidates, self.staleness, self.clock())
+            & (load.waiting < self.queue_limit)
+            & (load.kv_usage < self.kv_limit)
         )
         if not keep.any():
             return candidates

@@ -1,9 +1,13 @@
-"""Load and affinity scorers with the reference's formulas; each returns one score in [0, 1] per candidate."""
+"""Load and affinity scorers with the reference's formulas; each returns one score in [0, 1] per candidate.
+
+The load scorers read the scraped signals corrected by what was routed and finished since the scrape
+(epp.datastore.fresh), so decisions between scrapes see the load they just created."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import SlotArray
 from epp.scheduling.plugin import CycleState, Scorer, Scores
 
@@ -23,7 +27,7 @@ class QueueScorer(Scorer):
     bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        return _min_max_inverted(state.table.waiting_queue.take(candidates))
+        return _min_max_inverted(cached_fresh_load(state, candidates).waiting.copy())
 
 
 class RunningRequestsSizeScorer(Scorer):
@@ -31,14 +35,14 @@ class RunningRequestsSizeScorer(Scorer):
     bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        return _min_max_inverted(state.table.running_requests.take(candidates))
+        return _min_max_inverted(cached_fresh_load(state, candidates).running.copy())
 
 
 class KVCacheUtilizationScorer(Scorer):
     type_name = "kv-cache-utilization-scorer"
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        return 1.0 - state.table.kv_usage.take(candidates)
+        return 1.0 - cached_fresh_load(state, candidates).kv_usage
 
 
 class LoraAffinityScorer(Scorer):

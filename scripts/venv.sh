@@ -40,12 +40,26 @@ if [ "${1:-}" = "--relock" ]; then
   exit 0
 fi
 # reinstall only when what decides the install changed
+# (the stamp holds the inputs' hash, the repository and the extras installed; a request for fewer extras
+# than are installed needs nothing)
 _stamp="$_venv/.epp-installed"
-_want="$(cat "$_repo/pyproject.toml" "$_constraints" | sha256sum | cut -d' ' -f1) $_extras $_repo"
-if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
+_inputs="$(cat "$_repo/pyproject.toml" "$_constraints" | sha256sum | cut -d' ' -f1) $_repo"
+read -r _had_hash _had_repo _had_extras < "$_stamp" 2>/dev/null || true
+_installed=""
+if [ "${_had_hash:-} ${_had_repo:-}" = "$_inputs" ]; then
+  _installed="${_had_extras:-}"
+  for _extra in ${_extras//,/ }; do
+    case ",$_installed," in *",$_extra,"*) ;; *) _installed="$_installed,$_extra" ;; esac
+  done
+  [ "$_installed" = "${_had_extras:-}" ] && _installed="same"
+fi
+if [ "$_installed" != "same" ]; then
+  [ -n "$_installed" ] && _extras="${_installed#,}"
   echo "venv.sh: installing epp[$_extras] into $_venv (locked versions)" >&2
-  "$_venv/bin/python" -m pip install --disable-pip-version-check -q -c "$_constraints" -e "$_repo[$_extras]"
-  echo "$_want" > "$_stamp"
+  # (the filter drops pip's notes about find-links folders a machine's pip.conf names but lacks)
+  "$_venv/bin/python" -m pip install --disable-pip-version-check -q -c "$_constraints" -e "$_repo[$_extras]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  echo "$_inputs $_extras" > "$_stamp"
 fi
 export VIRTUAL_ENV="$_venv"
 export PATH="$_venv/bin:$PATH"

@@ -156,7 +156,21 @@ def _dechunk(buf: bytes, pos: int) -> bytes | None:
 
 
 class Target:
-    __slots__ = ("busy", "conn", "engine", "epoch", "hints", "host", "lora", "port", "request", "slot", "started")
+    __slots__ = (
+        "busy",
+        "conn",
+        "engine",
+        "epoch",
+        "hints",
+        "host",
+        "inflight_prompt_tokens",
+        "inflight_requests",
+        "lora",
+        "port",
+        "request",
+        "slot",
+        "started",
+    )
 
     def __init__(self, slot: int, epoch: int, host: str, port: int, path: str, engine: EngineConfig) -> None:
         self.slot = slot
@@ -173,6 +187,9 @@ class Target:
         self.conn: _Conn | None = None
         self.busy = False
         self.started = 0.0
+        #: the EPP's in-flight columns for the slot when this round's request was sent (see epp.datastore.fresh)
+        self.inflight_requests = 0.0
+        self.inflight_prompt_tokens = 0.0
         self.lora: LoraInfo | None = None
 
 
@@ -207,6 +224,10 @@ class ScrapeWorker:
         self._mtime = table.metrics_time
         self._errors = table.scrape_errors
         self._epoch = table.epoch
+        self._inflight = table.inflight_requests
+        self._inflight_prompt = table.inflight_prompt_tokens
+        self._scrape_inflight = table.scrape_inflight_requests
+        self._scrape_inflight_prompt = table.scrape_inflight_prompt_tokens
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -266,6 +287,8 @@ class ScrapeWorker:
     def _fire(self, target: Target, now: float) -> None:
         target.busy = True
         target.started = now
+        target.inflight_requests = float(self._inflight[target.slot])
+        target.inflight_prompt_tokens = float(self._inflight_prompt[target.slot])
         conn = target.conn
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.transport.write(target.request)
@@ -309,7 +332,8 @@ class ScrapeWorker:
         self._errors[target.slot] += 1
 
     def _undo(self, slot: int) -> None:
-        for column in (self._waiting, self._running, self._kv, self._bsize, self._nblocks, self._mtime):
+        columns = (self._waiting, self._running, self._kv, self._bsize, self._nblocks, self._mtime)
+        for column in (*columns, self._scrape_inflight, self._scrape_inflight_prompt):
             column[slot] = 0.0
 
     def _done(self, target: Target, ok: bool, body: bytes) -> None:
@@ -336,6 +360,8 @@ class ScrapeWorker:
                     self._bsize[slot] = ex.block_size
                 if ex.num_blocks is not None:
                     self._nblocks[slot] = ex.num_blocks
+                self._scrape_inflight[slot] = target.inflight_requests
+                self._scrape_inflight_prompt[slot] = target.inflight_prompt_tokens
                 self._mtime[slot] = time.monotonic()
                 if self._epoch[slot] != target.epoch:
                     # the serving process reassigned the slot while this wrote: its zeroing may have

@@ -25,7 +25,9 @@ SlotArray = npt.NDArray[np.intp]
 
 #: Numeric columns, in buffer order. Scraped columns are written by the data layer; the in-flight
 #: columns by the EPP's own accounting; `metrics_time` is the monotonic time of the last good scrape
-#: (0.0 = never scraped). `epoch` counts a slot's occupants (bumped when an endpoint is added to it and
+#: (0.0 = never scraped). `scrape_inflight_*` are the in-flight columns as they stood when the last good
+#: scrape was sent, so the load a scorer reads is the scrape corrected by what was routed and finished since
+#: (see epp.datastore.fresh). `epoch` counts a slot's occupants (bumped when an endpoint is added to it and
 #: when it leaves; never reset): whatever was charged or started for one occupant (a scrape in the scrape
 #: process, a request's in-flight load, a deferred prefix insert) checks it, so nothing meant for a
 #: departed endpoint lands in the row of the one that reuses its slot.
@@ -40,6 +42,9 @@ COLUMNS: tuple[str, ...] = (
     "scrape_errors",
     "inflight_requests",
     "inflight_tokens",
+    "inflight_prompt_tokens",
+    "scrape_inflight_requests",
+    "scrape_inflight_prompt_tokens",
     "epoch",
 )
 
@@ -98,6 +103,9 @@ class EndpointTable:
         self.scrape_errors = self._columns["scrape_errors"]
         self.inflight_requests = self._columns["inflight_requests"]
         self.inflight_tokens = self._columns["inflight_tokens"]
+        self.inflight_prompt_tokens = self._columns["inflight_prompt_tokens"]
+        self.scrape_inflight_requests = self._columns["scrape_inflight_requests"]
+        self.scrape_inflight_prompt_tokens = self._columns["scrape_inflight_prompt_tokens"]
         self.epoch = self._columns["epoch"]
         self._reset_columns = [column for name, column in self._columns.items() if name != "epoch"]
 

@@ -419,8 +419,10 @@ class ExtProcStream:
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body
         end = body.end_of_stream
-        if self._sse and self._response_bytes == 0 and self._observer is not None and self._decision is not None:
-            self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
+        if self._response_bytes == 0 and self._decision is not None and (chunk or end):
+            self._director.first_chunk(self._decision, self._sse)
+            if self._sse and self._observer is not None:
+                self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
         self._response_bytes += len(chunk)
         scanner = self._sse_scanner
         if scanner is not None:

@@ -24,6 +24,7 @@ from epp.observability.fast import Alias, Distribution, FamiliesCollector, Famil
 LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 HIT_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 HIT_BYTES_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+ERROR_RATIO_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 PREFIX = "inference_extension_"
 #: distinct label sets kept per counter (rewrites, scheduler attempts) before new ones count under "other"
 MAX_REWRITE_LABEL_SETS = 1000
@@ -66,6 +67,13 @@ class ExtensionMetrics:
             "Length of the prefix match in number of bytes in the cache lookup.",
             buckets=HIT_BYTES_BUCKETS,
         )
+        self.ttft_prediction_error = Family(
+            "histogram",
+            PREFIX + "ttft_prediction_error_ratio",
+            "|predicted - observed| / observed time to first token of streamed requests, as the "
+            "predicted-ttft-producer predicted it at the pick and the EPP observed it (first response chunk).",
+            buckets=ERROR_RATIO_BUCKETS,
+        )
         self.info = Family(
             "gauge",
             PREFIX + "info",
@@ -92,6 +100,7 @@ class ExtensionMetrics:
             self.prefix_indexer_size,
             self.prefix_hit_ratio,
             self.prefix_hit_bytes,
+            self.ttft_prediction_error,
             self.info,
             self.model_rewrite_decisions,
             self.model_rewrite_target_unavailable,
@@ -101,6 +110,7 @@ class ExtensionMetrics:
         self._indexer_size = self.prefix_indexer_size.value()
         self._hit_ratio = self.prefix_hit_ratio.distribution()
         self._hit_bytes = self.prefix_hit_bytes.distribution()
+        self._ttft_error = self.ttft_prediction_error.distribution()
 
     def reset(self) -> None:
         """Forget everything recorded (tests); children handed out before are detached."""
@@ -110,6 +120,7 @@ class ExtensionMetrics:
         self._indexer_size = self.prefix_indexer_size.value()
         self._hit_ratio = self.prefix_hit_ratio.distribution()
         self._hit_bytes = self.prefix_hit_bytes.distribution()
+        self._ttft_error = self.ttft_prediction_error.distribution()
 
 
 EXTENSION = ExtensionMetrics()
@@ -148,6 +159,11 @@ def record_prefix_match(matched_bytes: int, total_bytes: int) -> None:
     EXTENSION._hit_bytes.observe(matched_bytes)
     if total_bytes > 0:
         EXTENSION._hit_ratio.observe(matched_bytes / total_bytes)
+
+
+def record_ttft_prediction(error_ratio: float) -> None:
+    """One streamed request's |predicted - observed| / observed TTFT."""
+    EXTENSION._ttft_error.observe(error_ratio)
 
 
 def record_model_rewrite(rewrite_name: str, model: str, target_model: str) -> None:

@@ -68,6 +68,12 @@ class _Profile:
         return ProfileResult(picked)
 
 
+def _consumed_first(producers: list[DataProducer]) -> list[DataProducer]:
+    """Producers in declaration order, except that one another producer consumes runs before it."""
+    consumed = {getattr(p, "consumes", None) for p in producers}
+    return sorted(producers, key=lambda p: p.type_name not in consumed)
+
+
 def _keeps_single_profile(handler: ProfileHandler | None) -> bool:
     if handler is None:
         return True
@@ -90,7 +96,7 @@ class SchedulerRuntime:
                 cls = types[consumed]
                 plugins[consumed] = PluginInstance(consumed, consumed, cls(consumed, cls.parse_parameters({}, "")))
         self.plugins: dict[str, Plugin] = {name: instance.plugin for name, instance in plugins.items()}
-        self.producers = [p for p in self.plugins.values() if isinstance(p, DataProducer)]
+        self.producers = _consumed_first([p for p in self.plugins.values() if isinstance(p, DataProducer)])
         self._producer_timers = [(p, _timer("DataProducer", p)) for p in self.producers]
         for plugin in self.plugins.values():
             plugin.bind(table)
@@ -98,6 +104,10 @@ class SchedulerRuntime:
             if connect is not None:
                 connect(self.plugins)
         # Hooks after the pick: producers first (they learn from it), then any other plugin offering one.
+        self._picked = [p.picked for p in self.producers if type(p).picked is not DataProducer.picked]
+        self._first_response = [
+            p.first_response for p in self.producers if type(p).first_response is not DataProducer.first_response
+        ]
         self._pre_request: list[Callable[[CycleState, SchedulingResult], Any]] = [p.pre_request for p in self.producers]
         self._pre_request += [
             hook
@@ -145,6 +155,8 @@ class SchedulerRuntime:
             result = SchedulingResult({profile.name: profile.run(state, candidates)}, profile.name)
         else:
             result = self._run_profiles(state, candidates)
+        for picked in self._picked:
+            picked(state, result)
         if self._pre_request:
             result.cycle_state = state
         return result
@@ -178,6 +190,10 @@ class SchedulerRuntime:
         result.cycle_state = None
         for hook in self._pre_request:
             hook(state, result)
+
+    def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
+        for hook in self._first_response:
+            hook(request, result, ttft)
 
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable

@@ -151,14 +151,22 @@ class ProfileHandler(Plugin):
 
 
 class DataProducer(Plugin):
-    """Runs before the profiles (prepare data) and after the pick (pre-request) and at completion."""
+    """Runs before the profiles (prepare data), right after the pick (`picked`, inside the decision, for load
+    the next decision must see), after the pick's response is sent (pre-request), when the first response
+    chunk arrives and at completion."""
 
     role = "producer"
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         pass
 
+    def picked(self, state: CycleState, result: SchedulingResult) -> None:
+        pass
+
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
+        pass
+
+    def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
         pass
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:

@@ -68,6 +68,8 @@ class SchedulingResult:
     #: the cycle state the pick was made with, kept for the pre-request hooks (which clear it); it rides
     #: on the result rather than in a table keyed by request id, which a client chooses and may repeat
     cycle_state: CycleState | None = None
+    #: what plugins remember of this pick until the response ends (e.g. the predicted TTFT), by plugin name
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary(self) -> SlotArray:
@@ -99,6 +101,11 @@ class RequestHooks(Protocol):
 
     def pre_request(self, request: LLMRequest, result: SchedulingResult, table: EndpointTable) -> None:
         """Runs right after a pick, before the request goes upstream (prefix index insert, in-flight accounting)."""
+        ...
+
+    def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
+        """Runs once when the first chunk of the response body arrives; `ttft` is the seconds since the pick
+        when the response is streamed (its first chunk carries the first token), else None."""
         ...
 
     def response_complete(

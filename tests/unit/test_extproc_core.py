@@ -351,6 +351,9 @@ def test_json_response_usage_is_read_at_end_of_stream() -> None:
         def pre_request(self, *args: object) -> None:
             pass
 
+        def first_response(self, *args: object) -> None:
+            pass
+
         def response_complete(self, request: object, result: object, usage: object, table: object) -> None:
             seen.append(usage)
 

@@ -1,0 +1,131 @@
+"""predicted-ttft-producer / -scorer: queued prefill, prefix savings, online learning per endpoint."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from epp.config.schema import ConfigError, load_config_text
+from epp.director import Director
+from epp.observability.extension import EXTENSION
+from epp.requests.openai import parse_openai_body
+from epp.scheduling.framework import build_scheduler
+from epp.scheduling.types import Usage
+from plugins.latency import PREFILL_UNIT, PredictedTTFTParameters, PredictedTTFTProducer, TTFTModel
+from tests.unit.plugins.helpers import pool
+
+CONFIG = """
+plugins:
+- type: approx-prefix-cache-producer
+- type: predicted-ttft-producer
+- type: predicted-ttft-scorer
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: predicted-ttft-scorer}]
+"""
+
+
+def _setup(count: int) -> tuple[Director, PredictedTTFTProducer]:
+    table = pool(count)
+    scheduler = build_scheduler(load_config_text(CONFIG, "t"), table)
+    producer = scheduler.plugins["predicted-ttft-producer"]
+    assert isinstance(producer, PredictedTTFTProducer)
+    return Director(table, scheduler, hooks=scheduler), producer
+
+
+def _decide(director: Director, prompt: str, rid: str = "r") -> object:
+    raw = orjson.dumps({"model": "m", "prompt": prompt})
+    return director.decide(rid, {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+
+
+def test_queued_prefill_is_charged_at_the_pick_and_released_at_the_first_chunk() -> None:
+    director, producer = _setup(2)
+    first = _decide(director, "a" * 4000)  # 1,000 prompt tokens, nothing cached
+    slot = first.charged_slot  # type: ignore[attr-defined]
+    assert producer.queued_tokens[slot] == pytest.approx(1000)
+    second = _decide(director, "b" * 4000, "r2")
+    assert second.charged_slot != slot  # type: ignore[attr-defined]  # the other one has no queue
+    director.first_chunk(first, streamed=True)  # type: ignore[arg-type]
+    assert producer.queued_tokens[slot] == 0
+    director.complete(first, None)  # type: ignore[arg-type]
+    director.complete(second, None)  # type: ignore[arg-type]  # released at the end without a first chunk
+    assert not producer.queued_tokens.any() and not producer.queued_requests.any()
+
+
+def test_a_warm_endpoint_wins_until_its_queue_costs_more_than_the_prefix_saves() -> None:
+    director, producer = _setup(2)
+    system = "s" * 16_000  # 4,000 tokens shared
+    warm = _decide(director, system + "q0" * 100)
+    director.first_chunk(warm, streamed=True)  # type: ignore[arg-type]
+    director.run_deferred_hooks(warm)  # type: ignore[arg-type]  # the prefix index learns the prompt
+    director.complete(warm, None)  # type: ignore[arg-type]
+    slot = warm.charged_slot  # type: ignore[attr-defined]
+    picks = [_decide(director, system + f"q{i}" * 100, f"r{i}") for i in range(1, 4)]
+    # each follow-up saves ~4,000 prefill tokens on the warm endpoint and queues ~100 there: it keeps them
+    assert [p.charged_slot for p in picks] == [slot] * 3  # type: ignore[attr-defined]
+    producer.queued_tokens[slot] += 8_000  # the warm endpoint's queue now costs more than the prefix saves
+    colder = _decide(director, system + "q9" * 100, "r9")
+    assert colder.charged_slot != slot  # type: ignore[attr-defined]
+
+
+def _observe(model: TTFTModel, slot: int, rate: float, base: float, rng: random.Random, now: float) -> float:
+    work = rng.uniform(200, 8000)
+    decoding = rng.uniform(0, 64)
+    truth = base + 0.01 * decoding / 100 + work / rate
+    observed = truth * rng.uniform(0.95, 1.05)
+    model.learn(slot, decoding, work, observed, now)
+    return abs(model.predict(slot, decoding, work) - truth) / truth
+
+
+def test_the_model_learns_each_endpoints_rate_and_follows_a_slowdown() -> None:
+    model = TTFTModel(4, PredictedTTFTParameters())
+    rng = random.Random(7)
+    now = 1.0
+    for _ in range(60):
+        now += 0.1
+        _observe(model, 0, 20_000.0, 0.02, rng, now)
+        _observe(model, 1, 5_000.0, 0.05, rng, now)  # a GPU four times slower
+    assert model.per_prefill[0] == pytest.approx(PREFILL_UNIT / 20_000, rel=0.1)
+    assert model.per_prefill[1] == pytest.approx(PREFILL_UNIT / 5_000, rel=0.1)
+    errors = []
+    for _ in range(30):  # endpoint 0 becomes three times slower
+        now += 0.1
+        errors.append(_observe(model, 0, 20_000.0 / 3, 0.02, rng, now))
+    assert np.median(errors[-10:]) < 0.1, errors
+    assert errors[0] > 0.3  # it really had to move
+
+
+def test_a_new_endpoint_starts_from_what_the_fleet_learned() -> None:
+    model = TTFTModel(4, PredictedTTFTParameters())
+    rng = random.Random(3)
+    for i in range(40):
+        _observe(model, 0, 8_000.0, 0.02, rng, 1.0 + i)
+    model.reset(2)
+    assert model.per_prefill[2] == pytest.approx(model.per_prefill[0])
+
+
+def test_streamed_responses_teach_the_model_and_count_in_the_error_metric() -> None:
+    director, producer = _setup(1)
+    EXTENSION.reset()
+    clock = [100.0]
+    producer.clock = lambda: clock[0]
+    before = float(producer.model.per_prefill[0])
+    for i in range(20):
+        decision = _decide(director, f"{i:04d}" * 1000, f"r{i}")  # 1,000 tokens
+        decision.picked_at -= 0.5  # type: ignore[attr-defined]  # half a second to the first token: slow
+        director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
+        director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_tokens=0))  # type: ignore[arg-type]
+        clock[0] += 0.5
+    assert float(producer.model.per_prefill[0]) > 3 * before
+    counts = EXTENSION._ttft_error.counts
+    assert sum(counts) == 20
+
+
+def test_parameters_are_checked() -> None:
+    declared = "- type: predicted-ttft-producer"
+    bad = CONFIG.replace(declared, declared + "\n  parameters: {driftPerSecond: 0}")
+    with pytest.raises(ConfigError, match="driftPerSecond"):
+        load_config_text(bad, "t")
