@@ -1,6 +1,6 @@
-"""Decision latency of the default profile (queue 2, KV 2, prefix 3, max-score picker) and the prefix index.
+"""Decision latency of the built-in default profile (or --config FILE) and the prefix index.
 
-    python benchmarks/scheduler/run.py [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
+    python benchmarks/scheduler/run.py [--config FILE] [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
                                        [--shapes chat,conversation] [--picks 2000]
                                        [--index-endpoints 1000] [--index-entries 31250]
 
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from epp.config.schema import default_config
+from epp.config.schema import EndpointPickerConfig, default_config, load_config_file
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import LLMRequest
@@ -51,11 +51,16 @@ def request(i: int, prompt: str) -> LLMRequest:
 
 
 def time_picks(
-    endpoints: int, prompt_chars: int, picks: int, seed: int, shape: str = "chat"
+    endpoints: int,
+    prompt_chars: int,
+    picks: int,
+    seed: int,
+    shape: str = "chat",
+    config: EndpointPickerConfig | None = None,
 ) -> tuple[float, float, float, float]:
     rng = np.random.default_rng(seed)
     table = make_table(endpoints, rng)
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(config or default_config(), table)
     candidates = table.live_slots()
     if shape == "chat":
         shared = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
@@ -129,7 +134,10 @@ def main() -> None:
     parser.add_argument("--index-endpoints", type=int, default=1000)
     parser.add_argument("--index-entries", type=int, default=31_250)
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--config", help="an EndpointPickerConfig file instead of the built-in default")
     args = parser.parse_args()
+    config = load_config_file(args.config) if args.config else None
+    print(f"config: {args.config or 'built-in default'}")
     print(f"hash blocks of an 8k prompt: {len(block_hashes(b'x' * 8000, b'm', 64, 256))}")
     header = ("shape", "endpoints", "prompt", "p50 ms", "p99 ms", "max ms", "insert p50 ms")
     print(" ".join(f"{name:>{width}}" for name, width in zip(header, (12, 9, 7, 8, 8, 8, 14), strict=True)))
@@ -138,7 +146,7 @@ def main() -> None:
             parser.error(f"--shapes: unknown shape {shape!r}; use chat and/or conversation")
         for endpoints in (int(x) for x in args.endpoints.split(",")):
             for chars in (int(x) for x in args.prompts.split(",")):
-                p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, endpoints + chars, shape)
+                p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, endpoints + chars, shape, config)
                 print(
                     f"{shape:>12} {endpoints:>9} {chars:>7} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {insert:>14.3f}",
                     flush=True,
