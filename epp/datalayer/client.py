@@ -95,14 +95,18 @@ class _Conn(asyncio.Protocol):
                 self._reset()
                 self.worker._done(self.target, ok, body)
         elif self._mode == 1:
-            buf = b"".join(self._chunks)
-            if not buf.endswith(b"0\r\n\r\n"):
-                self._chunks = [buf]
+            buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks = [buf]
+            try:
+                dechunked = _dechunk(buf, self._header_end)
+            except ValueError:  # the connection is out of step with the server: drop it
+                self._abort()
                 return
-            chunked = _dechunk(buf, self._header_end)
-            ok = self._status_ok() and chunked is not None
+            if dechunked is None:
+                return
+            ok = self._status_ok()
             self._reset()
-            self.worker._done(self.target, ok, chunked or b"")
+            self.worker._done(self.target, ok, dechunked)
 
     def eof_received(self) -> bool | None:
         return None
@@ -139,20 +143,40 @@ class _Conn(asyncio.Protocol):
         self.worker._failed(self.target)
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+#: a chunk-size line (with extensions) longer than this is refused
+_MAX_CHUNK_LINE = 4096
+
+
 def _dechunk(buf: bytes, pos: int) -> bytes | None:
+    """The body of a chunked message starting at `pos`: None while incomplete; ValueError when malformed.
+
+    RFC 9112 7.1: chunks of `size[;ext]CRLF data CRLF`, a last chunk `0[;ext]CRLF`, then trailer fields
+    (each `name: value CRLF`, ignored) and an empty line."""
     parts: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
+            if len(buf) - pos > _MAX_CHUNK_LINE:
+                raise ValueError("chunk-size line too long")
             return None
-        try:
-            size = int(buf[pos:eol].split(b";")[0], 16)
-        except ValueError:
-            return None
+        digits = buf[pos:eol].split(b";", 1)[0].strip(b" \t")
+        if not digits or not _HEX_DIGITS.issuperset(digits):
+            raise ValueError(f"bad chunk size {buf[pos:eol][:40]!r}")
+        size = int(digits, 16)
         if size == 0:
+            # the CRLF ending the last-chunk line, then trailer lines, end at the first empty line
+            if buf.find(b"\r\n\r\n", eol) < 0:
+                return None
             return b"".join(parts)
-        parts.append(buf[eol + 2 : eol + 2 + size])
-        pos = eol + 4 + size
+        start = eol + 2
+        end = start + size
+        if len(buf) < end + 2:
+            return None
+        if buf[end : end + 2] != b"\r\n":
+            raise ValueError("chunk data not followed by CRLF")
+        parts.append(buf[start:end])
+        pos = end + 2
 
 
 class Target:
