@@ -19,6 +19,7 @@ import numpy.typing as npt
 from epp.datalayer.extract import LoraInfo, extract
 from epp.datalayer.params import EngineConfig
 from epp.datastore.table import EndpointTable
+from epp.tasks import spawn
 
 #: (slot, epoch, running adapters, waiting adapters, max_lora) when an endpoint's LoRA state changes
 LoraSink = Callable[[int, int, frozenset[str], frozenset[str], float], None]
@@ -255,7 +256,7 @@ class ScrapeWorker:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run())
+        self._task = spawn(self._run(), "scrape", self._loop)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -295,7 +296,7 @@ class ScrapeWorker:
             conn.transport.write(target.request)
             return
         assert self._loop is not None
-        self._loop.create_task(self._connect(target))
+        spawn(self._connect(target), "scrape-connect", self._loop)
 
     async def _connect(self, target: Target) -> None:
         assert self._loop is not None

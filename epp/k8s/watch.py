@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import aiohttp
 import aiohttp.http_exceptions
 
+from epp.tasks import spawn
+
 log = logging.getLogger("epp.k8s")
 
 Object = dict[str, Any]
@@ -135,7 +137,7 @@ class Reflector:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"reflector {self.what}")
+        self._task = spawn(self.run(), f"reflector {self.what}")
 
     async def stop(self) -> None:
         if self._task is not None:
