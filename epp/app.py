@@ -143,8 +143,13 @@ async def _start_with(
         flow.on_outcome = flow_metrics.record
         registry.register(flow_metrics)
         director.on_release = flow.notify
+    max_body = settings.max_request_body_bytes
     servicer = ExtProcServicer(
-        lambda: ExtProcStream(director, parser, metrics, tracer=tracer, flow_control=flow_control), flow
+        lambda: ExtProcStream(
+            director, parser, metrics, tracer=tracer, flow_control=flow_control, max_body_bytes=max_body
+        ),
+        flow,
+        idle_timeout=settings.stream_idle_timeout,
     )
     observability.watch_streams(servicer)
 

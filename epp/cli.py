@@ -132,6 +132,20 @@ FLAGS: tuple[_Flag, ...] = (
     ("drain-timeout", 30.0, parse_duration, "on SIGTERM, how long in-flight streams may take to finish"),
     ("grpc-max-recv-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message accepted (e.g. 25MiB)"),
     ("grpc-max-send-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message sent"),
+    # Not in the reference (hardening):
+    (
+        "max-request-body-bytes",
+        64 * 1024 * 1024,
+        parse_quantity,
+        "longest request body buffered for a pick (e.g. 64MiB); longer ones are answered 413",
+    ),
+    (
+        "stream-idle-timeout",
+        300.0,
+        parse_duration,
+        "close an ext_proc stream that sends no message for this long, releasing its pick (0: never); keep it"
+        " above the longest silence of a request, e.g. a non-streaming generation",
+    ),
     ("emit-endpoint-scores", False, parse_bool, "per-endpoint scores in dynamic metadata"),
     ("enable-grpc-stream-metrics", False, parse_bool, "ext_proc stream metrics"),
     ("tls-min-version", "", str, "minimum TLS version of the ext_proc server"),
@@ -261,6 +275,10 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"--model-server-metrics-scheme {settings.model_server_metrics_scheme!r}: use http or https")
     if settings.enable_cert_reload and not settings.cert_path:
         errors.append("--enable-cert-reload needs --cert-path")
+    if settings.max_request_body_bytes <= 0:
+        errors.append(f"--max-request-body-bytes {settings.max_request_body_bytes}: must be positive")
+    if settings.stream_idle_timeout < 0:
+        errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
     if settings.max_endpoints <= 0:
         errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
     return errors

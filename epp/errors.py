@@ -7,6 +7,7 @@ HTTP_STATUS: dict[str, int] = {
     "Unauthorized": 401,
     "Forbidden": 403,
     "NotFound": 404,
+    "PayloadTooLarge": 413,
     "ResourceExhausted": 429,
     "Internal": 500,
     "ServiceUnavailable": 503,

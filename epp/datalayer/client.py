@@ -19,6 +19,7 @@ import numpy.typing as npt
 from epp.datalayer.extract import LoraInfo, extract
 from epp.datalayer.params import EngineConfig
 from epp.datastore.table import EndpointTable
+from epp.tasks import spawn
 
 #: (slot, epoch, running adapters, waiting adapters, max_lora) when an endpoint's LoRA state changes
 LoraSink = Callable[[int, int, frozenset[str], frozenset[str], float], None]
@@ -95,14 +96,18 @@ class _Conn(asyncio.Protocol):
                 self._reset()
                 self.worker._done(self.target, ok, body)
         elif self._mode == 1:
-            buf = b"".join(self._chunks)
-            if not buf.endswith(b"0\r\n\r\n"):
-                self._chunks = [buf]
+            buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks = [buf]
+            try:
+                dechunked = _dechunk(buf, self._header_end)
+            except ValueError:  # the connection is out of step with the server: drop it
+                self._abort()
                 return
-            chunked = _dechunk(buf, self._header_end)
-            ok = self._status_ok() and chunked is not None
+            if dechunked is None:
+                return
+            ok = self._status_ok()
             self._reset()
-            self.worker._done(self.target, ok, chunked or b"")
+            self.worker._done(self.target, ok, dechunked)
 
     def eof_received(self) -> bool | None:
         return None
@@ -139,20 +144,40 @@ class _Conn(asyncio.Protocol):
         self.worker._failed(self.target)
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+#: a chunk-size line (with extensions) longer than this is refused
+_MAX_CHUNK_LINE = 4096
+
+
 def _dechunk(buf: bytes, pos: int) -> bytes | None:
+    """The body of a chunked message starting at `pos`: None while incomplete; ValueError when malformed.
+
+    RFC 9112 7.1: chunks of `size[;ext]CRLF data CRLF`, a last chunk `0[;ext]CRLF`, then trailer fields
+    (each `name: value CRLF`, ignored) and an empty line."""
     parts: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
+            if len(buf) - pos > _MAX_CHUNK_LINE:
+                raise ValueError("chunk-size line too long")
             return None
-        try:
-            size = int(buf[pos:eol].split(b";")[0], 16)
-        except ValueError:
-            return None
+        digits = buf[pos:eol].split(b";", 1)[0].strip(b" \t")
+        if not digits or not _HEX_DIGITS.issuperset(digits):
+            raise ValueError(f"bad chunk size {buf[pos:eol][:40]!r}")
+        size = int(digits, 16)
         if size == 0:
+            # the CRLF ending the last-chunk line, then trailer lines, end at the first empty line
+            if buf.find(b"\r\n\r\n", eol) < 0:
+                return None
             return b"".join(parts)
-        parts.append(buf[eol + 2 : eol + 2 + size])
-        pos = eol + 4 + size
+        start = eol + 2
+        end = start + size
+        if len(buf) < end + 2:
+            return None
+        if buf[end : end + 2] != b"\r\n":
+            raise ValueError("chunk data not followed by CRLF")
+        parts.append(buf[start:end])
+        pos = end + 2
 
 
 class Target:
@@ -252,7 +277,7 @@ class ScrapeWorker:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run())
+        self._task = spawn(self._run(), "scrape", self._loop)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -294,7 +319,7 @@ class ScrapeWorker:
             conn.transport.write(target.request)
             return
         assert self._loop is not None
-        self._loop.create_task(self._connect(target))
+        spawn(self._connect(target), "scrape-connect", self._loop)
 
     async def _connect(self, target: Target) -> None:
         assert self._loop is not None

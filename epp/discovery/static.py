@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from epp.datastore.table import Endpoint, EndpointTable
+from epp.tasks import spawn
 
 log = logging.getLogger("epp.discovery")
 POLL_INTERVAL_S = 0.5
@@ -238,7 +239,7 @@ class EndpointsFileWatcher:
         return True
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = spawn(self._run(), "endpoints-file")
 
     async def _run(self) -> None:
         while True:

@@ -11,10 +11,18 @@ the reference expects, FULL_DUPLEX_STREAMED both ways):
 - no body (headers with end_of_stream, or request_body_mode NONE): the pick goes on the headers response.
 Response bodies: FULL_DUPLEX_STREAMED chunks are echoed as streamed responses at once; in BUFFERED and
 STREAMED modes each body message is answered by its own BodyResponse.
+
+Message order: `Phase` is where a stream stands and `LEGAL_IN` which message kinds each phase accepts. A
+message out of order (a second request, a body before its headers, the response before the request) is
+answered with an ImmediateResponse 400 and releases the stream's pick; after any ImmediateResponse the
+stream ignores what still arrives (Envoy may have sent body chunks before it saw the answer). A stream
+holds at most one pick, released exactly once: when the response ends, on an out-of-order message, or on
+`close()`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import uuid
@@ -43,6 +51,8 @@ SERVED_KEY = "x-gateway-destination-endpoint-served"
 REQUEST_ID_HEADER = "x-request-id"
 #: non-streaming response bodies are kept (for usage) up to this size; larger ones are not parsed
 MAX_USAGE_BODY = 8 * 1024 * 1024
+#: default of --max-request-body-bytes: a longer request body is answered 413 and its bytes dropped
+DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 
 FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = mode_pb.ProcessingMode.BUFFERED
@@ -53,6 +63,32 @@ _PER_CHUNK_RESPONSE_MODES = (BUFFERED, mode_pb.ProcessingMode.STREAMED, mode_pb.
 _OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 BodyParser = Callable[[bytes, str], ParsedBody | None]
+
+
+class Phase(enum.Enum):
+    """Where a stream stands; the value reads in a log line ("... while <value>")."""
+
+    REQUEST_HEADERS = "waiting for the request headers"
+    REQUEST_BODY = "receiving the request body"
+    #: the request waits in flow control (the servicer reads nothing meanwhile)
+    QUEUED = "queued in flow control"
+    ROUTED = "waiting for the response"
+    RESPONSE_BODY = "receiving the response body"
+    DONE = "the response is complete"
+    #: an ImmediateResponse was sent: whatever still arrives is ignored
+    CLOSED = "answered"
+
+
+#: message kind → the phases it may arrive in (anything else is out of order)
+LEGAL_IN: dict[str, frozenset[Phase]] = {
+    "request_headers": frozenset({Phase.REQUEST_HEADERS}),
+    "request_body": frozenset({Phase.REQUEST_BODY}),
+    "request_trailers": frozenset({Phase.REQUEST_BODY, Phase.ROUTED}),
+    # a response body or trailers without response headers: Envoy with response_header_mode SKIP
+    "response_headers": frozenset({Phase.ROUTED}),
+    "response_body": frozenset({Phase.ROUTED, Phase.RESPONSE_BODY}),
+    "response_trailers": frozenset({Phase.ROUTED, Phase.RESPONSE_BODY}),
+}
 
 
 def openai_parser(raw: bytes, path: str) -> ParsedBody | None:
@@ -79,20 +115,21 @@ class StreamObserver(Protocol):
 
 class ExtProcStream:
     __slots__ = (
+        "_body_bytes",
         "_body_chunks",
         "_buffer_response",
         "_decision",
         "_director",
         "_ended_with_trailers",
-        "_finished",
         "_flow_control",
         "_headers",
         "_id_generated",
+        "_max_body",
         "_observer",
         "_parser",
+        "_phase",
         "_prepared",
         "_raw",
-        "_request_done",
         "_request_id",
         "_request_mode",
         "_request_seconds",
@@ -118,8 +155,11 @@ class ExtProcStream:
         observer: StreamObserver | None = None,
         flow_control: bool = False,
         tracer: RequestTracer | None = None,
+        max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY,
     ) -> None:
         self._director = director
+        self._max_body = max_body_bytes
+        self._phase = Phase.REQUEST_HEADERS
         self._tracer = tracer
         self._trace: RequestTrace | None = None
         self._flow_control = flow_control
@@ -135,7 +175,7 @@ class ExtProcStream:
         self._request_id = ""
         self._id_generated = False
         self._body_chunks: list[bytes] = []
-        self._request_done = False
+        self._body_bytes = 0
         self._request_mode: int = FULL_DUPLEX
         self._response_mode: int = FULL_DUPLEX
         self._subset: list[str] | None = None
@@ -146,7 +186,6 @@ class ExtProcStream:
         self._buffer_response = False
         self._response_chunks: list[bytes] = []
         self._response_bytes = 0
-        self._finished = False
         self._started = time.perf_counter()
         self._request_seconds = 0.0
         self._response_seconds = 0.0
@@ -165,7 +204,15 @@ class ExtProcStream:
             self._response_seconds += time.perf_counter() - started
         return responses
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
     def _dispatch(self, kind: str | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if kind is None or self._phase is Phase.CLOSED:
+            return []  # (a kind this protocol version does not know has no answer either)
+        if self._phase not in LEGAL_IN[kind]:
+            return self._out_of_order(kind)
         if kind == "request_headers":
             if message.HasField("protocol_config"):
                 self._request_mode = message.protocol_config.request_body_mode
@@ -182,9 +229,21 @@ class ExtProcStream:
         if kind == "request_trailers":
             return self._on_request_trailers()
         if kind == "response_trailers":
+            self._phase = Phase.DONE
             self._finish()
             return [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
         return []
+
+    def _out_of_order(self, kind: str) -> list[pb.ProcessingResponse]:
+        """A message the phase does not allow: one log line, the pick released, a 400."""
+        log.warning(
+            "ext_proc %s out of order (stream %s): answering 400",
+            kind,
+            self._phase.value,
+            extra={"x-request-id": self._request_id},
+        )
+        self._finish()
+        return self.reject(EppError("BadRequest", f"ext_proc {kind} out of order: the stream was {self._phase.value}"))
 
     def after_send(self) -> None:
         """The responses of the last message are on their way: run the work the pick deferred (pre-request
@@ -196,8 +255,13 @@ class ExtProcStream:
             self._request_seconds += time.perf_counter() - started
 
     def close(self) -> None:
-        """The gRPC stream ended; release the pick if the response never completed (client gone)."""
+        """The gRPC stream ended; release the pick if the response never completed (client gone), and drop
+        every buffer and the request (a large prompt must not outlive its stream)."""
         self._finish()
+        self._phase = Phase.CLOSED
+        self._decision = self._prepared = self._sse_scanner = None
+        self._raw = b""
+        self._response_chunks = []
         if self._observer is not None:
             self._observer.processing(self._request_seconds, self._response_seconds)
 
@@ -227,7 +291,6 @@ class ExtProcStream:
                 )
             ]
         if headers.end_of_stream or self._request_mode == NO_BODY:
-            self._request_done = True
             if self._trace is not None:
                 self._trace.start_orchestration()
             try:
@@ -236,6 +299,10 @@ class ExtProcStream:
                 return self.reject(error)
             self._traced(decision)
             return [self._picked_response(decision, "request_headers")]
+        self._phase = Phase.REQUEST_BODY
+        length = store.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_body:
+            return self._too_large()
         if self._request_mode == BUFFERED:
             response = pb.ProcessingResponse()
             response.request_headers.SetInParent()
@@ -245,15 +312,21 @@ class ExtProcStream:
         return []
 
     def _on_request_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
-        if self._request_done:
-            return []
-        self._body_chunks.append(body.body)
+        chunk = body.body
+        self._body_bytes += len(chunk)
+        if self._body_bytes > self._max_body:
+            return self._too_large()
+        self._body_chunks.append(chunk)
         if not body.end_of_stream:
             return []
         return self._route(ended_with_trailers=False)
 
+    def _too_large(self) -> list[pb.ProcessingResponse]:
+        self._body_chunks = []
+        return self.reject(EppError("PayloadTooLarge", f"request body larger than {self._max_body} bytes"))
+
     def _on_request_trailers(self) -> list[pb.ProcessingResponse]:
-        if self._request_done:
+        if self._phase is Phase.ROUTED:
             return [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
         responses = self._route(ended_with_trailers=True)
         if responses and not responses[-1].HasField("immediate_response"):
@@ -261,7 +334,6 @@ class ExtProcStream:
         return responses
 
     def _route(self, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
-        self._request_done = True
         raw = self._body_chunks[0] if len(self._body_chunks) == 1 else b"".join(self._body_chunks)
         self._body_chunks = []
         parsed: ParsedBody | None = None
@@ -279,6 +351,7 @@ class ExtProcStream:
             self._prepared, self._raw, self._ended_with_trailers = prepared, raw, ended_with_trailers
             request = prepared.request
             self.waiting = (request.fairness_id, request.priority, len(raw))
+            self._phase = Phase.QUEUED
             return []
         return self._schedule(prepared, raw, ended_with_trailers)
 
@@ -338,7 +411,9 @@ class ExtProcStream:
             decision.headers.update(self._trace.end_orchestration(request.target_model, request.priority))
 
     def _picked_response(self, decision: Decision, phase: str) -> pb.ProcessingResponse:
+        assert self._decision is None, "a stream picks once (LEGAL_IN admits one request)"
         self._decision = decision
+        self._phase = Phase.ROUTED
         if self._observer is not None:
             self._observer.picked(decision)
         if log.isEnabledFor(VERBOSE_LEVEL):
@@ -372,7 +447,7 @@ class ExtProcStream:
         return response
 
     def _immediate(self, error: EppError) -> pb.ProcessingResponse:
-        self._request_done = True
+        self._phase = Phase.CLOSED
         response = pb.ProcessingResponse()
         immediate = response.immediate_response
         immediate.status.code = error.http_status  # type: ignore[assignment]
@@ -406,7 +481,9 @@ class ExtProcStream:
         if self._sse:
             self._sse_scanner = SSEUsageScanner()
         self._buffer_response = self._rewrite is not None and not streaming
+        self._phase = Phase.RESPONSE_BODY
         if headers.end_of_stream:
+            self._phase = Phase.DONE
             self._finish()
         response = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
         added = self._decision.result.response_headers if self._decision is not None else None
@@ -419,6 +496,7 @@ class ExtProcStream:
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body
         end = body.end_of_stream
+        self._phase = Phase.DONE if end else Phase.RESPONSE_BODY
         if self._response_bytes == 0 and self._decision is not None and (chunk or end):
             self._director.first_chunk(self._decision, self._sse)
             if self._sse and self._observer is not None:
@@ -454,14 +532,13 @@ class ExtProcStream:
         return [response]
 
     def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+        """The response ended, or the stream did: close the trace and release the pick, each once."""
         if self._trace is not None:
             self._trace.end()
             self._trace = None
+        self._body_chunks = []
         decision = self._decision
-        if decision is None:
+        if decision is None or decision.released:
             return
         usage: Usage | None = None
         if self._sse_scanner is not None:

@@ -1,10 +1,19 @@
-"""The gRPC edge of the protocol core: pumps each stream's messages through an ExtProcStream."""
+"""The gRPC edge of the protocol core: pumps each stream's messages through an ExtProcStream.
+
+A stream that sends no message for `idle_timeout` seconds (not counting a wait in flow control) is closed
+with DEADLINE_EXCEEDED, and one whose message does not parse with INVALID_ARGUMENT; either way with one log
+line, and `ExtProcStream.close()` releases its pick.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
 
 from epp.errors import EppError
 from epp.extproc.core import ExtProcStream
@@ -15,14 +24,50 @@ from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_g
 log = logging.getLogger("epp.extproc")
 
 
+class IdleWatch:
+    """Cancels the current task once `timeout` seconds pass without `touch()` (and while not `paused`).
+
+    One timer per stream, re-armed only when it fires: a message costs one clock read."""
+
+    __slots__ = ("_handle", "_loop", "_task", "expired", "last", "paused", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "IdleWatch needs a task to cancel"
+        self._task = task
+        self.timeout = timeout
+        self.last = self._loop.time()
+        self.paused = False
+        self.expired = False
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        quiet = self._loop.time() - self.last
+        if self.paused or quiet < self.timeout:
+            self._handle = self._loop.call_later(self.timeout - quiet if not self.paused else self.timeout, self._check)
+            return
+        self.expired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
         new_stream: Callable[[], ExtProcStream],
         flow: FlowController[list[pb.ProcessingResponse]] | None = None,
+        idle_timeout: float = 0.0,
     ) -> None:
         self._new_stream = new_stream
         self._flow = flow
+        #: seconds without a message after which a stream is closed; 0 = never
+        self.idle_timeout = idle_timeout
         self.streams_in_flight = 0
         self.streams_total = 0
 
@@ -32,22 +77,46 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         stream = self._new_stream()
         self.streams_in_flight += 1
         self.streams_total += 1
+        watch = IdleWatch(self.idle_timeout) if self.idle_timeout > 0 else None
         try:
-            async for message in request_iterator:
-                responses = stream.process(message)
-                if stream.waiting is not None:
-                    responses = await self._wait_turn(stream)
-                for response in responses:
-                    yield response
-                stream.after_send()
+            try:
+                async for message in request_iterator:
+                    if watch is not None:
+                        watch.touch()
+                    responses = stream.process(message)
+                    if stream.waiting is not None:
+                        responses = await self._wait_turn(stream, watch)
+                    for response in responses:
+                        yield response
+                    stream.after_send()
+            except DecodeError as exc:
+                log.warning("ext_proc stream closed: a message is not a ProcessingRequest (%s)", exc)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ProcessingRequest: {exc}")
+            except asyncio.CancelledError:
+                if watch is None or not watch.expired:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                log.info("ext_proc stream closed: no message for %gs (%s)", watch.timeout, stream.phase.value)
+                idle = f"no ext_proc message for {watch.timeout:g}s (--stream-idle-timeout)"
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, idle)
         finally:
+            if watch is not None:
+                watch.stop()
             self.streams_in_flight -= 1
             stream.close()
 
-    async def _wait_turn(self, stream: ExtProcStream) -> list[pb.ProcessingResponse]:
+    async def _wait_turn(self, stream: ExtProcStream, watch: IdleWatch | None) -> list[pb.ProcessingResponse]:
         assert self._flow is not None and stream.waiting is not None, "flow control is not configured"
         fairness_id, priority, size = stream.waiting
+        if watch is not None:
+            watch.paused = True  # the queue has its own time limits
         try:
             return await self._flow.admit(fairness_id, priority, size, stream.resume)
         except EppError as error:
             return stream.reject(error)
+        finally:
+            if watch is not None:
+                watch.paused = False
+                watch.touch()

@@ -20,6 +20,7 @@ from typing import Generic, Protocol, TypeVar
 
 from epp.errors import EppError
 from epp.flowcontrol.queue import CapacityExceeded, FlowQueue, Item, QueueSettings
+from epp.tasks import spawn
 
 log = logging.getLogger("epp.flowcontrol")
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class FlowController(Generic[T]):
         self.cancelled = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control-dispatch")
+        self._task = spawn(self._run(), "flow-control-dispatch")
 
     async def stop(self) -> None:
         if self._task is not None:

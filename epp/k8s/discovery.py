@@ -9,7 +9,6 @@ kinds are watched only when the API serves them (checked through API discovery a
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from epp.k8s.rewrites import (
 )
 from epp.k8s.routing import ModelRouting
 from epp.k8s.watch import Object, ObjectKey, Reflector
+from epp.tasks import spawn
 
 log = logging.getLogger("epp.k8s")
 OBJECTIVES_GROUP = GROUP_V1ALPHA2
@@ -271,7 +271,7 @@ class KubernetesDiscovery:
             watch_timeout_s=self.options.watch_timeout_s,
         )
         if old is not None:
-            asyncio.get_running_loop().create_task(old.stop())
+            spawn(old.stop(), "pod-reflector-stop")
         self.pod_reflector.start()
 
     def _pool_gone(self) -> None:
@@ -283,7 +283,7 @@ class KubernetesDiscovery:
         self.pool = None
         self.pods = None
         if self.pod_reflector is not None:
-            asyncio.get_running_loop().create_task(self.pod_reflector.stop())
+            spawn(self.pod_reflector.stop(), "pod-reflector-stop")
             self.pod_reflector = None
         self.table.replace_all([])
         self._synced(False)

@@ -25,6 +25,8 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from epp.tasks import spawn
+
 log = logging.getLogger("epp.k8s")
 LEASE_SUFFIX = ".gateway-api-inference-extension.sigs.k8s.io"
 
@@ -76,7 +78,7 @@ class LeaderElector:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="leader-election")
+        self._task = spawn(self._run(), "leader-election")
 
     async def stop(self) -> None:
         """Stop campaigning and release the lease if held."""

@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.tasks import spawn
 
 log = logging.getLogger("epp.k8s")
 
@@ -53,7 +54,7 @@ class ServedModels:
         self.table.subscribe(self._on_table)
         for _, endpoint in self.table.items():
             self._pending[endpoint.hostport] = 0.0
-        self._task = self._loop.create_task(self._run(), name="served-models")
+        self._task = spawn(self._run(), "served-models", self._loop)
 
     async def stop(self) -> None:
         self.table.unsubscribe(self._on_table)

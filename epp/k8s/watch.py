@@ -7,6 +7,8 @@
 - 410 Gone (an ERROR event with code 410, or an HTTP 410) means the resourceVersion is older than
   the server's history: the cache is rebuilt by a fresh list, and objects that disappeared meanwhile
   are reported as deleted.
+- A watch event longer than `max_line_bytes` (or one the HTTP layer cannot frame) is skipped by listing
+  again: the list carries the object's current state, and the watch resumes after it.
 
 Objects are plain dicts as the API server sends them; the listener is told what changed.
 """
@@ -18,17 +20,22 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import aiohttp.http_exceptions
+
+from epp.tasks import spawn
 
 log = logging.getLogger("epp.k8s")
 
 Object = dict[str, Any]
 ObjectKey = tuple[str, str]  # (namespace, name)
 LIST_PAGE_SIZE = 500
+#: longest watch event line read (objects are at most ~1.5 MiB in etcd; JSON escaping can grow them)
+MAX_WATCH_LINE = 16 * 1024 * 1024
 
 
 class ListCall(Protocol):
@@ -49,6 +56,10 @@ class Listener(Protocol):
 
 class Gone(Exception):
     """The resourceVersion the watch resumed from is no longer in the server's history (410)."""
+
+
+class OversizedEvent(Exception):
+    """A watch event line longer than the reflector reads, or the HTTP layer refused to frame one."""
 
 
 class ApiCallError(Exception):
@@ -109,8 +120,10 @@ class Reflector:
         field_selector: str = "",
         watch_timeout_s: int = 300,
         backoff: Backoff | None = None,
+        max_line_bytes: int = MAX_WATCH_LINE,
     ) -> None:
         self.what = what
+        self.max_line_bytes = max_line_bytes
         self._list_call = list_call
         self._listener = listener
         self.label_selector = label_selector
@@ -124,7 +137,7 @@ class Reflector:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"reflector {self.what}")
+        self._task = spawn(self.run(), f"reflector {self.what}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -147,6 +160,12 @@ class Reflector:
                 self.stats.errors += 1
                 delay = self.backoff.next()
                 log.error("%s: %s; listing again in %.1fs", self.what, exc, delay, exc_info=exc.__cause__)
+                await asyncio.sleep(delay)
+                need_list = True
+            except (OversizedEvent, aiohttp.http_exceptions.HttpProcessingError) as exc:
+                self.stats.errors += 1
+                delay = self.backoff.next()
+                log.warning("%s: %s; listing again in %.1fs", self.what, _describe(exc), delay)
                 await asyncio.sleep(delay)
                 need_list = True
             except Gone:
@@ -219,7 +238,7 @@ class Reflector:
         self.stats.watches += 1
         self.backoff.reset()
         try:
-            async for line in response.content:
+            async for line in _lines(response.content, self.max_line_bytes):
                 if line.strip():
                     self._apply(json.loads(line))
         finally:
@@ -249,6 +268,28 @@ class Reflector:
             raise ValueError(f"unknown watch event type {kind!r}")
         if version:
             self.resource_version = version
+
+
+async def _lines(content: Any, limit: int) -> AsyncIterator[bytes]:
+    """The newline-separated lines of a watch body, each at most `limit` bytes (aiohttp's readline stops at
+    twice its read buffer with LineTooLong, which is neither a ClientError nor a ValueError)."""
+    pending: list[bytes] = []
+    size = 0
+    async for data in content.iter_any():
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if size + end - start > limit:
+                raise OversizedEvent(f"watch event longer than {limit} bytes")
+            pending.append(data[start:end])
+            yield b"".join(pending)
+            pending, size, start = [], 0, end + 1
+        if start < len(data):
+            pending.append(data[start:])
+            size += len(data) - start
+            if size > limit:
+                raise OversizedEvent(f"watch event longer than {limit} bytes")
+    if pending:
+        yield b"".join(pending)
 
 
 class ListenerError(Exception):

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from epp import tasks
 from epp.datastore.table import EndpointTable
 from epp.observability.extension import EXTENSION, ExtensionMetrics, StreamsCollector, set_build_info
 from epp.observability.metrics import RequestMetrics
@@ -61,4 +62,5 @@ def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) ->
     registry.register(pool)
     set_build_info()
     registry.register(EXTENSION.collector)
+    registry.register(tasks.COLLECTOR)
     return Observability(registry, request_metrics, pool, EXTENSION, pool_name)

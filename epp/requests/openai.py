@@ -16,6 +16,10 @@ from epp.errors import bad_request
 
 # Checked in this order: the longest suffixes that share a tail come first.
 API_SUFFIXES: tuple[str, ...] = ("/conversations", "/responses", "/chat/completions", "/completions", "/embeddings")
+#: deepest nesting of arrays and objects accepted in a body (the top-level object is level 1). orjson parses up
+#: to 1024 levels but serialises only 254, and the prompt bytes wrap a field in two more levels; no real
+#: request comes near this.
+MAX_JSON_DEPTH = 200
 
 
 @dataclass
@@ -49,7 +53,31 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"error unmarshaling request bodyMap: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request(f"error unmarshaling request bodyMap: expected a JSON object, got {type(body).__name__}")
+    # Only a body with more opening brackets than the limit can nest that deep: a C-speed count spares the
+    # walk for nearly every request.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise bad_request(f"error unmarshaling request bodyMap: nested deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels deep (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _dumps(value: Any) -> bytes:
+    """orjson.dumps that answers 400 for what it cannot serialise (e.g. nesting it refuses)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise bad_request(f"error marshaling request body: {exc}") from None
 
 
 def _prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
@@ -63,7 +91,7 @@ def _prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
             if all(isinstance(p, str) for p in prompt):
                 return " ".join(prompt).encode()
             if all(isinstance(p, int) for p in prompt):
-                return orjson.dumps(prompt)
+                return _dumps(prompt)
         raise bad_request(
             "invalid completions request: prompt must be a non-empty string, list of strings or token ids"
         )
@@ -71,22 +99,22 @@ def _prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("invalid chat completions request: messages must be a non-empty list")
-        return orjson.dumps(messages)
+        return _dumps(messages)
     if api == "responses":
         if "input" not in body:
             raise bad_request("invalid responses request: input is required")
         parts = [{key: body[key]} for key in ("instructions", "tools", "input") if key in body]
-        return orjson.dumps(parts)
+        return _dumps(parts)
     if api == "conversations":
         items = body.get("items")
         if not isinstance(items, list) or not items:
             raise bad_request("invalid conversations request: items must be a non-empty list")
-        return orjson.dumps(items)
+        return _dumps(items)
     if api == "embeddings":
         value = body.get("input")
         if value is None or value == "" or value == []:
             raise bad_request("invalid embeddings request: input must not be empty")
-        return orjson.dumps(value)
+        return _dumps(value)
     raise AssertionError(api)
 
 
@@ -111,4 +139,4 @@ def parse_openai_body(raw: bytes, path: str) -> ParsedBody:
 def rewrite_model(body: dict[str, Any], target: str) -> bytes:
     """The body with `model` set to `target` (re-serialised; key order kept, numbers unchanged)."""
     body["model"] = target
-    return orjson.dumps(body)
+    return _dumps(body)

@@ -75,3 +75,15 @@ def test_help_lists_every_flag() -> None:
     text = build_parser().format_help()
     for flag, *_ in FLAGS:
         assert f"--{flag}" in text
+
+
+def test_request_body_limit_and_idle_timeout_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = parse_settings(["--endpoints", "10.0.0.1:8000"])
+    assert defaults.max_request_body_bytes == 64 * 1024 * 1024 and defaults.stream_idle_timeout == 300.0
+    given = parse_settings(
+        ["--endpoints", "10.0.0.1:8000", "--max-request-body-bytes", "1MiB", "--stream-idle-timeout", "0"]
+    )
+    assert given.max_request_body_bytes == 1 << 20 and given.stream_idle_timeout == 0.0
+    with pytest.raises(SystemExit):
+        parse_settings(["--endpoints", "10.0.0.1:8000", "--max-request-body-bytes", "0"])
+    assert "--max-request-body-bytes 0: must be positive" in capsys.readouterr().err

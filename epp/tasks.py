@@ -1,0 +1,50 @@
+"""Background tasks that never end silently.
+
+`spawn(coro, name)` creates the task, keeps it referenced until it ends (a task only the event loop holds
+can be garbage-collected mid-run), and when it ends with an exception logs the traceback and counts it in
+`epp_background_task_failures_total{task}`. Cancellation is the normal way a background task stops and is
+neither logged nor counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from epp.observability.fast import FamiliesCollector, Family
+
+log = logging.getLogger("epp.tasks")
+T = TypeVar("T")
+
+FAILURES = Family(
+    "counter",
+    "epp_background_task_failures_total",
+    "Background tasks (watches, scrapers, dispatchers, ...) that ended with an exception, by task name.",
+    ["task"],
+)
+#: registered with the app's registry by epp.observability.wiring.install
+COLLECTOR = FamiliesCollector([FAILURES])
+
+_running: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, T], name: str, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[T]:
+    """Run `coro` as a task named `name` (the metric's label: keep the set of names small)."""
+    task = (loop or asyncio.get_running_loop()).create_task(coro, name=name)
+    _running.add(task)
+    task.add_done_callback(_ended)
+    return task
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    _running.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        return
+    name = task.get_name()
+    FAILURES.value(name).inc()
+    log.error("background task %r failed: %s: %s", name, type(error).__name__, error, exc_info=error)
