@@ -69,6 +69,8 @@ class SimServer:
         app.router.add_get("/health", self._health)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sim/speed", self._speed)
+        app.router.add_post("/sim/speed", self._speed)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -285,6 +287,22 @@ class SimServer:
         text = body.get("prompt", "")
         count = max(1, len(text) // 4)
         return web.json_response({"count": count, "max_model_len": 131072, "tokens": list(range(count))})
+
+    async def _speed(self, request: web.Request) -> web.Response:
+        """Simulator admin (not part of vLLM): GET reads this server's speed factor, POST {"factor": F} sets it.
+        Steps scheduled from then on last 1/F of their roofline time (F=0.33: three times slower)."""
+        if request.method == "POST":
+            body = await self._json_body(request)
+            if isinstance(body, web.Response):
+                return body
+            factor = body.get("factor")
+            if isinstance(factor, bool) or not isinstance(factor, int | float):
+                return _bad_request("factor must be a number")
+            try:
+                self.engine.set_speed(float(factor))
+            except ValueError as exc:
+                return _bad_request(str(exc))
+        return web.json_response({"factor": self.engine.speed})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         engine = self.engine
