@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import sys
+from dataclasses import replace
 
 import uvloop
 
@@ -25,6 +26,16 @@ def parse_lora_modules(values: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_speeds(value: str) -> tuple[float, ...]:
+    try:
+        speeds = tuple(float(item) for item in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {value!r}") from None
+    if not all(0 < s < float("inf") for s in speeds):
+        raise argparse.ArgumentTypeError(f"speed factors must be positive: {value!r}")
+    return speeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-sim", description=__doc__)
     defaults = EngineConfig()
@@ -40,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--max-loras", type=int, default=None)
     parser.add_argument("--lora-modules", nargs="*", default=[])
+    parser.add_argument(
+        "--speeds",
+        type=parse_speeds,
+        default=None,
+        help="comma-separated speed factor per server (e.g. 1,1,0.5,0.5): each step of server i lasts 1/speed_i "
+        "of its modelled time; one value applies to all; default 1. Changeable at run time: POST /sim/speed",
+    )
     parser.add_argument(
         "--stream-interval",
         type=int,
@@ -60,10 +78,16 @@ async def serve(args: argparse.Namespace) -> None:
         max_loras=max_loras,
     )
     model = args.served_model_name or args.model
+    speeds = args.speeds or (1.0,)
+    if len(speeds) == 1:
+        speeds = speeds * args.count
     servers = [
-        SimServer(model, args.port + i, config, args.time_scale, adapters, args.host, args.stream_interval)
+        SimServer(
+            model, args.port + i, replace(config, speed=speeds[i]), args.time_scale, adapters, args.host,
+            args.stream_interval,
+        )
         for i in range(args.count)
-    ]
+    ]  # fmt: skip
     for server in servers:
         await server.start()
     print(
@@ -84,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.count < 1 or args.time_scale <= 0 or args.stream_interval < 1:
         print("vllm-sim: --count and --stream-interval must be >= 1 and --time-scale > 0", file=sys.stderr)
+        return 2
+    if args.speeds is not None and len(args.speeds) not in (1, args.count):
+        print(f"vllm-sim: --speeds needs 1 or --count ({args.count}) values, got {len(args.speeds)}", file=sys.stderr)
         return 2
     uvloop.run(serve(args))
     return 0

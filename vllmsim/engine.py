@@ -37,6 +37,8 @@ class EngineConfig:
     compute_s_per_token: float = 7.35e-5
     #: ... and causal attention, per (query, key) pair, as a fraction of one token's linear-layer work
     attention_pair_ratio: float = 3.26e-5
+    #: relative speed of this GPU: every step takes (roofline duration) / speed; 0.5 is a server half as fast
+    speed: float = 1.0
 
 
 def tokens_of(text: str) -> int:
@@ -94,6 +96,9 @@ class _Planned:
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        #: the speed factor in force (starts at config.speed; a running server may change it, see set_speed)
+        self.speed = 1.0
+        self.set_speed(config.speed)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         #: prefix cache: block hash → references by running requests; unreferenced blocks are evictable (LRU)
@@ -207,6 +212,12 @@ class Engine:
         sequence.published = 0
         self._evict_to_fit()
 
+    def set_speed(self, factor: float) -> None:
+        """From the next step on, every step lasts its roofline duration divided by `factor` (> 0)."""
+        if not factor > 0 or factor == float("inf"):
+            raise ValueError(f"speed factor must be a positive finite number, got {factor}")
+        self.speed = factor
+
     # --- scheduling ------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
@@ -303,7 +314,7 @@ class Engine:
             attended += start + count
         compute = config.compute_s_per_token * (tokens + config.attention_pair_ratio * pairs)
         memory = config.weights_read_s + config.kv_read_s_per_token * attended
-        return max(compute, memory)
+        return max(compute, memory) / self.speed
 
     def finish_step(self) -> tuple[list[Sequence], list[Sequence]]:
         """Apply the scheduled iteration; returns (requests that produced a token, requests finished)."""

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import xxhash
 from aiohttp import web
 
-from vllmsim.engine import Engine, EngineConfig, Sequence
+from vllmsim.engine import CHARS_PER_TOKEN, Engine, EngineConfig, Sequence, tokens_of
 from vllmsim.metrics import RequestHistograms, render
 
 SERVED_BY_HEADER = "x-vllm-sim-port"
 MAX_LAG = 0.05  # seconds of wall clock
+VOCAB = 128_256  # Llama 3's vocabulary size: /tokenize ids are below it
 
 
 @dataclass
@@ -69,6 +71,8 @@ class SimServer:
         app.router.add_get("/health", self._health)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sim/speed", self._speed)
+        app.router.add_post("/sim/speed", self._speed)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -153,18 +157,13 @@ class SimServer:
         body = await self._json_body(request)
         if isinstance(body, web.Response):
             return body
-        prompt = body.get("prompt", "")
-        if isinstance(prompt, list):
-            prompt = " ".join(map(str, prompt))
-        return await self._generate(request, body, str(prompt), chat=False)
+        return await self._generate(request, body, prompt_text(body), chat=False)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._json_body(request)
         if isinstance(body, web.Response):
             return body
-        messages = body.get("messages") or []
-        prompt = "".join(f"<|{m.get('role', '')}|>{m.get('content', '')}" for m in messages if isinstance(m, dict))
-        return await self._generate(request, body, prompt, chat=True)
+        return await self._generate(request, body, prompt_text(body), chat=True)
 
     async def _generate(
         self, request: web.Request, body: dict[str, Any], prompt: str, chat: bool
@@ -281,10 +280,34 @@ class SimServer:
         return web.Response(status=200)
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        text = body.get("prompt", "")
-        count = max(1, len(text) // 4)
-        return web.json_response({"count": count, "max_model_len": 131072, "tokens": list(range(count))})
+        """vLLM's /tokenize for a `prompt` or chat `messages`: the token count the engine uses and one id per
+        4-character token, derived from its text, so equal prefixes have equal ids (a router that matches
+        token prefixes, as vllm-router's cache_aware does, sees what the engine's prefix cache sees)."""
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        text = prompt_text(body)
+        count = tokens_of(text)
+        raw = text.encode()
+        width = CHARS_PER_TOKEN
+        tokens = [xxhash.xxh32_intdigest(raw[i * width : (i + 1) * width]) % VOCAB for i in range(count)]
+        return web.json_response({"count": count, "max_model_len": 131072, "tokens": tokens})
+
+    async def _speed(self, request: web.Request) -> web.Response:
+        """Simulator admin (not part of vLLM): GET reads this server's speed factor, POST {"factor": F} sets it.
+        Steps scheduled from then on last 1/F of their roofline time (F=0.33: three times slower)."""
+        if request.method == "POST":
+            body = await self._json_body(request)
+            if isinstance(body, web.Response):
+                return body
+            factor = body.get("factor")
+            if isinstance(factor, bool) or not isinstance(factor, int | float):
+                return _bad_request("factor must be a number")
+            try:
+                self.engine.set_speed(float(factor))
+            except ValueError as exc:
+                return _bad_request(str(exc))
+        return web.json_response({"factor": self.engine.speed})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         engine = self.engine
@@ -310,6 +333,17 @@ class SimServer:
             lora,
         )
         return web.Response(text=page, content_type="text/plain")
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text the engine sees: a completion's `prompt`, or chat `messages` rendered as `<|role|>content`."""
+    if "messages" in body:
+        messages = body.get("messages") or []
+        return "".join(f"<|{m.get('role', '')}|>{m.get('content', '')}" for m in messages if isinstance(m, dict))
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list):
+        prompt = " ".join(map(str, prompt))
+    return str(prompt)
 
 
 def _bad_request(message: str) -> web.Response:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import defaultdict
@@ -18,9 +20,17 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start_fleet(
-    model: str, count: int, time_scale: float, stream_interval: int, adapters: list[str], max_loras: int = 1
+    model: str,
+    count: int,
+    time_scale: float,
+    stream_interval: int,
+    adapters: list[str],
+    max_loras: int = 1,
+    speeds: list[float] | None = None,
+    num_gpu_blocks: int = 0,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """`count` simulated servers with the calibrated defaults in one process; returns it and the first port."""
+    """`count` simulated servers with the calibrated defaults in one process; returns it and the first port.
+    `speeds` gives each server's speed factor, `num_gpu_blocks` (when > 0) each server's KV blocks."""
     base = free_port_range(count)
     command = [
         sys.executable, "-m", "vllmsim.cli", "--model", model, "--port", str(base), "--count", str(count),
@@ -28,16 +38,35 @@ def start_fleet(
     ]  # fmt: skip
     if adapters:
         command += ["--max-loras", str(max_loras), "--lora-modules", *adapters]
-    process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL)
+    if speeds:
+        command += ["--speeds", ",".join(f"{s:g}" for s in speeds)]
+    if num_gpu_blocks:
+        command += ["--num-gpu-blocks", str(num_gpu_blocks)]
+    # the simulators' stderr goes to a file: a peer probing them (sglang-router tries HTTP/2 first) is noise
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed below; the child keeps its own descriptor)
+    process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 30
     for port in range(base, base + count):
         while not _healthy(port):
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 process.wait()
-                raise RuntimeError("simulated fleet did not start")
+                log.seek(0)
+                raise RuntimeError(f"simulated fleet did not start: {log.read()[-2000:].decode(errors='replace')}")
             time.sleep(0.1)
+    log.close()  # the child keeps its own descriptor
     return process, base
+
+
+def set_speed(port: int, factor: float) -> float:
+    """POST /sim/speed to one simulated server; returns the factor it reports."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sim/speed",
+        data=json.dumps({"factor": factor}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with _OPENER.open(request, timeout=5) as response:
+        return float(json.loads(response.read())["factor"])
 
 
 def _healthy(port: int) -> bool:

@@ -1,4 +1,4 @@
-"""Open-loop (Poisson) load generator over HTTP: arrivals do not wait for earlier responses.
+"""Open-loop load generator over HTTP (Poisson or on/off bursts): arrivals do not wait for earlier responses.
 
 Each request streams (SSE); TTFT is the time from sending to the first chunk carrying generated text,
 end-to-end the time to the end of the stream. The serving port is read from the simulator's response
@@ -76,12 +76,36 @@ async def _stream(session: aiohttp.ClientSession, url: str, request: Request, ti
     result.e2e = time.perf_counter() - started
 
 
+def poisson_arrivals(count: int, rate: float, seed: int = 7) -> list[float]:
+    """Arrival times (seconds from the start) of a Poisson process of `rate` per second; the first at 0."""
+    rng = random.Random(seed)
+    times, due = [], 0.0
+    for _ in range(count):
+        times.append(due)
+        due += rng.expovariate(rate)
+    return times
+
+
+def on_off_arrivals(count: int, rate: float, on: float, off: float, seed: int = 7) -> list[float]:
+    """Bursts: Poisson at rate x (on + off) / on during `on` seconds, nothing for the next `off` seconds, and
+    so on; the mean rate over whole periods is `rate`. The first arrival is at 0."""
+    burst = rate * (on + off) / on
+    busy = poisson_arrivals(count, burst, seed)  # arrival times counted in "on" time only
+    return [t + (t // on) * off for t in busy]
+
+
 async def run_poisson(
     url: str, requests: list[Request], rate: float, seed: int = 7, timeout: float = 240.0, deadline: float = 600.0
 ) -> tuple[list[Result], float]:
-    """Send `requests` with exponential inter-arrival times (mean 1/rate, wall-clock seconds).
+    """Send `requests` with exponential inter-arrival times (mean 1/rate, wall-clock seconds)."""
+    return await run_schedule(url, requests, poisson_arrivals(len(requests), rate, seed), timeout, deadline)
+
+
+async def run_schedule(
+    url: str, requests: list[Request], arrivals: list[float], timeout: float = 240.0, deadline: float = 600.0
+) -> tuple[list[Result], float]:
+    """Send request i at arrivals[i] (wall-clock seconds from the start, non-decreasing), open loop.
     Returns one result per request sent and the wall time until the last response."""
-    rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     results: list[Result] = []
     done: list[asyncio.Event] = []
@@ -100,8 +124,7 @@ async def run_poisson(
                 done[index].set()
 
         tasks = []
-        due = 0.0
-        for index, request in enumerate(requests):
+        for index, (request, due) in enumerate(zip(requests, arrivals, strict=True)):
             delay = due - (time.perf_counter() - started)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -110,6 +133,5 @@ async def run_poisson(
             results.append(Result(request.group, False, 0, due, float("nan"), float("nan"), float("nan"), "-"))
             done.append(asyncio.Event())
             tasks.append(asyncio.create_task(one(index, request)))
-            due += rng.expovariate(rate)
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=deadline + timeout)
         return results, time.perf_counter() - started

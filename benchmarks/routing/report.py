@@ -32,9 +32,11 @@ def summarise(
     dues = sorted(r.due for r in results)
     lags = [r.sent - r.due for r in results if not r.waited_for_dependency and not math.isnan(r.sent)]
     mean_load = sum(loads) / len(loads) if loads else 0.0
+    least = min(loads) if loads else 0
     return {
         "requests": len(results),
         "errors": len(results) - len(ok),
+        "share_max_min": (max(loads) / least if least else math.inf) if loads and max(loads) else math.nan,
         "error_statuses": dict(Counter(str(r.status) for r in results if not r.ok)),
         "ttft_p50": percentile([r.ttft for r in ok], 50) * scale,
         "ttft_p90": percentile([r.ttft for r in ok], 90) * scale,
@@ -61,25 +63,66 @@ def summarise(
     }
 
 
+#: the histogram of |predicted - observed| / observed TTFT that epp may export (its median is "pred err p50")
+PREDICTION_ERROR = "inference_extension_ttft_prediction_error"
+
 HEADER = (
-    "| workload | config | offered → sent req/s | ok | TTFT p50 | TTFT p90 | TTFT p99 | e2e p50 | e2e p90 | req/s | "
-    "out tok/s | prefix hit | max/mean load | per server |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    "| config | offered → sent req/s | failed | TTFT p50 | TTFT p90 | TTFT p99 | e2e p50 | e2e p90 | out tok/s | "
+    "prefix hit | share max/min | per server | pred err p50 |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
 )
 
 
 def _seconds(value: float) -> str:
+    if math.isnan(value):
+        return "-"
     return f"{value:.2f} s" if value >= 1 else f"{value * 1e3:.0f} ms"
 
 
+def _ratio(value: float) -> str:
+    return "∞" if math.isinf(value) else "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def row(r: dict[str, Any]) -> str:
+    pred = r.get("pred_err_p50")
     return (
-        f"| {r['workload']} | {r['config']} | {r['offered_rate']:.1f} → {r['achieved_rate']:.1f} | "
-        f"{r['requests'] - r['errors']}/{r['requests']} | {_seconds(r['ttft_p50'])} | {_seconds(r['ttft_p90'])} | "
-        f"{_seconds(r['ttft_p99'])} | {_seconds(r['e2e_p50'])} | {_seconds(r['e2e_p90'])} | "
-        f"{r['throughput_rps']:.1f} | {r['output_tokens_per_s']:.0f} | {r['prefix_hit_rate']:.1%} | "
-        f"{r['spread']:.2f} | {r['per_server']} |"
+        f"| {r['config']} | {r['offered_rate']:.1f} → {r['achieved_rate']:.1f} | {r['errors']}/{r['requests']} | "
+        f"{_seconds(r['ttft_p50'])} | {_seconds(r['ttft_p90'])} | {_seconds(r['ttft_p99'])} | "
+        f"{_seconds(r['e2e_p50'])} | {_seconds(r['e2e_p90'])} | {r['output_tokens_per_s']:.0f} | "
+        f"{r['prefix_hit_rate']:.1%} | {_ratio(r['share_max_min'])} | {r['per_server']} | "
+        f"{'' if pred is None or math.isnan(pred) else f'{pred:.1%}'} |"
     )
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """One line per group: the best peer (lowest TTFT p90) against each epp config, as epp / peer ratios
+    (TTFT p90 below 1 and out tok/s above 1 favour epp)."""
+    peers = [r for r in rows if ":" in r["config"] and not math.isnan(r["ttft_p90"])]
+    epps = [r for r in rows if ":" not in r["config"]]
+    if not peers or not epps:
+        return "\nverdict: needs a peer and an epp config in the group"
+    best = min(peers, key=lambda r: r["ttft_p90"])
+    parts = [
+        f"{r['config']} TTFT p90 {r['ttft_p90'] / best['ttft_p90']:.2f}\u00d7, "
+        f"out tok/s {r['output_tokens_per_s'] / max(best['output_tokens_per_s'], 1e-9):.2f}\u00d7"
+        for r in epps
+    ]
+    return (
+        f"\nverdict (epp / best peer {best['config']}: TTFT p90 {_seconds(best['ttft_p90'])}, "
+        f"{best['output_tokens_per_s']:.0f} out tok/s): " + "; ".join(parts)
+    )
+
+
+def group_key(r: dict[str, Any]) -> str:
+    """workload · load · fleet · seed, as the markdown groups rows (older result files lack the last three)."""
+    parts = [str(r["workload"])]
+    if "load" in r:
+        parts.append(f"{r['load']:g}x")
+    if "fleet" in r:
+        parts.append(str(r["fleet"]))
+    if "seed" in r:
+        parts.append(f"seed {r['seed']}")
+    return " · ".join(parts)
 
 
 def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
@@ -92,8 +135,8 @@ def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
         print("matplotlib not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
         return []
     paths = []
-    for name in dict.fromkeys(r["workload"] for r in rows):
-        subset = [r for r in rows if r["workload"] == name]
+    for index, name in enumerate(dict.fromkeys(group_key(r) for r in rows)):
+        subset = [r for r in rows if group_key(r) == name]
         figure, (cdf, bars, hits) = plt.subplots(1, 3, figsize=(15, 4.2))
         for r in subset:
             values = sorted(v for v in r["ttft_all"] if not math.isnan(v))
@@ -110,7 +153,7 @@ def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
             positions = [j + i * width for j in range(len(r["per_server"]))]
             bars.bar(positions, r["per_server"], width, label=r["config"])
             hits.bar(positions, [h * 100 for h in r["server_hit_rates"]], width, label=r["config"])
-        centres = [j + width * (len(subset) - 1) / 2 for j in range(len(subset[0]["per_server"]))]
+        centres = [j + width * (len(subset) - 1) / 2 for j in range(max(len(r["per_server"]) for r in subset))]
         for axis in (bars, hits):
             axis.set_xticks(centres, [str(j) for j in range(len(centres))])
         bars.set_xlabel("server")
@@ -121,7 +164,7 @@ def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
         hits.set_ylabel("prefix-cache hit rate (%)")
         hits.set_title(f"{name}: servers' own hit rate")
         figure.tight_layout()
-        path = out / f"routing-{name}-{stamp}.png"
+        path = out / f"routing-{subset[0]['workload']}-{index}-{stamp}.png"
         figure.savefig(path, dpi=80)
         plt.close(figure)
         paths.append(path)
@@ -131,10 +174,10 @@ def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
 
 def _summary(rows: list[dict[str, Any]], out: Path, stamp: str, plt: Any) -> Path:
     """TTFT p90 and output throughput of every configuration, one group of bars per workload."""
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    workloads = list(dict.fromkeys(group_key(r) for r in rows))
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    by_key = {(r["workload"], r["config"]): r for r in rows}
-    figure, (ttft, throughput) = plt.subplots(1, 2, figsize=(12, 4.2))
+    by_key = {(group_key(r), r["config"]): r for r in rows}
+    figure, (ttft, throughput) = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(workloads)), 4.2))
     width = 0.8 / len(configs)
     for i, config in enumerate(configs):
         positions = [w + i * width for w in range(len(workloads))]
@@ -143,7 +186,7 @@ def _summary(rows: list[dict[str, Any]], out: Path, stamp: str, plt: Any) -> Pat
         throughput.bar(positions, [r["output_tokens_per_s"] if r else 0 for r in found], width, label=config)
     centres = [w + width * (len(configs) - 1) / 2 for w in range(len(workloads))]
     for axis in (ttft, throughput):
-        axis.set_xticks(centres, workloads)
+        axis.set_xticks(centres, [w.replace(" · ", "\n") for w in workloads], fontsize="small")
         axis.legend()
     ttft.set_yscale("log")
     ttft.set_ylabel("TTFT p90 (s, model time)")

@@ -92,3 +92,35 @@ def multi_lora(
         body = {"model": adapter, "prompt": words(rng, prompt_tokens), "max_tokens": output_tokens}
         requests.append(Request(_streaming(body), group=adapter))
     return requests
+
+
+SYSTEM_MESSAGE = "You are a helpful assistant."
+
+
+def unique_chat(model: str, count: int, question_tokens: int, output_tokens: int, seed: int = 4) -> list[Request]:
+    """Chat completions with nothing shared but what real clients send anyway: the short system message
+    "You are a helpful assistant." and the chat format; every question is distinct."""
+    rng = random.Random(seed)
+    requests = []
+    for i in range(count):
+        messages = [
+            {"role": "system", "content": SYSTEM_MESSAGE},
+            {"role": "user", "content": words(rng, question_tokens)},
+        ]
+        body = {"model": model, "messages": messages, "max_tokens": output_tokens}
+        requests.append(Request(_streaming(body), "/v1/chat/completions", group=f"q{i}"))
+    return requests
+
+
+def shared_system_chat(
+    model: str, count: int, system_tokens: int, question_tokens: int, output_tokens: int, seed: int = 6
+) -> list[Request]:
+    """Single-turn chat completions of one application: one long shared system prompt, a distinct question each."""
+    rng = random.Random(seed)
+    system = words(rng, system_tokens)
+    requests = []
+    for i in range(count):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": words(rng, question_tokens)}]
+        body = {"model": model, "messages": messages, "max_tokens": output_tokens}
+        requests.append(Request(_streaming(body), "/v1/chat/completions", group=f"q{i}"))
+    return requests

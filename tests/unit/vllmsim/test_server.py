@@ -57,3 +57,36 @@ async def test_a_body_that_is_not_a_json_object_is_a_400_as_in_vllm() -> None:
                         assert (error["object"], error["type"], error["code"]) == ("error", "BadRequestError", 400)
     finally:
         await server.stop()
+
+
+async def test_tokenize_ids_follow_the_text_and_count_as_the_engine() -> None:
+    server = SimServer(MODEL, free_port(), EngineConfig(), time_scale=200.0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}/tokenize"
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+
+            async def tokenize(body: dict[str, object]) -> dict[str, object]:
+                async with session.post(url, data=orjson.dumps(body)) as response:
+                    assert response.status == 200
+                    document: dict[str, object] = await response.json()
+                    return document
+
+            shared, other = await tokenize({"prompt": "abcd" * 8 + "wxyz"}), await tokenize({"prompt": "abcd" * 8})
+            assert shared["count"] == 9 and other["count"] == 8
+            assert isinstance(shared["tokens"], list) and isinstance(other["tokens"], list)
+            assert shared["tokens"][:8] == other["tokens"] and len(set(shared["tokens"])) == 2
+            messages = [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "hi"},
+            ]
+            chat = await tokenize({"messages": messages})
+            rendered = "<|system|>You are a helpful assistant.<|user|>hi"
+            assert chat == await tokenize({"prompt": rendered})
+            assert chat["count"] == len(rendered) // 4
+            assert (
+                chat["tokens"]
+                != (await tokenize({"messages": [*messages[:1], {"role": "user", "content": "yo"}]}))["tokens"]
+            )
+    finally:
+        await server.stop()
