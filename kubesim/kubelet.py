@@ -205,9 +205,11 @@ def container_command(deployment: Object, configmaps: Mapping[str, Object], pod_
     args = []
     for arg in container.get("args") or []:
         text = str(arg)
-        for path, target in mounts.items():
+        # the deepest mount that holds the path, once (a local directory may itself lie under a mountPath)
+        for path, target in sorted(mounts.items(), key=lambda m: -len(m[0])):
             if text == path or text.startswith(path + "/"):
                 text = str(target) + text[len(path) :]
+                break
         args.append(text)
     fields = {"metadata.name": pod_name, "metadata.namespace": namespace, "status.podIP": "127.0.0.1"}
     env: dict[str, str] = {}
