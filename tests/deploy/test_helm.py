@@ -459,8 +459,8 @@ def test_values_it_cannot_use_fail_with_a_message(sets: tuple[str, ...], message
     assert message in done.stderr, done.stderr
 
 
-def test_values_file_lists_every_value_the_docs_table_names() -> None:
-    """docs/kubernetes.md's values table names only values that values.yaml (or its comments) has."""
+def test_docs_values_table_matches_values_yaml() -> None:
+    """docs/kubernetes.md's values table and values.yaml (with its commented-out values) name the same values."""
     docs = (CHART.parents[2] / "docs" / "kubernetes.md").read_text()
     section = docs.split("## Helm", 1)[1].split("\n## ", 1)[0]
     names = re.findall(r"^\| `([a-zA-Z.]+)` \|", section, flags=re.M)
@@ -475,7 +475,9 @@ def test_values_file_lists_every_value_the_docs_table_names() -> None:
         flat.add(prefix.rstrip("."))
 
     walk("", yaml.safe_load(values))
-    commented = set(re.findall(r"^\s*# (\w+):", values, flags=re.M))
+    commented = set(re.findall(r"^\s*#\s+(\w+):", values, flags=re.M))
     missing = [n for n in names if n not in flat and n.rpartition(".")[2] not in commented]
     assert not missing, f"documented but not in values.yaml: {missing}"
+    covered = [k for k in flat if k and any(k == n or k.startswith(n + ".") or n.startswith(k + ".") for n in names)]
+    assert sorted(covered) == sorted(k for k in flat if k), f"not documented: {sorted(set(flat) - set(covered) - {''})}"
     assert json.dumps(sorted(names)) == json.dumps(sorted(set(names))), "a value is listed twice"
