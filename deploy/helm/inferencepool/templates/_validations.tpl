@@ -23,6 +23,11 @@
 {{- if not (hasKey $files .Values.inferenceExtension.pluginsConfigFile) -}}
 {{- fail (printf "inferenceExtension.pluginsConfigFile %q is not in the ConfigMap (files: %s); add it to inferenceExtension.pluginsCustomConfig" .Values.inferenceExtension.pluginsConfigFile (keys $files | sortAlpha | join ", ")) -}}
 {{- end -}}
+{{- with $pool.modelServerType -}}
+{{- if ne . "vllm" -}}
+{{- fail (printf "inferencePool.modelServerType %q: epp picks each pod's metric names by its label inference.networking.k8s.io/engine-type (vllm, sglang, trtllm-serve, triton-tensorrt-llm; vllm when unlabelled); label the model-server pods and drop modelServerType" .) -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int .Values.inferenceExtension.replicas) 1 -}}
 {{- fail "inferenceExtension.replicas: at least 1" -}}
 {{- end -}}
