@@ -175,8 +175,9 @@ class ContainerCommand:
 
 def container_command(deployment: Object, configmaps: Mapping[str, Object], pod_name: str) -> ContainerCommand:
     """The first container of a Deployment as a local command: its args with each volume's mountPath
-    replaced by a temporary directory holding the ConfigMap's files, and its env with the downward API's
-    metadata.name / metadata.namespace / status.podIP filled in."""
+    replaced by a temporary directory holding the ConfigMap's files (an emptyDir volume is an empty
+    directory), and its env with the downward API's metadata.name / metadata.namespace / status.podIP
+    filled in."""
     metadata = deployment["metadata"]
     namespace = metadata.get("namespace", "default")
     pod_spec = deployment["spec"]["template"]["spec"]
@@ -186,8 +187,13 @@ def container_command(deployment: Object, configmaps: Mapping[str, Object], pod_
     mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"])
+        if volume is not None and "emptyDir" in volume:
+            target = root / mount["name"]
+            target.mkdir()
+            mounts[mount["mountPath"].rstrip("/")] = target
+            continue
         if volume is None or "configMap" not in volume:
-            raise ValueError(f"volume {mount['name']!r}: only configMap volumes can be run locally")
+            raise ValueError(f"volume {mount['name']!r}: only configMap and emptyDir volumes can be run locally")
         source = configmaps.get(volume["configMap"]["name"])
         if source is None:
             raise ValueError(f"ConfigMap {volume['configMap']['name']!r} of volume {mount['name']!r} was not given")
@@ -199,9 +205,11 @@ def container_command(deployment: Object, configmaps: Mapping[str, Object], pod_
     args = []
     for arg in container.get("args") or []:
         text = str(arg)
-        for path, target in mounts.items():
+        # the deepest mount that holds the path, once (a local directory may itself lie under a mountPath)
+        for path, target in sorted(mounts.items(), key=lambda m: -len(m[0])):
             if text == path or text.startswith(path + "/"):
                 text = str(target) + text[len(path) :]
+                break
         args.append(text)
     fields = {"metadata.name": pod_name, "metadata.namespace": namespace, "status.podIP": "127.0.0.1"}
     env: dict[str, str] = {}

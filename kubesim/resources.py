@@ -78,6 +78,7 @@ CORE_TYPES: tuple[ResourceType, ...] = (
     _t("", "v1", "events", "Event", status=False, short_names=("ev",)),
     _t("apps", "v1", "deployments", "Deployment", short_names=("deploy",)),
     _t("coordination.k8s.io", "v1", "leases", "Lease", status=False),
+    _t("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short_names=("pdb",)),
     _t("events.k8s.io", "v1", "events", "Event", status=False, short_names=("ev",)),
     _t("rbac.authorization.k8s.io", "v1", "roles", "Role", status=False),
     _t("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", status=False),

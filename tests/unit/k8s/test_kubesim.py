@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.k8s.client import KubeConfigError, connect
+from kubesim.kubelet import container_command
 from kubesim.manifests import apply, load_manifests
 from kubesim.server import KubeSim
 from kubesim.testing import pod_manifest
@@ -333,3 +335,38 @@ def test_cli_serves_applies_and_writes_a_kubeconfig(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_container_command_mounts_config_maps_and_empty_dirs_once(tmp_path: Path) -> None:
+    """A ConfigMap file arg goes to its local directory even when that directory lies under another
+    mountPath (/tmp, an emptyDir); emptyDir volumes become empty directories."""
+    deployment = {
+        "metadata": {"name": "epp", "namespace": "ns"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "epp",
+                            "args": ["--config-file", "/config/a.yaml", "--scratch=/tmp/x"],
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/config"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [{"name": "config", "configMap": {"name": "cm"}}, {"name": "tmp", "emptyDir": {}}],
+                }
+            }
+        },
+    }
+    config_map = {"data": {"a.yaml": "kind: EndpointPickerConfig\n"}}
+    command = container_command(deployment, {"cm": config_map}, "epp-1")
+    try:
+        config = Path(command.args[1])
+        assert config == command.volume_root / "config" / "a.yaml"
+        assert config.read_text() == "kind: EndpointPickerConfig\n"
+        assert command.args[2] == "--scratch=/tmp/x"  # only whole args that are paths are rewritten
+        assert (command.volume_root / "tmp").is_dir() and not any((command.volume_root / "tmp").iterdir())
+    finally:
+        shutil.rmtree(command.volume_root, ignore_errors=True)
