@@ -135,6 +135,8 @@ class Director:
         self.defer_hooks = defer_hooks
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
+        #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- request path ---------------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class Director:
             # the prefill server works on the prompt only (its KV then moves to the decode server)
             charges.append(self._charge(int(prefill.slots[0]), prompt_tokens, prompt_tokens))
         decision = Decision(request, result, destination, new_body, dict(result.headers), tuple(charges))
-        decision.picked_at = time.monotonic()
+        decision.picked_at = self.clock()
         if run_hooks and self.hooks is not None:
             if self.defer_hooks:
                 decision.hooks_pending = True
@@ -313,7 +315,7 @@ class Director:
             return
         decision.first_chunk_seen = True
         if self.hooks is not None and decision.request.api and self._still_held(decision):
-            ttft = time.monotonic() - decision.picked_at if streamed else None
+            ttft = self.clock() - decision.picked_at if streamed else None
             self.hooks.first_response(decision.request, decision.result, ttft)
 
     def complete(self, decision: Decision, usage: Usage | None) -> None:

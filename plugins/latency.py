@@ -3,14 +3,17 @@
 For each candidate the producer predicts how long this request would wait for its first token there:
 
     TTFT = base + per_decode · decoding / 100 + per_prefill · (queued prefill + own uncached prefill) / 10,000
+           + per_request · waiting / 10
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk);
 - own uncached prefill: this request's prompt tokens minus those the endpoint holds (the approximate prefix
   index's match), so a warm endpoint is priced by what it saves, not by a weight;
-- decoding: requests on the endpoint that are past their first token (their decode tokens share each step).
+- decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
+- waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others
+  finish, whatever their length).
 
-The three coefficients are learned online per endpoint from what the EPP observes: the time from the pick to
+The four coefficients are learned online per endpoint from what the EPP observes: the time from the pick to
 the first streamed chunk, and the prompt and cached token counts the server reports in `usage`. The learner is
 a small Kalman filter (the coefficients drift as a random walk, an observation's noise grows with its size), so
 a slower GPU or a server that degrades is priced in after a few of its responses, and an endpoint that got no
@@ -22,7 +25,9 @@ The scorer turns predictions into scores in (0, 1]: fastest / predicted, so the 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +43,15 @@ from plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
 KEY = "predicted-ttft"
 DECODE_UNIT = 100.0
 PREFILL_UNIT = 10_000.0
-#: observations further off than this many times the prediction are not learned from (a stalled stream,
-#: a client that read slowly); they are still counted in the error metric
-OUTLIER_FACTOR = 20.0
-#: squared prediction error over its expected variance past which the learner widens its doubt
-SURPRISE = 9.0
+REQUEST_UNIT = 10.0
+#: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1)
+PRESSURE_ONSET = 0.5
+#: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response ...
+SLOWNESS_RATE = 0.2
+#: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
+SLOWNESS_STEP = 1.5
+#: responses after which an endpoint's own slowness starts to move (the fleet's fit settles first)
+WARMUP_OBSERVATIONS = 5
 
 
 @dataclass
@@ -77,107 +86,181 @@ class Prediction:
     uncached: npt.NDArray[np.float64]
     queued: npt.NDArray[np.float64]
     decoding: npt.NDArray[np.float64]
+    #: the fraction of the request's prefix blocks each candidate holds
+    held: npt.NDArray[np.float64]
+    #: requests this EPP sent there that have not produced their first token
+    waiting: npt.NDArray[np.float64]
+    #: predicted time from the first token to the last (time per output token x expected output tokens)
+    decode_seconds: npt.NDArray[np.float64]
+    #: the part of `seconds` spent behind the queue (the rest is this request's own prefill and one step)
+    queueing: npt.NDArray[np.float64]
 
-    def at(self, candidates: SlotArray) -> npt.NDArray[np.float64]:
-        """Predictions for `candidates` (the producer's candidates or a sorted subset of them)."""
+    def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
         if candidates is self.candidates:
-            return self.seconds
-        return self.seconds[np.searchsorted(self.candidates, candidates)]
+            return values
+        return values[np.searchsorted(self.candidates, candidates)]
 
 
 class _Note:
     """What one pick charged and predicted, kept on the result until the response ends."""
 
-    __slots__ = ("decoding", "epoch", "predicted", "prompt_bytes", "queued", "released", "slot", "ttft", "uncached")
+    __slots__ = (
+        "decoding",
+        "epoch",
+        "first_at",
+        "picked_at",
+        "predicted",
+        "prompt_bytes",
+        "queued",
+        "released",
+        "slot",
+        "ttft",
+        "uncached",
+        "waiting",
+    )
 
     def __init__(
-        self, slot: int, epoch: float, uncached: float, queued: float, decoding: float, predicted: float, size: int
+        self,
+        slot: int,
+        epoch: float,
+        uncached: float,
+        queued: float,
+        decoding: float,
+        waiting: float,
+        predicted: float,
+        size: int,
     ) -> None:
         self.slot = slot
         self.epoch = epoch
         self.uncached = uncached
         self.queued = queued
         self.decoding = decoding
+        self.waiting = waiting
         self.predicted = predicted
         self.prompt_bytes = size
         self.released = False
         self.ttft: float | None = None
+        self.picked_at = 0.0
+        self.first_at = 0.0
 
 
-class TTFTModel:
-    """Per-slot coefficients (base, per_decode, per_prefill) and their covariance; one Kalman step per
-    observation in plain Python (three features: cheaper than numpy's call overhead)."""
+class FleetModel:
+    """seconds = slowness[endpoint] x (coefficients · features): coefficients shared by the fleet, a slowness
+    factor per endpoint.
 
-    def __init__(self, capacity: int, parameters: PredictedTTFTParameters) -> None:
-        per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
-        self.prior = (parameters.base_seconds, parameters.base_seconds / 2, per_prefill)
-        self.base = np.full(capacity, self.prior[0])
-        self.per_decode = np.full(capacity, self.prior[1])
-        self.per_prefill = np.full(capacity, self.prior[2])
-        self.covariance: list[list[float]] = [self._prior_covariance() for _ in range(capacity)]
-        self.updated = np.zeros(capacity)
+    The coefficients say how an engine of this pool turns load into waiting time; they are learned from every
+    endpoint's observations (a Kalman filter over the observations divided by their endpoint's slowness; an
+    observation's error is clipped to three of its expected standard deviations, so one stalled stream cannot
+    throw the fit). Each endpoint's slowness (1 = as the fleet's coefficients say) follows the ratio of what it
+    did to what the fleet's coefficients predicted, as an exponentially weighted mean in log space, bounded per
+    step: a GPU half as fast settles near 2 within a few responses, a server that degrades mid-run follows
+    within seconds, and no single observation moves it by more than a factor of e^(SLOWNESS_RATE x
+    SLOWNESS_STEP).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        prior: tuple[float, ...],
+        doubt: tuple[float, ...],
+        floors: tuple[float, ...],
+        drift_per_second: float,
+        noise: float,
+    ) -> None:
+        n = self.features_count = len(prior)
+        self.prior = prior
+        self.coefficients = list(prior)
+        self.covariance = [doubt[i] ** 2 if i == j else 0.0 for i in range(n) for j in range(n)]
+        self.drift = [(drift_per_second * d) ** 2 for d in doubt]
+        self.max_variance = [(10 * d) ** 2 for d in doubt]
+        self.floors = floors
+        self.noise = noise
+        self.updated = 0.0
+        self.slowness = np.ones(capacity)
         self.observations = np.zeros(capacity)
-        self.drift = [(parameters.drift_per_second * p) ** 2 for p in self.prior]
-        self.noise = parameters.observation_noise
-
-    def _prior_covariance(self) -> list[float]:
-        b, d, p = self.prior
-        return [b * b, 0.0, 0.0, 0.0, d * d, 0.0, 0.0, 0.0, p * p]
 
     def reset(self, slot: int) -> None:
-        """A new endpoint in `slot`: the average of the endpoints learned so far, with the prior's doubt."""
+        """A new endpoint in `slot`: the fleet's median slowness."""
         learned = self.observations > 0
         learned[slot] = False
-        if learned.any():
-            self.base[slot] = float(self.base[learned].mean())
-            self.per_decode[slot] = float(self.per_decode[learned].mean())
-            self.per_prefill[slot] = float(self.per_prefill[learned].mean())
-        else:
-            self.base[slot], self.per_decode[slot], self.per_prefill[slot] = self.prior
-        self.covariance[slot] = self._prior_covariance()
-        self.updated[slot] = 0.0
+        self.slowness[slot] = float(np.median(self.slowness[learned])) if learned.any() else 1.0
         self.observations[slot] = 0.0
 
-    def predict(self, slot: int, decoding: float, work: float) -> float:
-        return float(
-            self.base[slot]
-            + self.per_decode[slot] * decoding / DECODE_UNIT
-            + self.per_prefill[slot] * work / PREFILL_UNIT
-        )
+    def fleet_prediction(self, x: Sequence[float]) -> float:
+        return sum(c * v for c, v in zip(self.coefficients, x, strict=True))
 
-    def learn(self, slot: int, decoding: float, work: float, ttft: float, now: float) -> None:
-        c = self.covariance[slot]
-        last = self.updated[slot]
-        elapsed = min(now - last, 600.0) if last > 0 else 0.0
-        if elapsed > 0:  # the coefficients may have drifted while nothing was heard
-            c[0] += self.drift[0] * elapsed
-            c[4] += self.drift[1] * elapsed
-            c[8] += self.drift[2] * elapsed
-        x0, x1, x2 = 1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT
-        theta = (float(self.base[slot]), float(self.per_decode[slot]), float(self.per_prefill[slot]))
-        p0 = c[0] * x0 + c[1] * x1 + c[2] * x2
-        p1 = c[3] * x0 + c[4] * x1 + c[5] * x2
-        p2 = c[6] * x0 + c[7] * x1 + c[8] * x2
-        noise = (self.noise * ttft) ** 2 + 1e-6
-        error = ttft - (theta[0] * x0 + theta[1] * x1 + theta[2] * x2)
-        spread = x0 * p0 + x1 * p1 + x2 * p2
-        surprise = error * error / (spread + noise)
-        if surprise > SURPRISE:  # far outside what the model expects: the endpoint changed, doubt it more
-            scale = surprise / SURPRISE
-            c[:] = [v * scale for v in c]
-            p0, p1, p2, spread = p0 * scale, p1 * scale, p2 * scale, spread * scale
-        variance = spread + noise
-        k0, k1, k2 = p0 / variance, p1 / variance, p2 / variance
-        self.base[slot] = max(theta[0] + k0 * error, 0.0)
-        self.per_decode[slot] = max(theta[1] + k1 * error, 0.0)
-        self.per_prefill[slot] = max(theta[2] + k2 * error, self.prior[2] / 100)
-        gain = (k0, k1, k2)
-        row = (p0, p1, p2)
-        for i in range(3):
-            for j in range(3):
-                c[3 * i + j] -= gain[i] * row[j]
-        self.updated[slot] = now
+    def predict(self, slot: int, x: Sequence[float]) -> float:
+        return float(self.slowness[slot]) * self.fleet_prediction(x)
+
+    def learn(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
+        slowness = float(self.slowness[slot])
+        fleet = max(self.fleet_prediction(x), 1e-4)
+        if self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS:
+            step = math.log(max(seconds, 1e-6) / (slowness * fleet))
+            step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
+            self.slowness[slot] = min(max(slowness * math.exp(SLOWNESS_RATE * step), 0.05), 50.0)
         self.observations[slot] += 1
+        self._fit(x, seconds / slowness, now)
+
+    def _fit(self, x: Sequence[float], y: float, now: float) -> None:
+        n = self.features_count
+        c = self.covariance
+        elapsed = min(now - self.updated, 600.0) if self.updated > 0 else 0.0
+        self.updated = now
+        for i in range(n):  # the coefficients may drift (a new model version, another traffic mix)
+            c[i * n + i] = min(c[i * n + i] + self.drift[i] * max(elapsed, 0.01), self.max_variance[i])
+        theta = self.coefficients
+        px = [sum(c[i * n + j] * x[j] for j in range(n)) for i in range(n)]
+        variance = sum(x[i] * px[i] for i in range(n)) + (self.noise * y) ** 2 + 1e-8
+        error = y - sum(theta[i] * x[i] for i in range(n))
+        limit = 3.0 * math.sqrt(variance)
+        error = min(max(error, -limit), limit)
+        gain = [v / variance for v in px]
+        for i in range(n):
+            theta[i] = max(theta[i] + gain[i] * error, self.floors[i])
+        for i in range(n):
+            for j in range(n):
+                c[i * n + j] -= gain[i] * px[j]
+        for i in range(n):  # keep it a covariance despite rounding: positive variances, |correlation| <= 1
+            c[i * n + i] = max(c[i * n + i], 1e-12)
+        for i in range(n):
+            for j in range(i + 1, n):
+                bound = math.sqrt(c[i * n + i] * c[j * n + j])
+                value = min(max(0.5 * (c[i * n + j] + c[j * n + i]), -bound), bound)
+                c[i * n + j] = c[j * n + i] = value
+
+
+def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
+    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10)."""
+    base = parameters.base_seconds
+    per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
+    return FleetModel(
+        capacity,
+        prior=(base, base / 2, per_prefill, 0.0),
+        doubt=(base, base / 2, per_prefill, base),  # per_request starts at 0 but may grow to a base per request
+        floors=(0.0, 0.0, per_prefill / 100, 0.0),
+        drift_per_second=parameters.drift_per_second,
+        noise=parameters.observation_noise,
+    )
+
+
+def ttft_features(decoding: float, work: float, waiting: float) -> tuple[float, float, float, float]:
+    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT)
+
+
+def decode_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
+    """Time per output token = slowness x (step + per_decode x decoding/100): one engine step, longer as the batch
+    grows (the weights are read once per step; every request's KV is read too)."""
+    step = parameters.base_seconds
+    return FleetModel(
+        capacity,
+        prior=(step, step / 2),
+        doubt=(step, step),
+        floors=(step / 100, 0.0),
+        drift_per_second=parameters.drift_per_second,
+        noise=parameters.observation_noise,
+    )
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -188,9 +271,15 @@ class PredictedTTFTProducer(DataProducer):
     def __init__(self, name: str, parameters: PredictedTTFTParameters) -> None:
         super().__init__(name, parameters)
         self.parameters: PredictedTTFTParameters = parameters
-        self.model = TTFTModel(0, parameters)
+        self.model = ttft_model(0, parameters)
+        self.decode = decode_model(0, parameters)
+        #: output tokens a request without max_tokens is expected to generate (learned from usage)
+        self.output_tokens = 256.0
         self.queued_tokens = np.zeros(0)
         self.queued_requests = np.zeros(0)
+        #: per endpoint, prompt tokens it really computed over those the prefix index expected (>= 1 when it
+        #: evicts what the index still believes it holds), learned from usage.cached_tokens
+        self.miss_factor = np.ones(0)
         self.table: EndpointTable | None = None
         #: prompt bytes per prompt token, learned from usage reports
         self.bytes_per_token = 4.0
@@ -198,17 +287,21 @@ class PredictedTTFTProducer(DataProducer):
 
     def bind(self, table: EndpointTable) -> None:
         self.table = table
-        self.model = TTFTModel(table.capacity, self.parameters)
+        self.model = ttft_model(table.capacity, self.parameters)
+        self.decode = decode_model(table.capacity, self.parameters)
         self.queued_tokens = np.zeros(table.capacity)
         self.queued_requests = np.zeros(table.capacity)
+        self.miss_factor = np.ones(table.capacity)
 
         def on_change(kind: str, slot: int, endpoint: Endpoint) -> None:
             if kind == "update":
                 return
             self.queued_tokens[slot] = 0.0
             self.queued_requests[slot] = 0.0
+            self.miss_factor[slot] = 1.0
             if kind == "add":
                 self.model.reset(slot)
+                self.decode.reset(slot)
 
         table.subscribe(on_change)
 
@@ -218,19 +311,38 @@ class PredictedTTFTProducer(DataProducer):
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match: PrefixMatch | None = state.data.get(PREFIX_KEY)
         if match is not None and match.total_blocks:
-            cached = match.matched_blocks(candidates) * (match.block_bytes / self.bytes_per_token)
-            uncached = np.maximum(prompt_tokens - cached, 1.0)
+            blocks = match.matched_blocks(candidates)
+            uncached = np.maximum(prompt_tokens - blocks * (match.block_bytes / self.bytes_per_token), 1.0)
+            uncached = np.minimum(uncached * self.miss_factor.take(candidates), prompt_tokens)
+            held = blocks / match.total_blocks
         else:
             uncached = np.full(len(candidates), prompt_tokens)
+            held = np.zeros(len(candidates))
         queued = self.queued_tokens.take(candidates)
         decoding = table.inflight_requests.take(candidates)
         decoding -= self.queued_requests.take(candidates)
         np.maximum(decoding, 0.0, out=decoding)
-        seconds = model.per_prefill.take(candidates)
-        seconds *= (queued + uncached) / PREFILL_UNIT
-        seconds += model.base.take(candidates)
-        seconds += model.per_decode.take(candidates) * (decoding / DECODE_UNIT)
-        state.data[KEY] = Prediction(candidates, seconds, uncached, queued, decoding)
+        waiting = self.queued_requests.take(candidates)
+        base, per_decode, per_prefill, per_request = model.coefficients
+        slowness = model.slowness.take(candidates)
+        queueing = queued * (per_prefill / PREFILL_UNIT)
+        if per_request:
+            queueing += waiting * (per_request / REQUEST_UNIT)
+        queueing *= slowness
+        seconds = uncached * (per_prefill / PREFILL_UNIT)
+        seconds += base
+        if per_decode:
+            seconds += decoding * (per_decode / DECODE_UNIT)
+        seconds *= slowness
+        seconds += queueing
+        step, per_batch = self.decode.coefficients
+        per_token = (decoding + 1.0) * (per_batch / DECODE_UNIT)
+        per_token += step
+        per_token *= self.decode.slowness.take(candidates)
+        outputs = _max_tokens(state.request) or self.output_tokens
+        state.data[KEY] = Prediction(
+            candidates, seconds, uncached, queued, decoding, held, waiting, per_token * outputs, queueing
+        )
 
     def picked(self, state: CycleState, result: SchedulingResult) -> None:
         prediction: Prediction | None = state.data.get(KEY)
@@ -250,9 +362,11 @@ class PredictedTTFTProducer(DataProducer):
             uncached,
             float(prediction.queued[i]),
             float(prediction.decoding[i]),
+            float(prediction.waiting[i]),
             float(prediction.seconds[i]),
             len(state.request.prompt_bytes),
         )
+        note.picked_at = self.clock()
         result.notes[self.name] = note
 
     def _release(self, note: _Note) -> None:
@@ -272,6 +386,8 @@ class PredictedTTFTProducer(DataProducer):
             return
         self._release(note)
         note.ttft = ttft
+        if ttft is not None:
+            note.first_at = self.clock()
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         note: _Note | None = result.notes.get(self.name)
@@ -287,23 +403,89 @@ class PredictedTTFTProducer(DataProducer):
             if 0.5 < ratio < 64:
                 self.bytes_per_token += 0.05 * (ratio - self.bytes_per_token)
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
-        if table.epoch[note.slot] != note.epoch or ttft > OUTLIER_FACTOR * max(note.predicted, 1e-3):
+        if table.epoch[note.slot] != note.epoch:
             return
         own = max(usage.prompt_tokens - usage.cached_tokens, 1)
-        self.model.learn(note.slot, note.decoding, note.queued + own, ttft, self.clock())
+        expected = note.uncached / float(self.miss_factor[note.slot])
+        ratio = min(max((own + 16.0) / (expected + 16.0), 0.25), 50.0)
+        self.miss_factor[note.slot] = min(
+            max(
+                math.exp(
+                    math.log(float(self.miss_factor[note.slot]))
+                    + 0.1 * (math.log(ratio) - math.log(float(self.miss_factor[note.slot])))
+                ),
+                1.0,
+            ),
+            50.0,
+        )
+        now = self.clock()
+        self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)
+        if usage.completion_tokens >= 2 and note.first_at > 0:
+            per_token = (now - note.first_at) / (usage.completion_tokens - 1)
+            self.decode.learn(note.slot, (1.0, (note.decoding + 1.0) / DECODE_UNIT), per_token, now)
+            self.output_tokens += 0.05 * (usage.completion_tokens - self.output_tokens)
+
+
+@dataclass
+class ScorerParameters:
+    #: how much longer a warm endpoint may take under pressure: its predicted TTFT counts 1 + prefixAffinity x
+    #: pressure x (the fraction of the prompt's blocks it holds beyond the coldest candidate) times less
+    prefix_affinity: float = 8.0
+    #: weight of the predicted decode time (time per output token x expected output tokens) added to the TTFT
+    decode_weight: float = 0.0
+
+    def validate(self) -> None:
+        if self.prefix_affinity < 0:
+            raise ValueError(f"prefixAffinity must be >= 0, got {self.prefix_affinity}")
+        if self.decode_weight < 0:
+            raise ValueError(f"decodeWeight must be >= 0, got {self.decode_weight}")
 
 
 class PredictedTTFTScorer(Scorer):
-    """fastest predicted TTFT / this candidate's predicted TTFT (1 for the fastest, towards 0 for slower)."""
+    """fastest / this candidate's predicted TTFT (1 for the best, towards 0 for slower), where under pressure a
+    warm candidate's prediction is divided by 1 + prefixAffinity x pressure x (held - least held).
+
+    The prediction already prices what the prefix saves this request; the affinity also prices what a miss
+    costs later ones: the copy it makes takes cache from other prefixes, and a prefix spread over several
+    endpoints is evicted sooner from each. That matters once the pool is pressed: `pressure` is the share of
+    the candidates' predicted TTFT spent queueing, mapped from [PRESSURE_ONSET, 1] to [0, 1]. An idle or
+    lightly loaded pool routes on the prediction alone; an overloaded one keeps a group of requests where its
+    prefix is until that endpoint is clearly slower (a ratio holds under overload, where a margin in seconds
+    would not). `held - least held` counts only what sets a candidate apart: a prefix every candidate holds
+    (one system prompt for all) pulls nowhere."""
 
     type_name = "predicted-ttft-scorer"
+    Parameters = ScorerParameters
     bounded = True
     consumes = PredictedTTFTProducer.type_name
+
+    def __init__(self, name: str, parameters: ScorerParameters) -> None:
+        super().__init__(name, parameters)
+        self.affinity = parameters.prefix_affinity
+        self.decode_weight = parameters.decode_weight
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         prediction: Prediction | None = state.data.get(KEY)
         if prediction is None:
             return np.ones(len(candidates))
-        seconds = np.maximum(prediction.at(candidates), 1e-6)
+        seconds = np.maximum(prediction.at(candidates, prediction.seconds), 1e-6)
+        if self.decode_weight > 0:
+            seconds = seconds + self.decode_weight * prediction.at(candidates, prediction.decode_seconds)
+        if self.affinity > 0:
+            # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
+            pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
+            pressure = (pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET)
+            if pressure > 0:
+                held = prediction.at(candidates, prediction.held)
+                discount = 1.0 + (self.affinity * pressure) * (held - held.min())
+                seconds = seconds / discount
         result: Scores = seconds.min() / seconds
         return result
+
+
+def _max_tokens(request: LLMRequest) -> float:
+    body = request.body
+    if body is None:
+        return 0.0
+    value = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0.0

@@ -24,22 +24,22 @@ _TOP_LEVEL = ("apiVersion", "kind", "featureGates", "plugins", "schedulingProfil
 _NOT_BUILT_SECTIONS: dict[str, str] = {}
 SATURATION_DETECTORS = ("utilization-detector", "concurrency-detector")
 
+#: the profile used when no configuration is given; config/recommended.yaml holds the same (a test checks)
 DEFAULT_CONFIG_TEXT = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
+- type: approx-prefix-cache-producer
+- type: predicted-ttft-producer
+- type: predicted-ttft-scorer
+- type: lora-affinity-scorer
+- type: max-score-picker
 schedulingProfiles:
 - name: default
   plugins:
-  - pluginRef: queue-scorer
-    weight: 2
-  - pluginRef: kv-cache-utilization-scorer
-    weight: 2
-  - pluginRef: prefix-cache-scorer
-    weight: 3
+  - {pluginRef: predicted-ttft-scorer, weight: 1}
+  - {pluginRef: lora-affinity-scorer, weight: 1}
+  - {pluginRef: max-score-picker}
 """
 
 

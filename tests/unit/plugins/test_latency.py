@@ -14,14 +14,24 @@ from epp.observability.extension import EXTENSION
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import Usage
-from plugins.latency import PREFILL_UNIT, PredictedTTFTParameters, PredictedTTFTProducer, TTFTModel
-from tests.unit.plugins.helpers import pool
+from plugins.latency import (
+    KEY,
+    FleetModel,
+    PredictedTTFTParameters,
+    PredictedTTFTProducer,
+    PredictedTTFTScorer,
+    Prediction,
+    ttft_features,
+    ttft_model,
+)
+from tests.unit.plugins.helpers import make, pool, slots, state
 
 CONFIG = """
 plugins:
 - type: approx-prefix-cache-producer
 - type: predicted-ttft-producer
 - type: predicted-ttft-scorer
+  parameters: {prefixAffinity: 0}  # the prediction alone (affinity has its own test)
 schedulingProfiles:
 - name: default
   plugins: [{pluginRef: predicted-ttft-scorer}]
@@ -66,45 +76,49 @@ def test_a_warm_endpoint_wins_until_its_queue_costs_more_than_the_prefix_saves()
     picks = [_decide(director, system + f"q{i}" * 100, f"r{i}") for i in range(1, 4)]
     # each follow-up saves ~4,000 prefill tokens on the warm endpoint and queues ~100 there: it keeps them
     assert [p.charged_slot for p in picks] == [slot] * 3  # type: ignore[attr-defined]
-    producer.queued_tokens[slot] += 8_000  # the warm endpoint's queue now costs more than the prefix saves
+    producer.queued_tokens[slot] += 20_000  # its queue now costs more than twice what the prefix saves
     colder = _decide(director, system + "q9" * 100, "r9")
     assert colder.charged_slot != slot  # type: ignore[attr-defined]
 
 
-def _observe(model: TTFTModel, slot: int, rate: float, base: float, rng: random.Random, now: float) -> float:
+def _observe(model: FleetModel, slot: int, slowness: float, rng: random.Random, now: float) -> float:
+    """One response from an engine `slowness` times slower than a reference one; returns the relative error
+    of the prediction made after learning from it."""
     work = rng.uniform(200, 8000)
     decoding = rng.uniform(0, 64)
-    truth = base + 0.01 * decoding / 100 + work / rate
+    waiting = rng.uniform(0, 8)
+    truth = slowness * (0.02 + 0.01 * decoding / 100 + work / 15_000 + 0.03 * waiting / 10)
     observed = truth * rng.uniform(0.95, 1.05)
-    model.learn(slot, decoding, work, observed, now)
-    return abs(model.predict(slot, decoding, work) - truth) / truth
+    x = ttft_features(decoding, work, waiting)
+    model.learn(slot, x, observed, now)
+    return abs(model.predict(slot, x) - truth) / truth
 
 
-def test_the_model_learns_each_endpoints_rate_and_follows_a_slowdown() -> None:
-    model = TTFTModel(4, PredictedTTFTParameters())
+def test_the_model_learns_the_pool_and_each_endpoints_slowness_and_follows_a_slowdown() -> None:
+    model = ttft_model(4, PredictedTTFTParameters())
     rng = random.Random(7)
     now = 1.0
-    for _ in range(60):
+    for _ in range(100):
         now += 0.1
-        _observe(model, 0, 20_000.0, 0.02, rng, now)
-        _observe(model, 1, 5_000.0, 0.05, rng, now)  # a GPU four times slower
-    assert model.per_prefill[0] == pytest.approx(PREFILL_UNIT / 20_000, rel=0.1)
-    assert model.per_prefill[1] == pytest.approx(PREFILL_UNIT / 5_000, rel=0.1)
+        _observe(model, 0, 1.0, rng, now)
+        _observe(model, 1, 4.0, rng, now)  # a GPU four times slower
+    assert model.slowness[1] / model.slowness[0] == pytest.approx(4.0, rel=0.15)
     errors = []
-    for _ in range(30):  # endpoint 0 becomes three times slower
+    for _ in range(40):  # endpoint 0 becomes three times slower
         now += 0.1
-        errors.append(_observe(model, 0, 20_000.0 / 3, 0.02, rng, now))
-    assert np.median(errors[-10:]) < 0.1, errors
+        errors.append(_observe(model, 0, 3.0, rng, now))
     assert errors[0] > 0.3  # it really had to move
+    assert np.median(errors[-10:]) < 0.1, errors
 
 
-def test_a_new_endpoint_starts_from_what_the_fleet_learned() -> None:
-    model = TTFTModel(4, PredictedTTFTParameters())
+def test_a_new_endpoint_starts_from_the_fleets_median_slowness() -> None:
+    model = ttft_model(4, PredictedTTFTParameters())
     rng = random.Random(3)
-    for i in range(40):
-        _observe(model, 0, 8_000.0, 0.02, rng, 1.0 + i)
+    for i in range(60):
+        _observe(model, 0, 2.0, rng, 1.0 + i)
+        _observe(model, 1, 2.0, rng, 1.0 + i)
     model.reset(2)
-    assert model.per_prefill[2] == pytest.approx(model.per_prefill[0])
+    assert model.slowness[2] == pytest.approx(float(np.median(model.slowness[:2])))
 
 
 def test_streamed_responses_teach_the_model_and_count_in_the_error_metric() -> None:
@@ -112,14 +126,14 @@ def test_streamed_responses_teach_the_model_and_count_in_the_error_metric() -> N
     EXTENSION.reset()
     clock = [100.0]
     producer.clock = lambda: clock[0]
-    before = float(producer.model.per_prefill[0])
+    before = producer.model.predict(0, ttft_features(0, 1000, 0))
     for i in range(20):
         decision = _decide(director, f"{i:04d}" * 1000, f"r{i}")  # 1,000 tokens
         decision.picked_at -= 0.5  # type: ignore[attr-defined]  # half a second to the first token: slow
         director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
         director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_tokens=0))  # type: ignore[arg-type]
         clock[0] += 0.5
-    assert float(producer.model.per_prefill[0]) > 3 * before
+    assert producer.model.predict(0, ttft_features(0, 1000, 0)) > 3 * before
     counts = EXTENSION._ttft_error.counts
     assert sum(counts) == 20
 
@@ -129,3 +143,27 @@ def test_parameters_are_checked() -> None:
     bad = CONFIG.replace(declared, declared + "\n  parameters: {driftPerSecond: 0}")
     with pytest.raises(ConfigError, match="driftPerSecond"):
         load_config_text(bad, "t")
+
+
+def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidate_apart() -> None:
+    table = pool(3)
+    cycle = state(table)
+    candidates = slots(0, 1, 2)
+
+    def predict(seconds: list[float], queueing: list[float], held: list[float]) -> None:
+        zeros = np.zeros(3)
+        arrays = np.array(seconds), np.array(held), np.array(queueing)
+        cycle.data[KEY] = Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, zeros, arrays[2])
+
+    scorer = make(PredictedTTFTScorer, {"prefixAffinity": 2})
+    # idle pool (nothing queued): the prediction alone decides, the warm endpoint 0 loses
+    predict([1.5, 1.0, 1.2], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0])
+    assert scorer.score(cycle, candidates).argmax() == 1
+    # all queueing (pressure 1): endpoint 0 counts 1 + 2 x 1 = 3 times less and wins while under 3x slower
+    predict([2.5, 1.0, 1.2], [2.5, 1.0, 1.2], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(scorer.score(cycle, candidates), [1.0, 2.5 / 3, 2.5 / 3 / 1.2])
+    predict([3.5, 1.0, 1.2], [3.5, 1.0, 1.2], [1.0, 0.0, 0.0])
+    assert scorer.score(cycle, candidates).argmax() == 1
+    # a prefix every candidate holds sets none apart
+    predict([1.5, 1.0, 1.2], [1.5, 1.0, 1.2], [0.5, 0.5, 0.5])
+    assert scorer.score(cycle, candidates).argmax() == 1

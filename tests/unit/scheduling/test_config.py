@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from epp.config.schema import ConfigError, default_config, load_config_text
+from epp.config.schema import ConfigError, default_config, load_config_file, load_config_text
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = ROOT.parent / "shared" / "seeds" / "003_16eff0c8e3a3d563.txt"
@@ -38,12 +38,21 @@ def test_istio_guide_configmap_loads_unchanged() -> None:
     }
 
 
-def test_builtin_default_matches_reference() -> None:
+def test_builtin_default_is_config_recommended_yaml() -> None:
     config = default_config()
+    shipped = load_config_file(str(Path(__file__).resolve().parents[3] / "config" / "recommended.yaml"))
+    assert config.describe() == shipped.describe()
+    assert [(e.ref, e.weight) for e in config.profiles[0].entries] == [
+        ("predicted-ttft-scorer", 1), ("lora-affinity-scorer", 1), ("max-score-picker", 1)
+    ]  # fmt: skip
+    assert config.parser == "openai-parser" and config.saturation_detector == "utilization-detector"
+
+
+def test_the_reference_profile_ships_as_default_plugins_yaml() -> None:
+    config = load_config_file(str(Path(__file__).resolve().parents[3] / "config" / "default-plugins.yaml"))
     assert [(e.ref, e.weight) for e in config.profiles[0].entries] == [
         ("queue-scorer", 2), ("kv-cache-utilization-scorer", 2), ("prefix-cache-scorer", 3), ("max-score-picker", 1)
     ]  # fmt: skip
-    assert config.parser == "openai-parser" and config.saturation_detector == "utilization-detector"
 
 
 @pytest.mark.parametrize(

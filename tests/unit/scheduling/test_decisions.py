@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from epp.config.schema import default_config, load_config_text
+from epp.config.schema import EndpointPickerConfig, load_config_file, load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Decision, Director
 from epp.requests.openai import parse_openai_body
@@ -23,6 +24,11 @@ ALL_FOUR = """
 plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer},
           {type: lora-affinity-scorer}]
 """
+
+
+def reference_blend() -> EndpointPickerConfig:
+    """The reference's profile (queue 2, KV 2, prefix 3: config/default-plugins.yaml, the Istio guide's)."""
+    return load_config_file(str(Path(__file__).resolve().parents[3] / "config" / "default-plugins.yaml"))
 
 
 def pool(*pods: tuple[float, float, list[str]]) -> EndpointTable:
@@ -67,7 +73,7 @@ def test_scenario_7_sheddable_not_dropped_picks_best() -> None:
 
 def test_prefix_affinity_and_load_balance() -> None:
     table = pool((0, 0, []), (0, 0, []), (0, 0, []))
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(reference_blend(), table)
     system = "You are a careful assistant. " * 40
     first = scheduler.schedule(request(prompt=system + "Q1"), table, table.live_slots())
     scheduler.pre_request(request(prompt=system + "Q1"), first, table)
@@ -153,7 +159,7 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
     table = EndpointTable(8)
     for i in range(6):
         table.add(Endpoint(f"10.0.0.{i + 1}", 8000))
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(reference_blend(), table)
     producer = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer))
     words = [f"w{k} " for k in range(40)]
     prefixes = ["".join(rng.choice(words, int(rng.integers(10, 400)))) for _ in range(5)]
@@ -191,7 +197,7 @@ def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_
 
     table = EndpointTable(4)
     table.add(Endpoint("10.0.0.1", 8000))
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(reference_blend(), table)
     index = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer)).index
     director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
     for call_after_send in (True, False):
@@ -221,7 +227,7 @@ def decide_on(director: Director, request_id: str, prompt: str) -> Decision:
 def test_what_a_request_charged_to_a_departed_endpoint_never_lands_on_the_next_holder_of_its_slot() -> None:
     table = EndpointTable(4)
     old = table.add(Endpoint("10.0.0.1", 8000, name="a"))
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(reference_blend(), table)
     index = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer)).index
     director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
     departed = decide_on(director, "r1", "x" * 4000)  # its prefix insert waits for the response
@@ -241,7 +247,7 @@ def test_what_a_request_charged_to_a_departed_endpoint_never_lands_on_the_next_h
 def test_requests_sharing_a_client_chosen_request_id_each_record_their_own_prompt() -> None:
     table = EndpointTable(4)
     table.add(Endpoint("10.0.0.1", 8000, name="a"))
-    scheduler = build_scheduler(default_config(), table)
+    scheduler = build_scheduler(reference_blend(), table)
     producer = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer))
     director = Director(table, scheduler, hooks=scheduler, defer_hooks=True)
     prompts = ["first prompt " * 300, "second prompt " * 300]
