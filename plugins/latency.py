@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_ttft_prediction
-from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
+from epp.scheduling.plugin import CycleState, DataProducer, Plugin, Scorer, Scores
 from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
 from plugins.prefix import STATE_KEY as PREFIX_KEY
 from plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
@@ -50,6 +50,9 @@ PRESSURE_ONSET = 0.5
 SLOWNESS_RATE = 0.2
 #: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
 SLOWNESS_STEP = 1.5
+#: every this many responses, endpoints quiet for QUIET_SECONDS move halfway back to the fleet's median slowness
+RELAX_EVERY = 32
+QUIET_SECONDS = 5.0
 #: responses after which an endpoint's own slowness starts to move (the fleet's fit settles first)
 WARMUP_OBSERVATIONS = 5
 
@@ -90,8 +93,6 @@ class Prediction:
     held: npt.NDArray[np.float64]
     #: requests this EPP sent there that have not produced their first token
     waiting: npt.NDArray[np.float64]
-    #: predicted time from the first token to the last (time per output token x expected output tokens)
-    decode_seconds: npt.NDArray[np.float64]
     #: the part of `seconds` spent behind the queue (the rest is this request's own prefill and one step)
     queueing: npt.NDArray[np.float64]
 
@@ -179,6 +180,9 @@ class FleetModel:
         self.updated = 0.0
         self.slowness = np.ones(capacity)
         self.observations = np.zeros(capacity)
+        #: when each endpoint last taught the model (0 = never)
+        self.last_seen = np.zeros(capacity)
+        self._learned = 0
 
     def reset(self, slot: int) -> None:
         """A new endpoint in `slot`: the fleet's median slowness."""
@@ -186,6 +190,7 @@ class FleetModel:
         learned[slot] = False
         self.slowness[slot] = float(np.median(self.slowness[learned])) if learned.any() else 1.0
         self.observations[slot] = 0.0
+        self.last_seen[slot] = 0.0
 
     def fleet_prediction(self, x: Sequence[float]) -> float:
         return sum(c * v for c, v in zip(self.coefficients, x, strict=True))
@@ -201,7 +206,21 @@ class FleetModel:
             step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
             self.slowness[slot] = min(max(slowness * math.exp(SLOWNESS_RATE * step), 0.05), 50.0)
         self.observations[slot] += 1
+        self.last_seen[slot] = now
+        self._learned += 1
+        if self._learned % RELAX_EVERY == 0:
+            self._relax(now)
         self._fit(x, seconds / slowness, now)
+
+    def _relax(self, now: float) -> None:
+        """An endpoint that has not answered for a while (one judged slow gets no traffic) moves halfway back to
+        the fleet's median slowness: it gets a request again, and that request shows whether it recovered."""
+        learned = self.observations > 0
+        quiet = learned & (self.last_seen < now - QUIET_SECONDS)
+        if quiet.any() and learned.sum() > quiet.sum():
+            median = float(np.median(self.slowness[learned & ~quiet]))
+            self.slowness[quiet] = np.sqrt(self.slowness[quiet] * median)
+            self.last_seen[quiet] = now
 
     def _fit(self, x: Sequence[float], y: float, now: float) -> None:
         n = self.features_count
@@ -273,13 +292,17 @@ class PredictedTTFTProducer(DataProducer):
         self.parameters: PredictedTTFTParameters = parameters
         self.model = ttft_model(0, parameters)
         self.decode = decode_model(0, parameters)
-        #: output tokens a request without max_tokens is expected to generate (learned from usage)
+        #: output tokens a request without max_tokens is expected to generate, and prompt tokens of a typical
+        #: request (both learned from usage)
         self.output_tokens = 256.0
+        self.prompt_tokens = 1024.0
         self.queued_tokens = np.zeros(0)
         self.queued_requests = np.zeros(0)
         #: per endpoint, prompt tokens it really computed over those the prefix index expected (>= 1 when it
         #: evicts what the index still believes it holds), learned from usage.cached_tokens
         self.miss_factor = np.ones(0)
+        #: whether any endpoint's miss factor is above 1
+        self.misses = False
         self.table: EndpointTable | None = None
         #: prompt bytes per prompt token, learned from usage reports
         self.bytes_per_token = 4.0
@@ -306,23 +329,36 @@ class PredictedTTFTProducer(DataProducer):
         table.subscribe(on_change)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
-        table = state.table
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match: PrefixMatch | None = state.data.get(PREFIX_KEY)
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
-            uncached = np.maximum(prompt_tokens - blocks * (match.block_bytes / self.bytes_per_token), 1.0)
-            uncached = np.minimum(uncached * self.miss_factor.take(candidates), prompt_tokens)
             held = blocks / match.total_blocks
+            uncached = np.multiply(blocks, -(match.block_bytes / self.bytes_per_token), dtype=np.float64)
+            uncached += prompt_tokens
+            if self.misses:  # some endpoint computes more than the index expects: scale up, up to the prompt
+                uncached *= self.miss_factor.take(candidates)
+                np.clip(uncached, 1.0, prompt_tokens, out=uncached)
+            else:
+                np.maximum(uncached, 1.0, out=uncached)
         else:
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
+        table = state.table
         queued = self.queued_tokens.take(candidates)
-        decoding = table.inflight_requests.take(candidates)
-        decoding -= self.queued_requests.take(candidates)
-        np.maximum(decoding, 0.0, out=decoding)
         waiting = self.queued_requests.take(candidates)
+        decoding = table.inflight_requests.take(candidates)
+        decoding -= waiting
+        np.maximum(decoding, 0.0, out=decoding)
+        # requests the server reported waiting beyond all this EPP had in flight there at that scrape (another
+        # replica's, or sent around the EPP): their size is unknown, so each counts as a typical prompt, uncached
+        external = table.waiting_queue.take(candidates)
+        external -= table.scrape_inflight_requests.take(candidates)
+        if external.max() > 0:
+            np.maximum(external, 0.0, out=external)
+            waiting = waiting + external
+            queued = queued + external * self.prompt_tokens
         base, per_decode, per_prefill, per_request = model.coefficients
         slowness = model.slowness.take(candidates)
         queueing = queued * (per_prefill / PREFILL_UNIT)
@@ -335,14 +371,26 @@ class PredictedTTFTProducer(DataProducer):
             seconds += decoding * (per_decode / DECODE_UNIT)
         seconds *= slowness
         seconds += queueing
+        state.data[KEY] = Prediction(candidates, seconds, uncached, queued, decoding, held, waiting, queueing)
+
+    def _learn_misses(self, note: _Note, computed: float) -> None:
+        """The endpoint computed `computed` prompt tokens where the index expected `note.uncached` (over the
+        factor in force): move its factor a tenth of the way there in log space, within [1, 50]."""
+        factor = float(self.miss_factor[note.slot])
+        ratio = min(max((computed + 16.0) / (note.uncached / factor + 16.0), 0.25), 50.0)
+        factor = min(max(factor * math.exp(0.1 * math.log(ratio / factor)), 1.0), 50.0)
+        self.miss_factor[note.slot] = factor
+        self.misses = self.misses or factor > 1.0
+
+    def decode_seconds(self, state: CycleState, prediction: Prediction) -> npt.NDArray[np.float64]:
+        """Predicted time from the first token to the last, per candidate: time per output token with one more
+        request in the batch, times the request's max_tokens (or the mean output length seen so far)."""
         step, per_batch = self.decode.coefficients
-        per_token = (decoding + 1.0) * (per_batch / DECODE_UNIT)
+        per_token = (prediction.decoding + 1.0) * (per_batch / DECODE_UNIT)
         per_token += step
-        per_token *= self.decode.slowness.take(candidates)
-        outputs = _max_tokens(state.request) or self.output_tokens
-        state.data[KEY] = Prediction(
-            candidates, seconds, uncached, queued, decoding, held, waiting, per_token * outputs, queueing
-        )
+        per_token *= self.decode.slowness.take(prediction.candidates)
+        per_token *= _max_tokens(state.request) or self.output_tokens
+        return per_token
 
     def picked(self, state: CycleState, result: SchedulingResult) -> None:
         prediction: Prediction | None = state.data.get(KEY)
@@ -406,18 +454,8 @@ class PredictedTTFTProducer(DataProducer):
         if table.epoch[note.slot] != note.epoch:
             return
         own = max(usage.prompt_tokens - usage.cached_tokens, 1)
-        expected = note.uncached / float(self.miss_factor[note.slot])
-        ratio = min(max((own + 16.0) / (expected + 16.0), 0.25), 50.0)
-        self.miss_factor[note.slot] = min(
-            max(
-                math.exp(
-                    math.log(float(self.miss_factor[note.slot]))
-                    + 0.1 * (math.log(ratio) - math.log(float(self.miss_factor[note.slot])))
-                ),
-                1.0,
-            ),
-            50.0,
-        )
+        self._learn_misses(note, own)
+        self.prompt_tokens += 0.05 * (usage.prompt_tokens - self.prompt_tokens)
         now = self.clock()
         self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)
         if usage.completion_tokens >= 2 and note.first_at > 0:
@@ -443,7 +481,7 @@ class ScorerParameters:
 
 class PredictedTTFTScorer(Scorer):
     """fastest / this candidate's predicted TTFT (1 for the best, towards 0 for slower), where under pressure a
-    warm candidate's prediction is divided by 1 + prefixAffinity x pressure x (held - least held).
+    warm candidate's prediction is divided by 1 + prefixAffinity x pressure x max(0, held - median held).
 
     The prediction already prices what the prefix saves this request; the affinity also prices what a miss
     costs later ones: the copy it makes takes cache from other prefixes, and a prefix spread over several
@@ -451,8 +489,9 @@ class PredictedTTFTScorer(Scorer):
     the candidates' predicted TTFT spent queueing, mapped from [PRESSURE_ONSET, 1] to [0, 1]. An idle or
     lightly loaded pool routes on the prediction alone; an overloaded one keeps a group of requests where its
     prefix is until that endpoint is clearly slower (a ratio holds under overload, where a margin in seconds
-    would not). `held - least held` counts only what sets a candidate apart: a prefix every candidate holds
-    (one system prompt for all) pulls nowhere."""
+    would not). Only what sets a candidate apart from the typical one counts (held beyond the candidates'
+    median): a prefix most candidates hold (one system prompt for all) pulls nowhere, and an endpoint that has
+    not got it yet is not shut out for lacking it."""
 
     type_name = "predicted-ttft-scorer"
     Parameters = ScorerParameters
@@ -463,21 +502,29 @@ class PredictedTTFTScorer(Scorer):
         super().__init__(name, parameters)
         self.affinity = parameters.prefix_affinity
         self.decode_weight = parameters.decode_weight
+        self.producer: PredictedTTFTProducer | None = None
+
+    def connect(self, plugins: Mapping[str, Plugin]) -> None:
+        """Find the producer whose decode model the decode term reads."""
+        producers = [p for p in plugins.values() if isinstance(p, PredictedTTFTProducer)]
+        self.producer = producers[0] if producers else None
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         prediction: Prediction | None = state.data.get(KEY)
         if prediction is None:
             return np.ones(len(candidates))
         seconds = np.maximum(prediction.at(candidates, prediction.seconds), 1e-6)
-        if self.decode_weight > 0:
-            seconds = seconds + self.decode_weight * prediction.at(candidates, prediction.decode_seconds)
+        if self.decode_weight > 0 and self.producer is not None:
+            decode = self.producer.decode_seconds(state, prediction)
+            seconds = seconds + self.decode_weight * prediction.at(candidates, decode)
         if self.affinity > 0:
             # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
             pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
             pressure = (pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET)
             if pressure > 0:
                 held = prediction.at(candidates, prediction.held)
-                discount = 1.0 + (self.affinity * pressure) * (held - held.min())
+                apart = np.maximum(held - np.median(held), 0.0)
+                discount = 1.0 + (self.affinity * pressure) * apart
                 seconds = seconds / discount
         result: Scores = seconds.min() / seconds
         return result

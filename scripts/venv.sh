@@ -44,7 +44,8 @@ fi
 # than are installed needs nothing)
 _stamp="$_venv/.epp-installed"
 _inputs="$(cat "$_repo/pyproject.toml" "$_constraints" | sha256sum | cut -d' ' -f1) $_repo"
-read -r _had_hash _had_repo _had_extras < "$_stamp" 2>/dev/null || true
+_had_hash="" _had_repo="" _had_extras=""
+[ -f "$_stamp" ] && read -r _had_hash _had_repo _had_extras < "$_stamp"
 _installed=""
 if [ "${_had_hash:-} ${_had_repo:-}" = "$_inputs" ]; then
   _installed="${_had_extras:-}"

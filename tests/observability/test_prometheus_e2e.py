@@ -205,9 +205,12 @@ def test_objective_and_legacy_names_agree(stack: Stack) -> None:
     assert prom.series('inference_extension_prefix_indexer_size{job="epp"}')
     scorer = (
         'inference_extension_plugin_duration_seconds_count{job="epp",extension_point="Scorer",'
-        'plugin_type="prefix-cache-scorer"}'
+        'plugin_type="predicted-ttft-scorer"}'
     )
     assert value(prom.query(f"sum({scorer})")) == picks
+    # every streamed response's TTFT prediction is scored against what was observed
+    errors = 'inference_extension_ttft_prediction_error_ratio_count{job="epp"}'
+    assert value(prom.query(f"sum({errors})")) == STREAMED
 
 
 def test_epp_overhead_streams_and_ttft_are_exported(stack: Stack) -> None:

@@ -153,7 +153,7 @@ def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidat
     def predict(seconds: list[float], queueing: list[float], held: list[float]) -> None:
         zeros = np.zeros(3)
         arrays = np.array(seconds), np.array(held), np.array(queueing)
-        cycle.data[KEY] = Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, zeros, arrays[2])
+        cycle.data[KEY] = Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, arrays[2])
 
     scorer = make(PredictedTTFTScorer, {"prefixAffinity": 2})
     # idle pool (nothing queued): the prediction alone decides, the warm endpoint 0 loses
@@ -167,3 +167,15 @@ def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidat
     # a prefix every candidate holds sets none apart
     predict([1.5, 1.0, 1.2], [1.5, 1.0, 1.2], [0.5, 0.5, 0.5])
     assert scorer.score(cycle, candidates).argmax() == 1
+
+
+def test_decode_weight_adds_the_predicted_decode_time() -> None:
+    config = CONFIG.replace("{prefixAffinity: 0}", "{prefixAffinity: 0, decodeWeight: 1}")
+    table = pool(2)
+    scheduler = build_scheduler(load_config_text(config, "t"), table)
+    producer = scheduler.plugins["predicted-ttft-producer"]
+    assert isinstance(producer, PredictedTTFTProducer)
+    producer.decode.slowness[0] = 10.0  # endpoint 0 decodes ten times slower
+    director = Director(table, scheduler, hooks=scheduler)
+    picks = {_decide(director, "p" * 400 + str(i), f"r{i}").charged_slot for i in range(5)}  # type: ignore[attr-defined]
+    assert picks == {1}
