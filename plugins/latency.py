@@ -46,6 +46,9 @@ PREFILL_UNIT = 10_000.0
 REQUEST_UNIT = 10.0
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1)
 PRESSURE_ONSET = 0.5
+#: the least pressure affinity counts with: while a pool warms up (short queues) a little stickiness keeps a
+#: group of requests from being copied to every endpoint before the pressure builds
+AFFINITY_FLOOR = 0.1
 #: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response ...
 SLOWNESS_RATE = 0.2
 #: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
@@ -486,12 +489,12 @@ class PredictedTTFTScorer(Scorer):
     The prediction already prices what the prefix saves this request; the affinity also prices what a miss
     costs later ones: the copy it makes takes cache from other prefixes, and a prefix spread over several
     endpoints is evicted sooner from each. That matters once the pool is pressed: `pressure` is the share of
-    the candidates' predicted TTFT spent queueing, mapped from [PRESSURE_ONSET, 1] to [0, 1]. An idle or
-    lightly loaded pool routes on the prediction alone; an overloaded one keeps a group of requests where its
-    prefix is until that endpoint is clearly slower (a ratio holds under overload, where a margin in seconds
-    would not). Only what sets a candidate apart from the typical one counts (held beyond the candidates'
-    median): a prefix most candidates hold (one system prompt for all) pulls nowhere, and an endpoint that has
-    not got it yet is not shut out for lacking it."""
+    the candidates' predicted TTFT spent queueing, mapped from [PRESSURE_ONSET, 1] to [0, 1], at least
+    AFFINITY_FLOOR. An idle or lightly loaded pool routes almost on the prediction alone; an overloaded one
+    keeps a group of requests where its prefix is until that endpoint is clearly slower (a ratio holds under
+    overload, where a margin in seconds would not). Only what sets a candidate apart from the typical one
+    counts (held beyond the candidates' median): a prefix most candidates hold (one system prompt for all)
+    pulls nowhere, and an endpoint that has not got it yet is not shut out for lacking it."""
 
     type_name = "predicted-ttft-scorer"
     Parameters = ScorerParameters
@@ -520,10 +523,10 @@ class PredictedTTFTScorer(Scorer):
         if self.affinity > 0:
             # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
             pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
-            pressure = (pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET)
+            pressure = max((pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET), AFFINITY_FLOOR)
             if pressure > 0:
                 held = prediction.at(candidates, prediction.held)
-                apart = np.maximum(held - np.median(held), 0.0)
+                apart = np.maximum(held - _median(held), 0.0)
                 discount = 1.0 + (self.affinity * pressure) * apart
                 seconds = seconds / discount
         result: Scores = seconds.min() / seconds
@@ -536,3 +539,13 @@ def _max_tokens(request: LLMRequest) -> float:
         return 0.0
     value = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def _median(values: npt.NDArray[np.float64]) -> float:
+    """np.median without its overhead (it sorts a copy through several layers of Python)."""
+    n = len(values)
+    middle = n // 2
+    if n % 2:
+        return float(np.partition(values, middle)[middle])
+    low, high = np.partition(values, (middle - 1, middle))[middle - 1 : middle + 1]
+    return float(low + high) / 2
