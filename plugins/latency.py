@@ -46,9 +46,9 @@ PREFILL_UNIT = 10_000.0
 REQUEST_UNIT = 10.0
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1)
 PRESSURE_ONSET = 0.5
-#: the least pressure affinity counts with: while a pool warms up (short queues) a little stickiness keeps a
-#: group of requests from being copied to every endpoint before the pressure builds
-AFFINITY_FLOOR = 0.1
+#: the least pressure affinity counts with (0: none while queues are short; 0.1 halved the loss on a
+#: prefix-heavy pool at twice its capacity but let one shared system prompt pile onto a few endpoints)
+AFFINITY_FLOOR = 0.0
 #: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response ...
 SLOWNESS_RATE = 0.2
 #: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
