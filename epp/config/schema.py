@@ -137,6 +137,10 @@ def _params_dict(parameters: Any) -> dict[str, Any]:
 
     if not dataclasses.is_dataclass(parameters):
         return {}
+    describe = getattr(parameters, "describe", None)
+    if callable(describe):
+        described: dict[str, Any] = describe()
+        return described
     return {_camel(f.name): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
 
 

@@ -81,6 +81,25 @@ class EngineConfig:
         "cacheNumBlocksSpec",
     )
 
+    def describe(self) -> dict[str, str]:
+        """As an engineConfigs entry (the kvUsageSpec is the first of the fallbacks)."""
+
+        def text(spec: MetricSpec | None) -> str:
+            return str(spec) if spec is not None else ""
+
+        return {
+            "name": self.name,
+            "queuedRequestsSpec": text(self.queued),
+            "runningRequestsSpec": text(self.running),
+            "kvUsageSpec": text(self.kv_usage[0] if self.kv_usage else None),
+            "loraSpec": text(self.lora),
+            "cacheInfoSpec": text(self.cache_info),
+            "cacheBlockSizeLabelName": self.cache_block_size_label,
+            "cacheNumBlocksLabelName": self.cache_num_blocks_label,
+            "cacheBlockSizeSpec": text(self.cache_block_size),
+            "cacheNumBlocksSpec": text(self.cache_num_blocks),
+        }
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str) -> EngineConfig:
         if not isinstance(d, Mapping):
@@ -203,6 +222,16 @@ class CoreMetricsExtractorParams:
         name = labels.get(self.engine_label_key) or self.default_engine
         cfg = self.engine_configs.get(name)
         return cfg if cfg is not None else self.engine_configs[self.default_engine]
+
+    def describe(self) -> dict[str, Any]:
+        """As the parameters of the effective configuration (engines beyond the built-in ones listed)."""
+        return {
+            "engineLabelKey": self.engine_label_key,
+            "defaultEngine": self.default_engine,
+            "engineConfigs": [
+                engine.describe() for name, engine in self.engine_configs.items() if BUILTIN_ENGINES.get(name) != engine
+            ],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, path: str) -> Self:

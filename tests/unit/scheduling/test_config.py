@@ -96,3 +96,25 @@ def test_every_shipped_config_is_valid_and_routable_by_the_shipped_envoy(path: P
     # deploy/envoy's ORIGINAL_DST cluster routes to one ip:port; a fallback list would be a 503 there
     counts = {name: getattr(instance.plugin, "count", 1) for name, instance in config.plugins.items()}
     assert all(count == 1 for count in counts.values()), counts
+
+
+def test_effective_config_with_engine_settings_prints_and_loads_again() -> None:
+    import yaml
+
+    text = """
+plugins:
+- type: core-metrics-extractor
+  parameters:
+    defaultEngine: custom
+    engineConfigs:
+    - {name: custom, queuedRequestsSpec: 'q{a="1"}', runningRequestsSpec: r, kvUsageSpec: kv}
+- type: queue-scorer
+"""
+    from epp.datalayer.params import CoreMetricsExtractorParams
+
+    config = load_config_text(text, "t")
+    printed = yaml.safe_dump(config.describe(), sort_keys=False)  # used to raise RepresenterError
+    assert 'q{a="1"}' in printed
+    extractor = next(p for p in yaml.safe_load(printed)["plugins"] if p["type"] == "core-metrics-extractor")
+    parameters = config.plugins["core-metrics-extractor"].plugin.parameters
+    assert CoreMetricsExtractorParams.from_dict(extractor["parameters"], "printed") == parameters
