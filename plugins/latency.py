@@ -400,10 +400,10 @@ class PredictedTTFTProducer(DataProducer):
         if prediction is None:
             return
         slot = int(result.primary[0])
-        at = np.flatnonzero(prediction.candidates == slot)
-        if not len(at):
+        candidates = prediction.candidates
+        i = int(candidates.searchsorted(slot))  # candidates are sorted slots
+        if i >= len(candidates) or candidates[i] != slot:
             return
-        i = int(at[0])
         uncached = float(prediction.uncached[i])
         self.queued_tokens[slot] += uncached
         self.queued_requests[slot] += 1.0
@@ -516,7 +516,7 @@ class PredictedTTFTScorer(Scorer):
         prediction: Prediction | None = state.data.get(KEY)
         if prediction is None:
             return np.ones(len(candidates))
-        seconds = np.maximum(prediction.at(candidates, prediction.seconds), 1e-6)
+        seconds = prediction.at(candidates, prediction.seconds)  # > 0: every prediction has a prefill term
         if self.decode_weight > 0 and self.producer is not None:
             decode = self.producer.decode_seconds(state, prediction)
             seconds = seconds + self.decode_weight * prediction.at(candidates, decode)

@@ -62,7 +62,7 @@ def command(config: str, port: int, metrics_port: int, workers: list[str]) -> li
     name, policy = parse_spec(config)
     binary = executable(name)
     if binary is None:
-        raise PeerUnavailable(f"{PEERS[name][0]} not installed (pip install -e '.[bench]')")
+        raise PeerUnavailable(f'{PEERS[name][0]} not installed (EPP_EXTRAS=test,bench source scripts/venv.sh "")')
     _, subcommand, _ = PEERS[name]
     return [
         binary, *subcommand, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *workers,

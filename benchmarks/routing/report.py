@@ -132,7 +132,7 @@ def plot(rows: list[dict[str, Any]], out: Path, stamp: str) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
+        print('matplotlib not installed: no plots (EPP_EXTRAS=test,bench source scripts/venv.sh "")', file=sys.stderr)
         return []
     paths = []
     for index, name in enumerate(dict.fromkeys(group_key(r) for r in rows)):

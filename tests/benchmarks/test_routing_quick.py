@@ -1,6 +1,6 @@
 """The routing benchmark end to end, small: `run.py --quick` on 2 simulated servers with epp's `random` config
 (behind real Envoy) and one peer router, one workload. Skipped, with the reason, when the peer's binary is
-not installed (it comes with the bench extra: pip install -e '.[bench]')."""
+not installed (it comes with the bench extra: EPP_EXTRAS=test,bench source scripts/venv.sh "")."""
 
 from __future__ import annotations
 
