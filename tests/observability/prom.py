@@ -27,17 +27,29 @@ class PrometheusMissing(RuntimeError):
     pass
 
 
+class PrometheusNotInstallable(PrometheusMissing):
+    """This user cannot install the package: the tests that need it are skipped, saying how to install it."""
+
+
+INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends prometheus  (as root)"
+
+
 def ensure_installed(timeout: float = 600.0) -> tuple[str, str]:
     """Paths of prometheus and promtool, installing the `prometheus` Debian package if needed."""
     found = shutil.which("prometheus"), shutil.which("promtool")
     if found[0] and found[1]:
         return found[0], found[1]
     if not shutil.which("apt-get"):
-        raise PrometheusMissing("prometheus/promtool are not installed and there is no apt-get to install them")
+        raise PrometheusNotInstallable(
+            "prometheus/promtool are not installed and there is no apt-get to install them; put prometheus and "
+            "promtool (https://prometheus.io/download) on PATH"
+        )
     sudo: list[str] = []
     if os.geteuid() != 0:
         if not shutil.which("sudo") or subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
-            raise PrometheusMissing("prometheus/promtool are not installed; apt-get needs root or passwordless sudo")
+            raise PrometheusNotInstallable(
+                f"prometheus/promtool are not installed and this user cannot install them; run: {INSTALL_COMMAND}"
+            )
         sudo = ["sudo", "-n", "env", "DEBIAN_FRONTEND=noninteractive"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (
