@@ -49,7 +49,8 @@ PRESSURE_ONSET = 0.5
 #: the least pressure affinity counts with (0: none while queues are short; 0.1 halved the loss on a
 #: prefix-heavy pool at twice its capacity but let one shared system prompt pile onto a few endpoints)
 AFFINITY_FLOOR = 0.0
-#: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response ...
+#: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response (the
+#: decode model's rate; the TTFT model's is the producer's slownessRate) ...
 SLOWNESS_RATE = 0.2
 #: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
 SLOWNESS_STEP = 1.5
@@ -71,6 +72,9 @@ class PredictedTTFTParameters:
     drift_per_second: float = 0.1
     #: an observation's noise, as a fraction of the observed TTFT
     observation_noise: float = 0.15
+    #: how fast an endpoint's own slowness factor follows its observed / predicted ratio (0 = not learned: an
+    #: endpoint's speed is then priced by its own queue alone, which drains slower on a slower GPU)
+    slowness_rate: float = 0.0
 
     def validate(self) -> None:
         if self.prefill_tokens_per_second <= 0:
@@ -81,6 +85,8 @@ class PredictedTTFTParameters:
             raise ValueError(f"driftPerSecond must be in (0, 1], got {self.drift_per_second}")
         if not 0 < self.observation_noise <= 1:
             raise ValueError(f"observationNoise must be in (0, 1], got {self.observation_noise}")
+        if not 0 <= self.slowness_rate <= 1:
+            raise ValueError(f"slownessRate must be in [0, 1], got {self.slowness_rate}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +177,10 @@ class FleetModel:
         floors: tuple[float, ...],
         drift_per_second: float,
         noise: float,
+        slowness_rate: float = SLOWNESS_RATE,
     ) -> None:
         n = self.features_count = len(prior)
+        self.slowness_rate = slowness_rate
         self.prior = prior
         self.coefficients = list(prior)
         self.covariance = [doubt[i] ** 2 if i == j else 0.0 for i in range(n) for j in range(n)]
@@ -204,10 +212,12 @@ class FleetModel:
     def learn(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
         slowness = float(self.slowness[slot])
         fleet = max(self.fleet_prediction(x), 1e-4)
-        if self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS:
+        if self.slowness_rate > 0 and (
+            self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS
+        ):
             step = math.log(max(seconds, 1e-6) / (slowness * fleet))
             step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
-            self.slowness[slot] = min(max(slowness * math.exp(SLOWNESS_RATE * step), 0.05), 50.0)
+            self.slowness[slot] = min(max(slowness * math.exp(self.slowness_rate * step), 0.05), 50.0)
         self.observations[slot] += 1
         self.last_seen[slot] = now
         self._learned += 1
@@ -264,6 +274,7 @@ def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel
         floors=(0.0, 0.0, per_prefill / 100, 0.0),
         drift_per_second=parameters.drift_per_second,
         noise=parameters.observation_noise,
+        slowness_rate=parameters.slowness_rate,
     )
 
 

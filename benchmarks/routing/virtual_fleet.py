@@ -9,6 +9,8 @@ the final usage (prompt, completion and cached tokens). What it does not see her
 latency (0 in virtual time) and the scrape's own delay.
 
     python benchmarks/routing/virtual_fleet.py --workloads high,chat --configs default,recommended --seeds 1,2
+
+A config is a file name of benchmarks/routing/configs/, or `round-robin` (the candidates in turn).
 """
 
 from __future__ import annotations
@@ -30,15 +32,30 @@ sys.path.insert(0, str(HERE))
 from workloads import Request  # noqa: E402
 
 from epp.config.schema import load_config_file  # noqa: E402
-from epp.datastore.table import Endpoint, EndpointTable  # noqa: E402
+from epp.datastore.table import Endpoint, EndpointTable, SlotArray  # noqa: E402
 from epp.director import Decision, Director  # noqa: E402
 from epp.requests.openai import parse_openai_body  # noqa: E402
 from epp.scheduling.framework import build_scheduler  # noqa: E402
-from epp.scheduling.types import Usage  # noqa: E402
+from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingResult, Usage  # noqa: E402
 from vllmsim.engine import Engine, EngineConfig, Sequence  # noqa: E402
 from vllmsim.server import prompt_text  # noqa: E402
 
 ARRIVAL, STEP, SCRAPE, SLOWDOWN = 0, 1, 2, 3
+#: the config name that routes in turn instead of running epp's scheduler (the peers' round_robin)
+ROUND_ROBIN = "round-robin"
+
+
+class RoundRobin:
+    """A Scheduler that takes the candidates in turn."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
+        self.turn += 1
+        picked = candidates[self.turn % len(candidates) : self.turn % len(candidates) + 1]
+        return SchedulingResult({"default": ProfileResult(picked)}, "default")
+
 
 
 @dataclass
@@ -86,11 +103,15 @@ def simulate(
     table = EndpointTable(max(count, 1))
     for i in range(count):
         table.add(Endpoint(f"127.0.0.{i + 1}", 8000, name=f"server-{i}"))
-    scheduler = build_scheduler(load_config_file(str(config_path)), table)
-    director = Director(table, scheduler, hooks=scheduler)
+    if config_path.stem == ROUND_ROBIN:
+        director = Director(table, RoundRobin())
+        scheduler = None
+    else:
+        scheduler = build_scheduler(load_config_file(str(config_path)), table)
+        director = Director(table, scheduler, hooks=scheduler)
     clock = [0.0]
     director.clock = lambda: clock[0]
-    for producer in scheduler.producers:
+    for producer in scheduler.producers if scheduler is not None else []:
         if hasattr(producer, "clock"):
             producer.clock = lambda: clock[0]  # type: ignore[attr-defined]
     events: list[tuple[float, int, int, int]] = []  # (time, kind, order, payload)

@@ -95,7 +95,7 @@ def _observe(model: FleetModel, slot: int, slowness: float, rng: random.Random, 
 
 
 def test_the_model_learns_the_pool_and_each_endpoints_slowness_and_follows_a_slowdown() -> None:
-    model = ttft_model(4, PredictedTTFTParameters())
+    model = ttft_model(4, PredictedTTFTParameters(slowness_rate=0.2))
     rng = random.Random(7)
     now = 1.0
     for _ in range(100):
@@ -112,7 +112,7 @@ def test_the_model_learns_the_pool_and_each_endpoints_slowness_and_follows_a_slo
 
 
 def test_a_new_endpoint_starts_from_the_fleets_median_slowness() -> None:
-    model = ttft_model(4, PredictedTTFTParameters())
+    model = ttft_model(4, PredictedTTFTParameters(slowness_rate=0.2))
     rng = random.Random(3)
     for i in range(60):
         _observe(model, 0, 2.0, rng, 1.0 + i)
