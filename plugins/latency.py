@@ -13,12 +13,13 @@ For each candidate the producer predicts how long this request would wait for it
 - waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others
   finish, whatever their length).
 
-The four coefficients are learned online per endpoint from what the EPP observes: the time from the pick to
-the first streamed chunk, and the prompt and cached token counts the server reports in `usage`. The learner is
-a small Kalman filter (the coefficients drift as a random walk, an observation's noise grows with its size), so
-a slower GPU or a server that degrades is priced in after a few of its responses, and an endpoint that got no
-traffic for a while trusts its old coefficients less. A new endpoint starts from the fleet's average.
-Prompt tokens are estimated from bytes with a ratio learned from the same `usage` reports.
+The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to
+the first streamed chunk, and the prompt and cached token counts the server reports in `usage` (see
+FleetModel). A per-endpoint slowness factor multiplies them; it is learned only with slownessRate > 0
+(default 0: a slower or degraded server is priced by its own queue, which drains slower). Each endpoint's
+miss factor (prompt tokens it really computed over those the index expected) scales the uncached part;
+requests the server reports waiting beyond this EPP's own count as typical prompts. Prompt tokens are
+estimated from bytes with a ratio learned from the same `usage` reports.
 
 The scorer turns predictions into scores in (0, 1]: fastest / predicted, so the fastest candidate scores 1.
 """

@@ -57,7 +57,6 @@ class RoundRobin:
         return SchedulingResult({"default": ProfileResult(picked)}, "default")
 
 
-
 @dataclass
 class Outcome:
     server: int
