@@ -468,8 +468,12 @@ class PredictedTTFTProducer(DataProducer):
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
         if table.epoch[note.slot] != note.epoch:
             return
-        own = max(usage.prompt_tokens - usage.cached_tokens, 1)
-        self._learn_misses(note, own)
+        own: float
+        if usage.cached_reported:
+            own = max(usage.prompt_tokens - usage.cached_tokens, 1)
+            self._learn_misses(note, own)
+        else:  # a server that does not say what it had cached: take the index's word for it
+            own = max(note.uncached, 1.0)
         self.prompt_tokens += 0.05 * (usage.prompt_tokens - self.prompt_tokens)
         now = self.clock()
         self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)

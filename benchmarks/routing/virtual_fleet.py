@@ -172,7 +172,7 @@ def simulate(
             for sequence in done:
                 index, decision, _ = live.pop((server, sequence.request_id))
                 outcomes[index].done = at
-                usage = Usage(sequence.prompt_tokens, sequence.generated, 0, sequence.cached)
+                usage = Usage(sequence.prompt_tokens, sequence.generated, 0, sequence.cached, cached_reported=True)
                 director.run_deferred_hooks(decision)
                 director.complete(decision, usage)
                 finished += 1

@@ -38,13 +38,15 @@ def usage_of(document: Mapping[str, Any]) -> Usage | None:
             prompt, completion = _int(usage.get(input_key)), _int(usage.get(output_key))
             break
     cached = 0
+    reported = False
     for details_key in ("prompt_tokens_details", "prompt_token_details", "input_tokens_details"):
         details = usage.get(details_key)
         if isinstance(details, Mapping):
+            reported = "cached_tokens" in details
             cached = _int(details.get("cached_tokens"))
             break
     total = _int(usage.get("total_tokens")) or prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cached_tokens=cached)
+    return Usage(prompt, completion, total, cached, cached_reported=reported)
 
 
 def usage_from_json(body: bytes) -> Usage | None:

@@ -94,6 +94,8 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
+    #: whether the server reported its cached tokens at all (vLLM does only with --enable-prompt-tokens-details)
+    cached_reported: bool = False
 
 
 class RequestHooks(Protocol):

@@ -131,7 +131,7 @@ def test_streamed_responses_teach_the_model_and_count_in_the_error_metric() -> N
         decision = _decide(director, f"{i:04d}" * 1000, f"r{i}")  # 1,000 tokens
         decision.picked_at -= 0.5  # type: ignore[attr-defined]  # half a second to the first token: slow
         director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
-        director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_tokens=0))  # type: ignore[arg-type]
+        director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_reported=True))  # type: ignore[arg-type]
         clock[0] += 0.5
     assert producer.model.predict(0, ttft_features(0, 1000, 0)) > 3 * before
     counts = EXTENSION._ttft_error.counts
@@ -179,3 +179,27 @@ def test_decode_weight_adds_the_predicted_decode_time() -> None:
     director = Director(table, scheduler, hooks=scheduler)
     picks = {_decide(director, "p" * 400 + str(i), f"r{i}").charged_slot for i in range(5)}  # type: ignore[attr-defined]
     assert picks == {1}
+
+
+def test_a_server_that_does_not_report_cached_tokens_teaches_no_miss_factor() -> None:
+    from epp.requests.usage import usage_from_json
+
+    director, producer = _setup(1)
+    silent = usage_from_json(b'{"object":"text_completion","usage":{"prompt_tokens":1000,"completion_tokens":5}}')
+    told = usage_from_json(
+        b'{"object":"text_completion","usage":{"prompt_tokens":1000,"completion_tokens":5,'
+        b'"prompt_tokens_details":{"cached_tokens":0}}}'
+    )
+    assert silent is not None and told is not None
+    assert not silent.cached_reported and told.cached_reported
+    system = "s" * 3600  # the index will believe the endpoint holds it
+    for i, usage in enumerate([silent, silent, silent]):
+        decision = _decide(director, system + f"{i:04d}", f"r{i}")
+        director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
+        director.run_deferred_hooks(decision)  # type: ignore[arg-type]
+        director.complete(decision, usage)  # type: ignore[arg-type]
+    assert not producer.misses  # "no details" is not "nothing was cached"
+    decision = _decide(director, system + "9999", "r9")
+    director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
+    director.complete(decision, told)  # type: ignore[arg-type]
+    assert producer.misses  # the server said it computed all 1,000 tokens the index thought were held
