@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import uvloop
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from epp import tls
 from epp.cli import Settings
@@ -36,6 +36,7 @@ from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
 from epp.observability.flowcontrol import FlowControlMetrics
+from epp.observability.server import start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
@@ -179,7 +180,7 @@ async def _start_with(
     )
     # bound now, with the other ports, so a taken port fails before anything else has started
     metrics_server, _ = _bind(
-        "--metrics-port", settings.metrics_port, lambda: start_http_server(settings.metrics_port, registry=registry)
+        "--metrics-port", settings.metrics_port, lambda: start_metrics_server(settings.metrics_port, registry)
     )
     try:
         runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server, tracer=tracer)
