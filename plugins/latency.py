@@ -120,7 +120,6 @@ class _Note:
         "decoding",
         "epoch",
         "first_at",
-        "picked_at",
         "predicted",
         "prompt_bytes",
         "queued",
@@ -152,7 +151,6 @@ class _Note:
         self.prompt_bytes = size
         self.released = False
         self.ttft: float | None = None
-        self.picked_at = 0.0
         self.first_at = 0.0
 
 
@@ -222,7 +220,7 @@ class FleetModel:
         self.observations[slot] += 1
         self.last_seen[slot] = now
         self._learned += 1
-        if self._learned % RELAX_EVERY == 0:
+        if self.slowness_rate > 0 and self._learned % RELAX_EVERY == 0:
             self._relax(now)
         self._fit(x, seconds / slowness, now)
 
@@ -318,6 +316,9 @@ class PredictedTTFTProducer(DataProducer):
         self.miss_factor = np.ones(0)
         #: whether any endpoint's miss factor is above 1
         self.misses = False
+        #: whether a scorer reads the decode prediction (predicted-ttft-scorer with decodeWeight > 0); the
+        #: decode model and the output length are learned only then
+        self.decode_used = False
         self.table: EndpointTable | None = None
         #: prompt bytes per prompt token, learned from usage reports
         self.bytes_per_token = 4.0
@@ -429,7 +430,6 @@ class PredictedTTFTProducer(DataProducer):
             float(prediction.seconds[i]),
             len(state.request.prompt_bytes),
         )
-        note.picked_at = self.clock()
         result.notes[self.name] = note
 
     def _release(self, note: _Note) -> None:
@@ -449,7 +449,7 @@ class PredictedTTFTProducer(DataProducer):
             return
         self._release(note)
         note.ttft = ttft
-        if ttft is not None:
+        if ttft is not None and self.decode_used:
             note.first_at = self.clock()
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
@@ -477,7 +477,7 @@ class PredictedTTFTProducer(DataProducer):
         self.prompt_tokens += 0.05 * (usage.prompt_tokens - self.prompt_tokens)
         now = self.clock()
         self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)
-        if usage.completion_tokens >= 2 and note.first_at > 0:
+        if self.decode_used and usage.completion_tokens >= 2 and note.first_at > 0:
             per_token = (now - note.first_at) / (usage.completion_tokens - 1)
             self.decode.learn(note.slot, (1.0, (note.decoding + 1.0) / DECODE_UNIT), per_token, now)
             self.output_tokens += 0.05 * (usage.completion_tokens - self.output_tokens)
@@ -527,6 +527,8 @@ class PredictedTTFTScorer(Scorer):
         """Find the producer whose decode model the decode term reads."""
         producers = [p for p in plugins.values() if isinstance(p, PredictedTTFTProducer)]
         self.producer = producers[0] if producers else None
+        if self.producer is not None and self.decode_weight > 0:
+            self.producer.decode_used = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         prediction: Prediction | None = state.data.get(KEY)

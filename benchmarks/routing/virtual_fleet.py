@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -209,7 +208,7 @@ def simulate(
 
 def main() -> int:
     from capacity import fleet_capacity
-    from run import ADAPTERS, MODEL, WORKLOADS, arrivals, build  # the real benchmark's workloads and arrivals
+    from run import MODEL, WORKLOADS, arrivals, build  # the real benchmark's workloads and arrivals
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -250,7 +249,6 @@ def main() -> int:
                         f"{share:.2f} | {err:.1%} | {result.per_server} | <!-- {time.monotonic() - started:.0f}s -->",
                         flush=True,
                     )
-    _ = ADAPTERS
     return 0
 
 
@@ -266,10 +264,6 @@ def _bench_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace
         return run.parse_args()  # type: ignore[no-any-return]
     finally:
         sys.argv = saved
-
-
-def _unused(value: Any) -> None:
-    pass
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,7 @@ from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourcePa
 from epp.datalayer.scraper import ScrapePlane
 from epp.datastore.table import Endpoint, EndpointTable
 
-from .conftest import fixture_page
+from .conftest import PageServer, fixture_page
 from .test_scraper import wait_for
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
@@ -44,25 +43,13 @@ def test_dechunk_refuses_malformed_framing(message: bytes) -> None:
         _dechunk(message, 0)
 
 
-class TrailerServer:
+class TrailerServer(PageServer):
     """HTTP/1.1 keep-alive /metrics server on 127.0.0.1 answering chunked with trailers, in small pieces."""
 
     def __init__(self, page: bytes) -> None:
+        super().__init__(page)
         self.response = HEAD + chunked(page, pieces=7)
-        self.requests = 0
         self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
