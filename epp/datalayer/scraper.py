@@ -83,7 +83,7 @@ class ScrapePlane:
         self._stats: npt.NDArray[np.float64] = np.zeros(STATS_LEN, dtype=np.float64)
         self._stats_raw: Any = None
 
-    # --- counters (for the lead's Prometheus export) -------------------------------------------
+    # --- counters (exported to Prometheus) -------------------------------------------
 
     @property
     def scrapes_total(self) -> int:
