@@ -11,12 +11,12 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-# Only what the wheel is made of (see .dockerignore).
+# Only what the wheel is made of (see .dockerignore): the simulated vLLM and the test API server stay out
+# (epp/plugins is a link to plugins/, which installs as epp.plugins).
 COPY pyproject.toml README.md ./
 COPY epp ./epp
 COPY epp_pb ./epp_pb
 COPY plugins ./plugins
-COPY vllmsim ./vllmsim
 RUN python -m pip wheel --no-deps --wheel-dir /dist . \
  && python -m venv /opt/epp \
  && /opt/epp/bin/pip install /dist/epp-*.whl \

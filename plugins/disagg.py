@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from epp.datastore.table import EndpointTable, SlotArray
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch, PrefixParameters
 from epp.scheduling.plugin import CycleState, ParameterError, Plugin, ProfileHandler
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
-from plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch, PrefixParameters
 
 PREFILLER_HEADER = "x-prefiller-host-port"
 #: characters per token when estimating a prompt's length (as the prefix index does)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.plugins.load import inflight_load
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
 from epp.scheduling.plugin import CycleState, Filter, ParameterError
-from plugins.load import inflight_load
-from plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
 
 ROLE_LABEL = "llm-d.ai/role"
 PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})

@@ -36,10 +36,10 @@ import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_ttft_prediction
+from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
+from epp.plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
 from epp.scheduling.plugin import CycleState, DataProducer, Plugin, Scorer, Scores
 from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
-from plugins.prefix import STATE_KEY as PREFIX_KEY
-from plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
 
 KEY = "predicted-ttft"
 DECODE_UNIT = 100.0

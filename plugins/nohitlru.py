@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
 from epp.scheduling.plugin import CycleState, Scorer, Scores
 from epp.scheduling.types import SchedulingResult
-from plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
 
 PREFILL_PROFILE = "prefill"
 

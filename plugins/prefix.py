@@ -20,9 +20,9 @@ import xxhash
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_prefix_match, set_prefix_indexer_size
+from epp.plugins.prefix_index import Keys, Positions, PrefixIndex, Walk, as_keys
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
 from epp.scheduling.types import SchedulingResult
-from plugins.prefix_index import Keys, Positions, PrefixIndex, Walk, as_keys
 
 STATE_KEY = "prefix-cache-match"
 _NO_COUNTS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)

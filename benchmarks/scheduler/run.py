@@ -28,10 +28,10 @@ import numpy as np
 
 from epp.config.schema import EndpointPickerConfig, default_config, load_config_file
 from epp.datastore.table import Endpoint, EndpointTable
+from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
+from epp.plugins.prefix_index import PrefixIndex, as_keys
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import LLMRequest
-from plugins.prefix import ApproxPrefixCacheProducer, block_hashes
-from plugins.prefix_index import PrefixIndex, as_keys
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 

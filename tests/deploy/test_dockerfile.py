@@ -158,7 +158,8 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         if "--from=" not in c.args
         for word in shlex.split(c.args)[:-1]
     ]
-    assert {"pyproject.toml", "README.md", "epp", "plugins", "epp_pb", "vllmsim"} <= set(copied)
+    assert {"pyproject.toml", "README.md", "epp", "plugins", "epp_pb"} <= set(copied)
+    assert not {"vllmsim", "kubesim"} & set(copied), "simulators and the test API server stay out of the image"
     for source in copied:
         assert (REPO / source).exists(), f"COPY {source}: not in the repository"
         assert not _ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
@@ -166,7 +167,13 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         assert _ignored(heavy, patterns), f"{heavy} should not be sent to the build"
 
 
-@pytest.mark.parametrize("package", ["epp", "epp_pb", "plugins", "vllmsim"])
+@pytest.mark.parametrize("package", ["epp", "epp_pb"])
 def test_copied_packages_are_the_wheels_packages(package: str) -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert f'"{package}*"' in pyproject, f"{package} is copied but not packaged"
+
+
+def test_plugins_folder_installs_as_epp_plugins() -> None:
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"epp.plugins" = "plugins"' in pyproject
+    assert '"plugins*"' not in pyproject, "no top-level plugins package in the wheel"

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.plugins.prefix import STATE_KEY
 from epp.scheduling.plugin import CycleState, Plugin
 from epp.scheduling.types import LLMRequest
-from plugins.prefix import STATE_KEY
 
 
 def pool(count: int, labels: Sequence[Mapping[str, str]] | None = None, capacity: int = 32) -> EndpointTable:

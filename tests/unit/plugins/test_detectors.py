@@ -9,9 +9,9 @@ import pytest
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import EndpointTable
+from epp.plugins.markers import ConcurrencyDetector, UtilizationDetector
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
-from plugins.markers import ConcurrencyDetector, UtilizationDetector
 from tests.unit.plugins.helpers import make, pool, request, slots, state
 
 NOW = 100.0

@@ -11,11 +11,11 @@ import pytest
 from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import EndpointTable
 from epp.director import Director
+from epp.plugins.disagg import PREFILLER_HEADER, AlwaysDisaggPDDecider, PrefixBasedPDDecider
+from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
-from plugins.disagg import PREFILLER_HEADER, AlwaysDisaggPDDecider, PrefixBasedPDDecider
-from plugins.prefix import ApproxPrefixCacheProducer
 from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
 
 PD = """

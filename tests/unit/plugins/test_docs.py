@@ -11,7 +11,7 @@ DOC = (ROOT / "docs" / "plugins.md").read_text()
 
 
 def test_every_in_tree_type_is_documented() -> None:
-    in_tree = [e.name for e in entry_points(group="epp.plugins") if e.value.startswith("plugins.")]
+    in_tree = [e.name for e in entry_points(group="epp.plugins") if e.value.startswith("epp.plugins.")]
     assert len(in_tree) > 30
     missing = [name for name in in_tree if f"`{name}`" not in DOC]
     assert not missing, f"docs/plugins.md does not describe: {', '.join(missing)}"

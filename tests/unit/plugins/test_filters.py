@@ -9,9 +9,7 @@ import pytest
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
-from epp.scheduling.framework import build_scheduler
-from epp.scheduling.types import SchedulingError
-from plugins.filters import (
+from epp.plugins.filters import (
     ByLabelSelectorFilter,
     DecodeFilter,
     HeaderBasedTestingFilter,
@@ -20,6 +18,8 @@ from plugins.filters import (
     PrefixCacheAffinityFilter,
     parse_selection,
 )
+from epp.scheduling.framework import build_scheduler
+from epp.scheduling.types import SchedulingError
 from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
 
 HEADER = "test-epp-endpoint-selection"

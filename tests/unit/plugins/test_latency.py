@@ -11,10 +11,7 @@ import pytest
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
 from epp.observability.extension import EXTENSION
-from epp.requests.openai import parse_openai_body
-from epp.scheduling.framework import build_scheduler
-from epp.scheduling.types import Usage
-from plugins.latency import (
+from epp.plugins.latency import (
     KEY,
     FleetModel,
     PredictedTTFTParameters,
@@ -24,6 +21,9 @@ from plugins.latency import (
     ttft_features,
     ttft_model,
 )
+from epp.requests.openai import parse_openai_body
+from epp.scheduling.framework import build_scheduler
+from epp.scheduling.types import Usage
 from tests.unit.plugins.helpers import make, pool, slots, state
 
 CONFIG = """

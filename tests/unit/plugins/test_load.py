@@ -10,15 +10,15 @@ import pytest
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
-from epp.requests.openai import parse_openai_body
-from epp.scheduling.framework import build_scheduler
-from plugins.load import (
+from epp.plugins.load import (
     INFLIGHT_KEY,
     ActiveRequestScorer,
     InflightLoadProducer,
     LoadAwareScorer,
     TokenLoadScorer,
 )
+from epp.requests.openai import parse_openai_body
+from epp.scheduling.framework import build_scheduler
 from tests.unit.plugins.helpers import make, pool, slots, state
 
 

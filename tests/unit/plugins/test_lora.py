@@ -7,9 +7,9 @@ import random
 import numpy as np
 
 from epp.datastore.table import Endpoint
+from epp.plugins.scorers import LoraAffinityScorer
 from epp.scheduling.plugin import CycleState
 from epp.scheduling.types import LLMRequest
-from plugins.scorers import LoraAffinityScorer
 from tests.unit.plugins.helpers import make, pool
 
 

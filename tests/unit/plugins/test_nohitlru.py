@@ -7,9 +7,9 @@ import pytest
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import EndpointTable
+from epp.plugins.nohitlru import NoHitLRUScorer
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult
-from plugins.nohitlru import NoHitLRUScorer
 from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
 
 

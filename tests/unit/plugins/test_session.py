@@ -10,9 +10,9 @@ import pytest
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
 from epp.extproc.core import ExtProcStream, openai_parser
+from epp.plugins.session import SessionAffinityScorer, decode_token, encode_token
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult
-from plugins.session import SessionAffinityScorer, decode_token, encode_token
 from tests.unit.plugins.helpers import make, pool, slots, state
 from tests.unit.test_extproc_core import body_msg, headers_msg, response_headers_msg, set_headers
 

@@ -12,13 +12,13 @@ import pytest
 from epp.config.schema import EndpointPickerConfig, load_config_file, load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Decision, Director
+from epp.plugins.pickers import PickerParameters, WeightedRandomPicker
+from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
+from epp.plugins.prefix_index import as_keys
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.plugin import CycleState
 from epp.scheduling.types import LLMRequest
-from plugins.pickers import PickerParameters, WeightedRandomPicker
-from plugins.prefix import ApproxPrefixCacheProducer, block_hashes
-from plugins.prefix_index import as_keys
 
 ALL_FOUR = """
 plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer},
@@ -153,7 +153,7 @@ def test_random_picker_config(config: str) -> None:
 def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) -> None:
     """The producer hashes FIRST_WALK_BLOCKS blocks and goes on only while every one is held; the scores and
     the index after pre-request must be those of hashing and matching the whole prompt."""
-    from plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, PrefixMatch
+    from epp.plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, PrefixMatch
 
     rng = np.random.default_rng(seed)
     table = EndpointTable(8)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from plugins.prefix_index import PrefixIndex, as_keys
+from epp.plugins.prefix_index import PrefixIndex, as_keys
 
 
 class ModelIndex:
