@@ -6,7 +6,9 @@ serialised responses. `python benchmarks/extproc/core_micro.py [--requests 20000
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -16,7 +18,6 @@ from epp.director import Director
 from epp.extproc.core import ExtProcStream, openai_parser
 from epp.observability.metrics import RequestMetrics
 from epp.scheduling.framework import build_scheduler
-from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 HEADERS = {
@@ -59,6 +60,9 @@ def main() -> None:
         scheduler = build_scheduler(default_config(), table)
         director = Director(table, scheduler, hooks=scheduler, saturation=scheduler.saturation)
     else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the test double lives in tests/support
+        from tests.support.least_queue import LeastQueueScheduler
+
         director = Director(table, LeastQueueScheduler())
     metrics = RequestMetrics(CollectorRegistry())
     body = b'{"model":"meta-llama/Llama-3.1-8B-Instruct","max_tokens":16,"prompt":"' + b"abcdefghij " * 85 + b'"}'

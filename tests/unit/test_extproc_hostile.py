@@ -12,8 +12,8 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.extproc.core import LEGAL_IN, ExtProcStream, Phase, openai_parser
 from epp.requests.openai import MAX_JSON_DEPTH, parse_openai_body
-from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from tests.support.least_queue import LeastQueueScheduler
 
 from .test_extproc_core import (
     BODY,

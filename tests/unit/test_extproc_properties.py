@@ -13,8 +13,8 @@ from epp.director import Director
 from epp.errors import EppError
 from epp.extproc.core import BODY_CHUNK_LIMIT, ExtProcStream, openai_parser
 from epp.requests.openai import API_SUFFIXES, ParsedBody, parse_openai_body
-from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from tests.support.least_queue import LeastQueueScheduler
 
 from .test_extproc_core import BUFFERED, FULL_DUPLEX, body_msg, headers_msg, make_table, response_body_msg
 

@@ -14,9 +14,9 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream, openai_parser
 from epp.extproc.servicer import ExtProcServicer
-from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from tests.support.least_queue import LeastQueueScheduler
 
 from .test_extproc_core import body_msg, headers_msg, make_table
 

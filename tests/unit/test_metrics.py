@@ -36,7 +36,7 @@ def test_request_metrics_use_reference_names_and_labels() -> None:
     from epp.director import Director
     from epp.extproc.core import ExtProcStream, openai_parser
     from epp.observability.metrics import RequestMetrics
-    from epp.scheduling_fallback import LeastQueueScheduler
+    from tests.support.least_queue import LeastQueueScheduler
 
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry)

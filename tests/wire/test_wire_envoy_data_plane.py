@@ -22,8 +22,8 @@ from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream, openai_parser
 from epp.extproc.servicer import ExtProcServicer
-from epp.scheduling_fallback import LeastQueueScheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from tests.support.least_queue import LeastQueueScheduler
 
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 

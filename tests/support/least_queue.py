@@ -1,4 +1,4 @@
-"""Least-queue pick used until an EndpointPickerConfig-driven scheduler is configured.
+"""Least-queue pick: a scheduler without a configuration, for tests and benchmarks of the layers around the scheduler.
 
 Score = waiting queue (scraped) + requests this EPP has in flight to the endpoint; lowest wins, ties
 broken uniformly at random. Columnar: one gather per column and one argmin over the candidate slots.

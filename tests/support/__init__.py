@@ -1,0 +1,1 @@
+"""Helpers shared by tests (and benchmarks) of several layers; no test lives here."""
