@@ -13,7 +13,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from epp.observability.fast import FamiliesCollector, Family
+from epp.observability.families import FamiliesCollector, Family
 
 log = logging.getLogger("epp.tasks")
 T = TypeVar("T")

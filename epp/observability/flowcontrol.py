@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.flowcontrol.queue import FlowQueue, Item
-from epp.observability.fast import FamiliesCollector, Family, too_long
+from epp.observability.families import FamiliesCollector, Family, too_long
 
 PREFIX = "inference_extension_flow_control_"
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)

@@ -2,12 +2,12 @@
 
 `RequestMetrics` is the protocol core's StreamObserver. Label children are resolved once per
 (model, target model, priority) and cached, so a request costs a dict lookup and a few list
-increments (see epp/observability/fast.py). Every `inference_objective_*` family is also exported
+increments (see epp/observability/families.py). Every `inference_objective_*` family is also exported
 under its pre-v1.1 `inference_model_*` name (summed over `priority` where the old name had no such
 label) at scrape time, so existing alert rules and dashboards work with no extra per-request cost.
 
 Label cardinality and size are bounded: after `MAX_LABEL_SETS` distinct label sets new model names,
-and model names longer than `fast.MAX_LABEL_VALUE` characters at any time (a client chooses them), are
+and model names longer than `families.MAX_LABEL_VALUE` characters at any time (a client chooses them), are
 counted under `"other"`.
 """
 
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.director import Decision
 from epp.errors import EppError
-from epp.observability.fast import Alias, Distribution, FamiliesCollector, Family, Value, too_long
+from epp.observability.families import Alias, Distribution, FamiliesCollector, Family, Value, too_long
 from epp.scheduling.types import Usage
 
 #: request latency and TTFT buckets (5 ms … 1 h), as the reference

@@ -22,7 +22,7 @@ import numpy as np
 from epp.config.schema import EndpointPickerConfig, PluginInstance
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.observability.extension import plugin_duration
-from epp.observability.fast import Distribution
+from epp.observability.families import Distribution
 from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.registry import plugin_types
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Decision
 from epp.errors import EppError
-from epp.observability import extension, fast
+from epp.observability import extension, families
 from epp.observability import metrics as metrics_module
 from epp.observability.metrics import RequestMetrics
 from epp.observability.pool import PoolGauges
@@ -120,10 +120,10 @@ def test_running_requests_ignore_empty_model_and_labels_are_capped(monkeypatch: 
 def test_overlong_model_names_are_counted_as_other() -> None:
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry)
-    long_name = "m" * (fast.MAX_LABEL_VALUE + 1)
+    long_name = "m" * (families.MAX_LABEL_VALUE + 1)
     metrics.picked(decision(model=long_name, target="m"))
     metrics.failed(EppError("BadRequest", "x"), "m", long_name)
-    metrics.picked(decision(model="m" * fast.MAX_LABEL_VALUE, target="m"))
+    metrics.picked(decision(model="m" * families.MAX_LABEL_VALUE, target="m"))
     got = samples(registry)
     other = (("model_name", "other"), ("priority", "0"), ("target_model_name", "other"))
     assert got[("inference_objective_request_total", other)] == 1
@@ -266,7 +266,7 @@ def test_flow_control_labels_long_fairness_ids_as_other() -> None:
     from epp.observability.flowcontrol import FlowControlMetrics
 
     queue = FlowQueue(QueueSettings())
-    long_ids = ["t" * (fast.MAX_LABEL_VALUE + 1), "u" * (fast.MAX_LABEL_VALUE + 1)]
+    long_ids = ["t" * (families.MAX_LABEL_VALUE + 1), "u" * (families.MAX_LABEL_VALUE + 1)]
     for fairness_id in ["tenant-a", *long_ids]:
         queue.push(Item(fairness_id, priority=0, size=10, arrival=0.0, deadline=float("inf")))
     flow_metrics = FlowControlMetrics(queue, lambda: 0.5, "pool")
@@ -278,4 +278,4 @@ def test_flow_control_labels_long_fairness_ids_as_other() -> None:
     labels = (("fairness_id", "{}"), ("inference_pool", "pool"), ("priority", "0"))
     assert got[(size, tuple((k, v.format("other")) for k, v in labels))] == 2
     assert got[(size, tuple((k, v.format("tenant-a")) for k, v in labels))] == 1
-    assert not any(len(value) > fast.MAX_LABEL_VALUE for _, labels in got for _, value in labels)
+    assert not any(len(value) > families.MAX_LABEL_VALUE for _, labels in got for _, value in labels)
