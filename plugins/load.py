@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.plugins.markers import duration_seconds
+from epp.plugins.saturation import duration_seconds
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
 
 INFLIGHT_KEY = "inflight-load"

@@ -9,7 +9,7 @@ import pytest
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import EndpointTable
-from epp.plugins.markers import ConcurrencyDetector, UtilizationDetector
+from epp.plugins.saturation import ConcurrencyDetector, UtilizationDetector
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
 from tests.unit.plugins.helpers import make, pool, request, slots, state

@@ -9,7 +9,7 @@ import pytest
 from epp.config.schema import load_config_text
 from epp.datastore.fresh import fresh_load
 from epp.director import Director
-from epp.plugins.markers import UtilizationDetector
+from epp.plugins.saturation import UtilizationDetector
 from epp.plugins.scorers import KVCacheUtilizationScorer, QueueScorer, RunningRequestsSizeScorer
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
