@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.plugins.saturation import duration_seconds
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
+from epp.units import duration_seconds
 
 INFLIGHT_KEY = "inflight-load"
 

@@ -14,15 +14,7 @@ from epp.datalayer.staleness import fresh_mask
 from epp.datastore.fresh import cached_fresh_load, fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.plugin import CycleState, Filter
-
-
-def duration_seconds(text: str, name: str) -> float:
-    from epp.cli import parse_duration
-
-    try:
-        return parse_duration(text)
-    except Exception as exc:  # argparse.ArgumentTypeError is not a ValueError
-        raise ValueError(f"{name}: {exc}") from None
+from epp.units import duration_seconds
 
 
 @dataclass

@@ -19,8 +19,8 @@ from argparse import ArgumentTypeError
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from epp.cli import parse_duration
 from epp.flowcontrol.queue import FAIRNESS_POLICIES, ORDERING_POLICIES, BandSettings, QueueSettings
+from epp.units import parse_duration
 
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}

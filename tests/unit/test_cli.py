@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from epp.cli import FLAGS, NOT_BUILT, build_parser, parse_duration, parse_quantity, parse_settings
+from epp.cli import FLAGS, NOT_BUILT, build_parser, parse_settings
+from epp.units import parse_duration, parse_quantity
 
 BASE = ["--endpoints", "127.0.0.1:8000"]
 
