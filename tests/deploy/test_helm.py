@@ -21,8 +21,8 @@ from epp.cli import Settings, main, parse_settings
 from tests.deploy import helm
 from tests.deploy.helm import CHART, run_helm, template, template_run
 from tests.deploy.render import BASE
-from tests.deploy.test_kustomize import epp_container, one
 from tests.deploy.validation import object_errors
+from tests.support.manifests import epp_container, one
 
 RELEASE = "vllm-llama3-8b-instruct"
 NAMESPACE = "llm"

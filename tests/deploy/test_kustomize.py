@@ -19,21 +19,11 @@ import pytest
 from epp.cli import NOT_BUILT, Settings, build_parser, main, validate
 from tests.deploy.render import BASE, OVERLAYS, render
 from tests.deploy.validation import object_errors
+from tests.support.manifests import epp_container, one
 
 VARIANTS = {"base": BASE, **OVERLAYS}
 POD_NAME = "inference-endpoint-picker-7d9f8c6b5-x2k4p"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def one(objects: list[dict[str, Any]], kind: str, api_version: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and api_version in (None, o["apiVersion"])]
-    assert len(found) == 1, f"expected one {kind}, found {[o['metadata']['name'] for o in found]}"
-    return found[0]
-
-
-def epp_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == "epp")
 
 
 def container_env(container: dict[str, Any], namespace: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from kubesim.kubelet import Kubelet, container_command
 from kubesim.testing import KubeSimThread, prometheus_samples, wait_until
 from tests.deploy.helm import template
 from tests.e2e.http import post
-from tests.e2e.test_k8s_istio_guide import ISTIO_INGRESS, NAMESPACE, REQUEST, STEP_1, served
+from tests.support.istio_guide import ISTIO_INGRESS, NAMESPACE, REQUEST, STEP_1, served
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 RELEASE = "inference-model-server-pool"  # the pool name the guide's HTTPRoute sends to

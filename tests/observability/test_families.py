@@ -8,14 +8,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.datastore.table import Endpoint, EndpointTable
-from epp.director import Decision
 from epp.errors import EppError
 from epp.observability import extension, families
 from epp.observability import metrics as metrics_module
 from epp.observability.metrics import RequestMetrics
 from epp.observability.pool import PoolGauges
 from epp.observability.wiring import install
-from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
+from epp.scheduling.types import Usage
+from tests.support.observability import dashboard_exprs, decision
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -32,11 +32,6 @@ def samples(registry: CollectorRegistry) -> Samples:
 def types(registry: CollectorRegistry) -> dict[str, str]:
     text = generate_latest(registry).decode()
     return {family.name: family.type for family in text_string_to_metric_families(text)}
-
-
-def decision(model: str = "m", target: str = "m2", priority: int = 0, size: int = 100) -> Decision:
-    request = LLMRequest("id", model, target, {}, priority=priority, body_size=size)
-    return Decision(request, SchedulingResult({}, "default"), "10.0.0.1:8000")
 
 
 M = (("model_name", "m"), ("target_model_name", "m2"))
@@ -230,15 +225,6 @@ def test_extension_recorders_and_install() -> None:
     assert got[("inference_extension_extproc_streams_total", ())] == 11
     assert got[("inference_pool_ready_pods", (("name", "standalone"),))] == 0
     assert handle.request_metrics.registry is registry
-
-
-def dashboard_exprs() -> list[str]:
-    import json
-
-    from tests.observability.prom import REPO
-
-    dashboard = json.loads((REPO / "deploy" / "observability" / "grafana-dashboard.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def test_dashboard_reads_only_metrics_epp_exports() -> None:

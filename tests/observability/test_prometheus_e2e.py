@@ -256,7 +256,7 @@ def test_rules_evaluate_and_pool_alerts_go_pending(stack: Stack) -> None:
 
 
 def test_dashboard_queries_are_valid_promql(stack: Stack) -> None:
-    from tests.observability.test_families import dashboard_exprs
+    from tests.support.observability import dashboard_exprs
 
     for expr in dashboard_exprs():
         stack.prometheus.query(expr.replace("$pool", ".*"))  # raises unless Prometheus accepts it

@@ -16,7 +16,7 @@ from epp.errors import EppError
 from epp.observability.wiring import install
 from epp.scheduling.types import Usage
 from tests.observability.prom import ALERTS
-from tests.observability.test_families import decision
+from tests.support.observability import decision
 
 Series = tuple[str, dict[str, str]]
 

@@ -4,7 +4,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.observability.families import FamiliesCollector, Family
-from tests.unit.test_extproc_core import body_msg, headers_msg, make_table, response_body_msg, response_headers_msg
+from tests.support.extproc import body_msg, headers_msg, make_table, response_body_msg, response_headers_msg
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,7 +5,7 @@ import json
 import logging
 
 from epp.observability import logging as epp_logging
-from tests.unit.test_extproc_core import body_msg, headers_msg, make_table, stream_for
+from tests.support.extproc import body_msg, headers_msg, make_table, stream_for
 
 
 def run_request(v: int) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ from epp.datastore.table import EndpointTable
 from epp.plugins.saturation import ConcurrencyDetector, UtilizationDetector
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
-from tests.unit.plugins.helpers import make, pool, request, slots, state
+from tests.support.plugins import make, pool, request, slots, state
 
 NOW = 100.0
 

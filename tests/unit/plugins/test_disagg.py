@@ -16,7 +16,7 @@ from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
-from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
+from tests.support.plugins import make, pool, request, slots, state, with_match
 
 PD = """
 plugins:

@@ -20,7 +20,7 @@ from epp.plugins.filters import (
 )
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import SchedulingError
-from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
+from tests.support.plugins import make, pool, request, slots, state, with_match
 
 HEADER = "test-epp-endpoint-selection"
 

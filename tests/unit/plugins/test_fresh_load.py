@@ -13,7 +13,7 @@ from epp.plugins.saturation import UtilizationDetector
 from epp.plugins.scorers import KVCacheUtilizationScorer, QueueScorer, RunningRequestsSizeScorer
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
-from tests.unit.plugins.helpers import make, pool, slots, state
+from tests.support.plugins import make, pool, slots, state
 
 
 def test_requests_routed_since_the_scrape_wait_and_finished_ones_leave() -> None:

@@ -24,7 +24,7 @@ from epp.plugins.latency import (
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import Usage
-from tests.unit.plugins.helpers import make, pool, slots, state
+from tests.support.plugins import make, pool, slots, state
 
 CONFIG = """
 plugins:

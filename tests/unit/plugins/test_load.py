@@ -19,7 +19,7 @@ from epp.plugins.load import (
 )
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
-from tests.unit.plugins.helpers import make, pool, slots, state
+from tests.support.plugins import make, pool, slots, state
 
 
 def test_token_load_scorer_is_one_minus_tokens_over_threshold() -> None:

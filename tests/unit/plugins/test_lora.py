@@ -10,7 +10,7 @@ from epp.datastore.table import Endpoint
 from epp.plugins.scorers import LoraAffinityScorer
 from epp.scheduling.plugin import CycleState
 from epp.scheduling.types import LLMRequest
-from tests.unit.plugins.helpers import make, pool
+from tests.support.plugins import make, pool
 
 
 def scores(table, adapter: str) -> list[float]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from epp.datastore.table import EndpointTable
 from epp.plugins.nohitlru import NoHitLRUScorer
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult
-from tests.unit.plugins.helpers import make, pool, request, slots, state, with_match
+from tests.support.plugins import make, pool, request, slots, state, with_match
 
 
 def pick(scorer: NoHitLRUScorer, table: EndpointTable, slot: int, prefill: int | None = None) -> None:

@@ -11,7 +11,7 @@ from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.framework import SchedulerRuntime, build_scheduler
 from epp.scheduling.plugin import CycleState, ProfileHandler
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
-from tests.unit.plugins.helpers import pool, request
+from tests.support.plugins import pool, request
 
 TWO = """
 plugins:

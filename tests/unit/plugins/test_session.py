@@ -13,8 +13,8 @@ from epp.extproc.core import ExtProcStream, openai_parser
 from epp.plugins.session import SessionAffinityScorer, decode_token, encode_token
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult
-from tests.unit.plugins.helpers import make, pool, slots, state
-from tests.unit.test_extproc_core import body_msg, headers_msg, response_headers_msg, set_headers
+from tests.support.extproc import body_msg, headers_msg, response_headers_msg, set_headers
+from tests.support.plugins import make, pool, slots, state
 
 ALL = slots(0, 1, 2, 3)
 

@@ -13,7 +13,7 @@ import pytest
 from epp.config.schema import ConfigError, load_config_text
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.registry import plugin_types
-from tests.unit.plugins.helpers import pool, request
+from tests.support.plugins import pool, request
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "thirdparty_scorer"
 CONFIG = """
