@@ -30,7 +30,7 @@ from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, check_capacity, parse_endpoints_flag
-from epp.extproc.core import ExtProcStream, openai_parser, passthrough_parser
+from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
@@ -38,6 +38,7 @@ from epp.observability import logging as epp_logging
 from epp.observability.flowcontrol import FlowControlMetrics
 from epp.observability.server import start_metrics_server
 from epp.observability.wiring import install as install_observability
+from epp.requests.parsers import openai_parser, passthrough_parser
 from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb

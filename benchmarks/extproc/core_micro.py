@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from epp.requests.parsers import openai_parser
 from prometheus_client import CollectorRegistry
 
 from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
-from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream
 from epp.observability.metrics import RequestMetrics
 from epp.scheduling.framework import build_scheduler
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb

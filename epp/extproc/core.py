@@ -1,7 +1,11 @@
 """The ext_proc protocol core: one `ExtProcStream` per gRPC stream (= one HTTP request).
 
-Sans-I/O: `process(message)` takes one ProcessingRequest and returns the ProcessingResponses to send,
-in order. The servicer only pumps messages through it and calls `close()` when the stream ends.
+Sans-I/O: `process(message)` takes one ProcessingRequest and returns the ProcessingResponses to send, in
+order, or a `Wait` when the request must queue in flow control (then `resume()` or `refuse(error)` answers).
+The servicer only pumps messages through it, calls `after_send()` once a message's responses are written and
+`close()` when the stream ends. Pre-request hooks the pick deferred (the prefix index insert) run in
+`Director.run_deferred_hooks`, which `after_send()` calls; a stream that ends first has them run by
+`Director.complete`, before the completion hooks.
 
 Modes (from `protocol_config` on the first message; Envoy without it is assumed to be configured as
 the reference expects, FULL_DUPLEX_STREAMED both ways):
@@ -9,12 +13,12 @@ the reference expects, FULL_DUPLEX_STREAMED both ways):
   headers response (carrying the pick) and the body as streamed chunks of ≤ 62,000 bytes are sent.
 - BUFFERED: headers are answered at once; the single body message gets the pick as a header mutation.
 - no body (headers with end_of_stream, or request_body_mode NONE): the pick goes on the headers response.
-Response bodies: FULL_DUPLEX_STREAMED chunks are echoed as streamed responses at once; in BUFFERED and
-STREAMED modes each body message is answered by its own BodyResponse.
+Response bodies: see epp/extproc/response_body.py.
 
-Message order: `Phase` is where a stream stands and `LEGAL_IN` which message kinds each phase accepts. A
-message out of order (a second request, a body before its headers, the response before the request) is
-answered with an ImmediateResponse 400 and releases the stream's pick; after any ImmediateResponse the
+Message order (epp/extproc/phases.py): `Phase` is where a stream stands and `LEGAL_IN` which message kinds
+each phase accepts. A message out of order (a second request, a body before its headers, the response before
+the request), or one that carries no request kind this protocol defines, is answered with an
+ImmediateResponse 400 and releases the stream's pick; after any ImmediateResponse the
 stream ignores what still arrives (Envoy may have sent body chunks before it saw the answer). A stream
 holds at most one pick, released exactly once: when the response ends, on an out-of-order message, or on
 `close()`.
@@ -22,102 +26,42 @@ holds at most one pick, released exactly once: when the response ends, on an out
 
 from __future__ import annotations
 
-import enum
-import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Protocol
 
 from epp.director import Decision, Director, Prepared
 from epp.errors import EppError
-from epp.requests.openai import ParsedBody, parse_openai_body, request_path
-from epp.requests.usage import SSEUsageScanner, usage_from_json
-from epp.scheduling.types import Usage
+from epp.extproc.messages import (
+    BUFFERED,
+    FULL_DUPLEX,
+    NO_BODY,
+    REQUEST_ID_HEADER,
+    immediate_response,
+    picked_response,
+    read_served,
+    read_subset,
+    set_header,
+    streamed_chunks,
+)
+from epp.extproc.phases import LEGAL_IN, Phase, Responses, Wait
+from epp.extproc.reporting import StreamObserver, log_completed, log_out_of_order, log_rejected, log_routed
+from epp.extproc.response_body import ResponseBody
+from epp.requests.openai import ParsedBody, request_path
+from epp.requests.parsers import BodyParser
 from epp.tracing import RequestTrace, RequestTracer
-from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-log = logging.getLogger("epp.request")
-VERBOSE_LEVEL = 15  # --v 3
-
-BODY_CHUNK_LIMIT = 62_000
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
-SERVED_KEY = "x-gateway-destination-endpoint-served"
-REQUEST_ID_HEADER = "x-request-id"
-#: non-streaming response bodies are kept (for usage) up to this size; larger ones are not parsed
-MAX_USAGE_BODY = 8 * 1024 * 1024
 #: default of --max-request-body-bytes: a longer request body is answered 413 and its bytes dropped
 DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 
-FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
-BUFFERED = mode_pb.ProcessingMode.BUFFERED
-NO_BODY = mode_pb.ProcessingMode.NONE
 _SUPPORTED_REQUEST_MODES = {FULL_DUPLEX: "FULL_DUPLEX_STREAMED", BUFFERED: "BUFFERED", NO_BODY: "NONE"}
-#: response body modes in which every body message gets its own BodyResponse (no streamed_response)
-_PER_CHUNK_RESPONSE_MODES = (BUFFERED, mode_pb.ProcessingMode.STREAMED, mode_pb.ProcessingMode.BUFFERED_PARTIAL)
-_OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
-BodyParser = Callable[[bytes, str], ParsedBody | None]
-
-
-class Phase(enum.Enum):
-    """Where a stream stands; the value reads in a log line ("... while <value>")."""
-
-    REQUEST_HEADERS = "waiting for the request headers"
-    REQUEST_BODY = "receiving the request body"
-    #: the request waits in flow control (the servicer reads nothing meanwhile)
-    QUEUED = "queued in flow control"
-    ROUTED = "waiting for the response"
-    RESPONSE_BODY = "receiving the response body"
-    DONE = "the response is complete"
-    #: an ImmediateResponse was sent: whatever still arrives is ignored
-    CLOSED = "answered"
-
-
-#: message kind → the phases it may arrive in (anything else is out of order)
-LEGAL_IN: dict[str, frozenset[Phase]] = {
-    "request_headers": frozenset({Phase.REQUEST_HEADERS}),
-    "request_body": frozenset({Phase.REQUEST_BODY}),
-    "request_trailers": frozenset({Phase.REQUEST_BODY, Phase.ROUTED}),
-    # a response body or trailers without response headers: Envoy with response_header_mode SKIP
-    "response_headers": frozenset({Phase.ROUTED}),
-    "response_body": frozenset({Phase.ROUTED, Phase.RESPONSE_BODY}),
-    "response_trailers": frozenset({Phase.ROUTED, Phase.RESPONSE_BODY}),
-}
-
-
-def openai_parser(raw: bytes, path: str) -> ParsedBody | None:
-    return parse_openai_body(raw, path)
-
-
-def passthrough_parser(raw: bytes, path: str) -> ParsedBody | None:
-    return None
-
-
-class StreamObserver(Protocol):
-    """What the core reports for metrics; every method must be cheap."""
-
-    def picked(self, decision: Decision) -> None: ...
-
-    def failed(self, error: EppError, model: str, target_model: str) -> None: ...
-
-    def completed(self, decision: Decision, usage: Usage | None, response_bytes: int, seconds: float) -> None: ...
-
-    def first_response_chunk(self, decision: Decision, seconds: float) -> None: ...
-
-    def processing(self, request_seconds: float, response_seconds: float) -> None: ...
 
 
 class ExtProcStream:
     __slots__ = (
         "_body_bytes",
         "_body_chunks",
-        "_buffer_response",
         "_decision",
         "_director",
         "_ended_with_trailers",
@@ -133,19 +77,15 @@ class ExtProcStream:
         "_request_id",
         "_request_mode",
         "_request_seconds",
-        "_response_bytes",
-        "_response_chunks",
+        "_response",
         "_response_mode",
         "_response_seconds",
         "_rewrite",
-        "_sse",
-        "_sse_scanner",
         "_started",
         "_subset",
         "_trace",
         "_tracer",
         "served_endpoint",
-        "waiting",
     )
 
     def __init__(
@@ -166,9 +106,6 @@ class ExtProcStream:
         self._prepared: Prepared | None = None
         self._raw = b""
         self._ended_with_trailers = False
-        #: set when the request must wait in flow control: (fairness id, priority, bytes); the caller then
-        #: awaits its turn and calls `resume()` (or `reject(error)`) for the responses
-        self.waiting: tuple[str, int, int] | None = None
         self._parser = parser
         self._observer = observer
         self._headers: dict[str, str] = {}
@@ -180,12 +117,8 @@ class ExtProcStream:
         self._response_mode: int = FULL_DUPLEX
         self._subset: list[str] | None = None
         self._decision: Decision | None = None
-        self._sse = False
-        self._sse_scanner: SSEUsageScanner | None = None
         self._rewrite: tuple[bytes, bytes] | None = None
-        self._buffer_response = False
-        self._response_chunks: list[bytes] = []
-        self._response_bytes = 0
+        self._response: ResponseBody | None = None
         self._started = time.perf_counter()
         self._request_seconds = 0.0
         self._response_seconds = 0.0
@@ -193,8 +126,7 @@ class ExtProcStream:
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
-        self.after_send()  # work a pick deferred, if the caller has not run it yet
+    def process(self, message: pb.ProcessingRequest) -> Responses | Wait:
         started = time.perf_counter()
         kind = message.WhichOneof("request")
         responses = self._dispatch(kind, message)
@@ -208,21 +140,23 @@ class ExtProcStream:
     def phase(self) -> Phase:
         return self._phase
 
-    def _dispatch(self, kind: str | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
-        if kind is None or self._phase is Phase.CLOSED:
-            return []  # (a kind this protocol version does not know has no answer either)
+    def _dispatch(self, kind: str | None, message: pb.ProcessingRequest) -> Responses | Wait:
+        if self._phase is Phase.CLOSED:
+            return []
+        if kind is None:
+            return self._out_of_order("message without a request")
         if self._phase not in LEGAL_IN[kind]:
             return self._out_of_order(kind)
         if kind == "request_headers":
             if message.HasField("protocol_config"):
                 self._request_mode = message.protocol_config.request_body_mode
                 self._response_mode = message.protocol_config.response_body_mode
-            self._read_subset(message)
+            self._subset = read_subset(message)
             return self._on_request_headers(message.request_headers)
         if kind == "request_body":
             return self._on_request_body(message.request_body)
         if kind == "response_headers":
-            self._read_served(message)
+            self.served_endpoint = read_served(message) or self.served_endpoint
             return self._on_response_headers(message.response_headers)
         if kind == "response_body":
             return self._on_response_body(message.response_body)
@@ -234,20 +168,15 @@ class ExtProcStream:
             return [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
         return []
 
-    def _out_of_order(self, kind: str) -> list[pb.ProcessingResponse]:
+    def _out_of_order(self, kind: str) -> Responses:
         """A message the phase does not allow: one log line, the pick released, a 400."""
-        log.warning(
-            "ext_proc %s out of order (stream %s): answering 400",
-            kind,
-            self._phase.value,
-            extra={"x-request-id": self._request_id},
-        )
+        log_out_of_order(kind, self._phase.value, self._request_id)
         self._finish()
-        return self.reject(EppError("BadRequest", f"ext_proc {kind} out of order: the stream was {self._phase.value}"))
+        return self._reject(EppError("BadRequest", f"ext_proc {kind} out of order: the stream was {self._phase.value}"))
 
     def after_send(self) -> None:
-        """The responses of the last message are on their way: run the work the pick deferred (pre-request
-        hooks such as the prefix index insert), off the request's latency."""
+        """The responses of the last message are written: run the pre-request hooks the pick deferred (such as
+        the prefix index insert), off the request's latency."""
         decision = self._decision
         if decision is not None and decision.hooks_pending:
             started = time.perf_counter()
@@ -259,15 +188,16 @@ class ExtProcStream:
         every buffer and the request (a large prompt must not outlive its stream)."""
         self._finish()
         self._phase = Phase.CLOSED
-        self._decision = self._prepared = self._sse_scanner = None
+        self._decision = self._prepared = None
         self._raw = b""
-        self._response_chunks = []
+        if self._response is not None:
+            self._response.drop()
         if self._observer is not None:
             self._observer.processing(self._request_seconds, self._response_seconds)
 
     # --- request phase ------------------------------------------------------------------------
 
-    def _on_request_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+    def _on_request_headers(self, headers: pb.HttpHeaders) -> Responses:
         store = self._headers
         for header in headers.headers.headers:  # Envoy sends keys lower-cased
             raw = header.raw_value
@@ -281,12 +211,14 @@ class ExtProcStream:
         if self._tracer is not None:
             self._trace = self._tracer.begin(store)
         if self._request_mode not in _SUPPORTED_REQUEST_MODES:
+            self._phase = Phase.CLOSED
+            mode = mode_pb.ProcessingMode.BodySendMode.Name(self._request_mode)
             return [
-                self._immediate(
+                immediate_response(
                     EppError(
                         "Internal",
-                        f"ext_proc request_body_mode {mode_pb.ProcessingMode.BodySendMode.Name(self._request_mode)} is"
-                        " not supported; configure FULL_DUPLEX_STREAMED (reference) or BUFFERED",
+                        f"ext_proc request_body_mode {mode} is not supported; configure FULL_DUPLEX_STREAMED"
+                        " (reference) or BUFFERED",
                     )
                 )
             ]
@@ -296,7 +228,7 @@ class ExtProcStream:
             try:
                 decision = self._director.decide_header_only(request_id, store, self._subset)
             except EppError as error:
-                return self.reject(error)
+                return self._reject(error)
             self._traced(decision)
             return [self._picked_response(decision, "request_headers")]
         self._phase = Phase.REQUEST_BODY
@@ -307,11 +239,11 @@ class ExtProcStream:
             response = pb.ProcessingResponse()
             response.request_headers.SetInParent()
             if self._id_generated:
-                _set_header(response.request_headers.response.header_mutation, REQUEST_ID_HEADER, request_id)
+                set_header(response.request_headers.response.header_mutation, REQUEST_ID_HEADER, request_id)
             return [response]
         return []
 
-    def _on_request_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+    def _on_request_body(self, body: pb.HttpBody) -> Responses | Wait:
         chunk = body.body
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_body:
@@ -321,19 +253,21 @@ class ExtProcStream:
             return []
         return self._route(ended_with_trailers=False)
 
-    def _too_large(self) -> list[pb.ProcessingResponse]:
+    def _too_large(self) -> Responses:
         self._body_chunks = []
-        return self.reject(EppError("PayloadTooLarge", f"request body larger than {self._max_body} bytes"))
+        return self._reject(EppError("PayloadTooLarge", f"request body larger than {self._max_body} bytes"))
 
-    def _on_request_trailers(self) -> list[pb.ProcessingResponse]:
+    def _on_request_trailers(self) -> Responses | Wait:
         if self._phase is Phase.ROUTED:
             return [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
         responses = self._route(ended_with_trailers=True)
+        if isinstance(responses, Wait):
+            return responses  # `resume()` adds the trailers response
         if responses and not responses[-1].HasField("immediate_response"):
             responses.append(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
         return responses
 
-    def _route(self, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
+    def _route(self, ended_with_trailers: bool) -> Responses | Wait:
         raw = self._body_chunks[0] if len(self._body_chunks) == 1 else b"".join(self._body_chunks)
         self._body_chunks = []
         parsed: ParsedBody | None = None
@@ -346,47 +280,50 @@ class ExtProcStream:
             )
         except EppError as error:
             model = parsed.model if parsed else ""
-            return self.reject(error, model, self._headers.get("x-gateway-model-name-rewrite") or model)
+            return self._reject(error, model, self._headers.get("x-gateway-model-name-rewrite") or model)
         if self._flow_control:
             self._prepared, self._raw, self._ended_with_trailers = prepared, raw, ended_with_trailers
-            request = prepared.request
-            self.waiting = (request.fairness_id, request.priority, len(raw))
             self._phase = Phase.QUEUED
-            return []
+            request = prepared.request
+            return Wait(request.fairness_id, request.priority, len(raw))
         return self._schedule(prepared, raw, ended_with_trailers)
 
-    def resume(self) -> list[pb.ProcessingResponse]:
+    def resume(self) -> Responses:
         """The request's turn came in flow control: pick and answer."""
-        prepared, raw = self._prepared, self._raw
-        assert prepared is not None, "resume() without a waiting request"
-        self._prepared, self._raw, self.waiting = None, b"", None
+        prepared, raw = self._queued("resume()")
         responses = self._schedule(prepared, raw, self._ended_with_trailers)
         if self._ended_with_trailers and not responses[-1].HasField("immediate_response"):
             responses.append(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
         return responses
 
-    def reject(self, error: EppError, model: str = "", target: str = "") -> list[pb.ProcessingResponse]:
-        """Answer with an error (also used by the caller when flow control rejects the waiting request)."""
-        if self.waiting is not None and self._prepared is not None:
-            model, target = self._prepared.request.model, self._prepared.request.target_model
-            self._prepared, self._raw, self.waiting = None, b"", None
+    def refuse(self, error: EppError) -> Responses:
+        """Flow control refused the waiting request (queue full, request expired): answer with `error`."""
+        prepared, _ = self._queued("refuse()")
+        return self._reject(error, prepared.request.model, prepared.request.target_model)
+
+    def _queued(self, call: str) -> tuple[Prepared, bytes]:
+        """The waiting request, taken out of the stream (only a stream that answered `Wait` has one)."""
+        prepared, raw = self._prepared, self._raw
+        if self._phase is not Phase.QUEUED or prepared is None:
+            raise RuntimeError(f"ExtProcStream.{call} while {self._phase.value}: only a stream that answered Wait")
+        self._prepared, self._raw = None, b""
+        return prepared, raw
+
+    def _reject(self, error: EppError, model: str = "", target: str = "") -> Responses:
+        """Answer with an error: the request's metrics, trace and log line, then the ImmediateResponse."""
         if self._observer is not None:
             self._observer.failed(error, model, target)
         if self._trace is not None:
             self._trace.end_orchestration(target, 0, error.code)
-        if log.isEnabledFor(VERBOSE_LEVEL):
-            log.log(
-                VERBOSE_LEVEL,
-                "request rejected",
-                extra={"x-request-id": self._request_id, "error_code": error.code, "error": error.message},
-            )
-        return [self._immediate(error)]
+        log_rejected(error, self._request_id)
+        self._phase = Phase.CLOSED
+        return [immediate_response(error)]
 
-    def _schedule(self, prepared: Prepared, raw: bytes, ended_with_trailers: bool) -> list[pb.ProcessingResponse]:
+    def _schedule(self, prepared: Prepared, raw: bytes, ended_with_trailers: bool) -> Responses:
         try:
             decision = self._director.schedule(prepared)
         except EppError as error:
-            return self.reject(error, prepared.request.model, prepared.request.target_model)
+            return self._reject(error, prepared.request.model, prepared.request.target_model)
         self._traced(decision)
         request = decision.request
         if request.target_model != request.model:
@@ -401,7 +338,7 @@ class ExtProcStream:
                 response.request_body.response.body_mutation.body = body
             return [response]
         responses = [self._picked_response(decision, "request_headers")]
-        responses.extend(_streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
+        responses.extend(streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
         return responses
 
     def _traced(self, decision: Decision) -> None:
@@ -416,71 +353,20 @@ class ExtProcStream:
         self._phase = Phase.ROUTED
         if self._observer is not None:
             self._observer.picked(decision)
-        if log.isEnabledFor(VERBOSE_LEVEL):
-            request = decision.request
-            log.log(
-                VERBOSE_LEVEL,
-                "request routed",
-                extra={
-                    "x-request-id": self._request_id,
-                    "model": request.model,
-                    "target_model": request.target_model,
-                    "destination": decision.destination,
-                },
-            )
-        # Built in place: passing sub-messages to constructors would copy them.
-        response = pb.ProcessingResponse()
-        common = (response.request_headers if phase == "request_headers" else response.request_body).response
-        common.clear_route_cache = True
-        mutation = common.header_mutation
-        _set_header(mutation, DESTINATION_HEADER, decision.destination)
-        if self._id_generated:
-            _set_header(mutation, REQUEST_ID_HEADER, self._request_id)
-        if decision.new_body is not None:
-            _set_header(mutation, "content-length", str(len(decision.new_body)))
-        if decision.headers:
-            for key, value in decision.headers.items():
-                _set_header(mutation, key, value)
-        response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields[
-            DESTINATION_HEADER
-        ].string_value = decision.destination
-        return response
-
-    def _immediate(self, error: EppError) -> pb.ProcessingResponse:
-        self._phase = Phase.CLOSED
-        response = pb.ProcessingResponse()
-        immediate = response.immediate_response
-        immediate.status.code = error.http_status  # type: ignore[assignment]
-        immediate.body = error.body
-        immediate.details = error.code
-        return response
-
-    def _read_subset(self, message: pb.ProcessingRequest) -> None:
-        if not message.HasField("metadata_context"):
-            return
-        namespace = message.metadata_context.filter_metadata.get(SUBSET_NAMESPACE)
-        if namespace is None or SUBSET_KEY not in namespace.fields:
-            return
-        values = namespace.fields[SUBSET_KEY].list_value.values
-        self._subset = [v.string_value for v in values if v.WhichOneof("kind") == "string_value"]
+        log_routed(decision, self._request_id)
+        return picked_response(decision, phase, self._request_id if self._id_generated else None)
 
     # --- response phase -----------------------------------------------------------------------
 
-    def _read_served(self, message: pb.ProcessingRequest) -> None:
-        if message.HasField("metadata_context"):
-            namespace = message.metadata_context.filter_metadata.get(LB_NAMESPACE)
-            if namespace is not None and SERVED_KEY in namespace.fields:
-                self.served_endpoint = namespace.fields[SERVED_KEY].string_value
-
-    def _on_response_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+    def _on_response_headers(self, headers: pb.HttpHeaders) -> Responses:
+        sse = False
         for header in headers.headers.headers:
             if header.key.lower() == "content-type":
                 value = header.raw_value.decode("latin-1") if header.raw_value else header.value
-                self._sse = "text/event-stream" in value
-        streaming = self._sse or (self._decision is not None and self._decision.request.stream)
-        if self._sse:
-            self._sse_scanner = SSEUsageScanner()
-        self._buffer_response = self._rewrite is not None and not streaming
+                sse = "text/event-stream" in value
+        streaming = sse or (self._decision is not None and self._decision.request.stream)
+        rewrite = self._rewrite
+        self._response = ResponseBody(self._response_mode, sse, rewrite, rewrite is not None and not streaming)
         self._phase = Phase.RESPONSE_BODY
         if headers.end_of_stream:
             self._phase = Phase.DONE
@@ -490,46 +376,24 @@ class ExtProcStream:
         if added:  # e.g. x-session-token from session-affinity-scorer
             mutation = response.response_headers.response.header_mutation
             for key, value in added.items():
-                _set_header(mutation, key, value)
+                set_header(mutation, key, value)
         return [response]
 
-    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+    def _on_response_body(self, body: pb.HttpBody) -> Responses:
         chunk = body.body
         end = body.end_of_stream
         self._phase = Phase.DONE if end else Phase.RESPONSE_BODY
-        if self._response_bytes == 0 and self._decision is not None and (chunk or end):
-            self._director.first_chunk(self._decision, self._sse)
-            if self._sse and self._observer is not None:
+        response = self._response
+        if response is None:  # no response headers: Envoy with response_header_mode SKIP
+            response = self._response = ResponseBody(self._response_mode, False, self._rewrite, False)
+        if response.size == 0 and self._decision is not None and (chunk or end):
+            self._director.first_chunk(self._decision, response.sse)
+            if response.sse and self._observer is not None:
                 self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
-        self._response_bytes += len(chunk)
-        scanner = self._sse_scanner
-        if scanner is not None:
-            scanner.feed(chunk)
-        elif self._buffer_response or self._response_bytes <= MAX_USAGE_BODY:
-            self._response_chunks.append(chunk)
-        if self._response_mode in _PER_CHUNK_RESPONSE_MODES:
-            response = pb.ProcessingResponse(response_body=pb.BodyResponse())
-            if self._rewrite is not None:
-                response.response_body.response.body_mutation.body = _rewrite_model(chunk, self._rewrite)
-            if end:
-                self._finish()
-            return [response]
-        if self._buffer_response:
-            if not end:
-                return []
-            whole = b"".join(self._response_chunks)
-            assert self._rewrite is not None
-            self._finish()
-            return _streamed_chunks(_rewrite_model(whole, self._rewrite), "response_body", end_of_stream=True)
-        if self._rewrite is not None:
-            chunk = _rewrite_model(chunk, self._rewrite)
+        responses = response.answer(chunk, end)
         if end:
             self._finish()
-        response = pb.ProcessingResponse()
-        streamed = response.response_body.response.body_mutation.streamed_response
-        streamed.body = chunk
-        streamed.end_of_stream = end
-        return [response]
+        return responses
 
     def _finish(self) -> None:
         """The response ended, or the stream did: close the trace and release the pick, each once."""
@@ -540,57 +404,10 @@ class ExtProcStream:
         decision = self._decision
         if decision is None or decision.released:
             return
-        usage: Usage | None = None
-        if self._sse_scanner is not None:
-            self._sse_scanner.finish()
-            usage = self._sse_scanner.usage
-        elif self._response_chunks and self._response_bytes <= MAX_USAGE_BODY:
-            usage = usage_from_json(b"".join(self._response_chunks))
-        self._response_chunks = []
+        response = self._response
+        usage = response.usage() if response is not None else None
+        response_bytes = response.size if response is not None else 0
         self._director.complete(decision, usage)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "response complete",
-                extra={
-                    "x-request-id": self._request_id,
-                    "response_bytes": self._response_bytes,
-                    "prompt_tokens": usage.prompt_tokens if usage else None,
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                },
-            )
+        log_completed(self._request_id, response_bytes, usage)
         if self._observer is not None:
-            self._observer.completed(decision, usage, self._response_bytes, time.perf_counter() - self._started)
-
-
-def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
-    option = mutation.set_headers.add(append_action=_OVERWRITE)
-    header = option.header
-    header.key = key
-    header.raw_value = value.encode("latin-1")
-
-
-def _streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
-    if len(body) <= BODY_CHUNK_LIMIT:
-        pieces = [body]
-    else:
-        pieces = [body[i : i + BODY_CHUNK_LIMIT] for i in range(0, len(body), BODY_CHUNK_LIMIT)]
-    responses = []
-    for index, piece in enumerate(pieces):
-        response = pb.ProcessingResponse()
-        body_response = response.request_body if phase == "request_body" else response.response_body
-        streamed = body_response.response.body_mutation.streamed_response
-        streamed.body = piece
-        streamed.end_of_stream = end_of_stream and index == len(pieces) - 1
-        responses.append(response)
-    return responses
-
-
-def _rewrite_model(data: bytes, rewrite: tuple[bytes, bytes]) -> bytes:
-    """Put the client's model name back into a response (compact and `"model": "x"` spellings)."""
-    target, incoming = rewrite
-    if target in data:
-        return data.replace(target, incoming)
-    spaced = target.replace(b'":"', b'": "', 1)
-    if spaced in data:
-        return data.replace(spaced, incoming.replace(b'":"', b'": "', 1))
-    return data
+            self._observer.completed(decision, usage, response_bytes, time.perf_counter() - self._started)

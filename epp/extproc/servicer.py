@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from epp.errors import EppError
 from epp.extproc.core import ExtProcStream
+from epp.extproc.phases import Responses, Wait
 from epp.flowcontrol.controller import FlowController
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -83,9 +84,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 async for message in request_iterator:
                     if watch is not None:
                         watch.touch()
-                    responses = stream.process(message)
-                    if stream.waiting is not None:
-                        responses = await self._wait_turn(stream, watch)
+                    outcome = stream.process(message)
+                    responses = await self._wait_turn(stream, outcome, watch) if isinstance(outcome, Wait) else outcome
                     for response in responses:
                         yield response
                     stream.after_send()
@@ -107,15 +107,15 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.streams_in_flight -= 1
             stream.close()
 
-    async def _wait_turn(self, stream: ExtProcStream, watch: IdleWatch | None) -> list[pb.ProcessingResponse]:
-        assert self._flow is not None and stream.waiting is not None, "flow control is not configured"
-        fairness_id, priority, size = stream.waiting
+    async def _wait_turn(self, stream: ExtProcStream, wait: Wait, watch: IdleWatch | None) -> Responses:
+        if self._flow is None:
+            raise RuntimeError("an ext_proc stream asked to wait in flow control, but flow control is not configured")
         if watch is not None:
             watch.paused = True  # the queue has its own time limits
         try:
-            return await self._flow.admit(fairness_id, priority, size, stream.resume)
+            return await self._flow.admit(wait.fairness_id, wait.priority, wait.size, stream.resume)
         except EppError as error:
-            return stream.reject(error)
+            return stream.refuse(error)
         finally:
             if watch is not None:
                 watch.paused = False

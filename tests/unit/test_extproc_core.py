@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from epp.extproc.messages import BODY_CHUNK_LIMIT
+from epp.requests.parsers import openai_parser, passthrough_parser
 
 from epp.director import Director
-from epp.extproc.core import BODY_CHUNK_LIMIT, ExtProcStream, openai_parser, passthrough_parser
+from epp.extproc.core import ExtProcStream
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from tests.support.extproc import (

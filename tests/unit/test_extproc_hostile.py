@@ -7,10 +7,13 @@ import logging
 import tracemalloc
 
 import pytest
+from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import EndpointTable
 from epp.director import Director
-from epp.extproc.core import LEGAL_IN, ExtProcStream, Phase, openai_parser
+from epp.errors import EppError
+from epp.extproc.core import ExtProcStream
+from epp.extproc.phases import LEGAL_IN, Phase, Wait
 from epp.requests.openai import MAX_JSON_DEPTH, parse_openai_body
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from tests.support.least_queue import LeastQueueScheduler
@@ -234,3 +237,40 @@ def test_large_body_buffers_are_released() -> None:
         assert tracemalloc.get_traced_memory()[0] - baseline < 4 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_a_message_without_a_request_kind_is_refused_not_ignored() -> None:
+    table = make_table("10.0.0.1:8000")
+    stream = new_stream(table)
+    stream.process(headers_msg())
+    responses = stream.process(pb.ProcessingRequest())
+    assert status_of(responses) == 400
+    assert b"message without a request out of order" in responses[0].immediate_response.body
+    assert stream.phase is Phase.CLOSED
+
+
+def test_flow_control_wait_is_answered_by_resume_or_refuse_only_while_queued() -> None:
+    table = make_table("10.0.0.1:8000")
+    stream = ExtProcStream(Director(table, LeastQueueScheduler(seed=1)), openai_parser, flow_control=True)
+    with pytest.raises(RuntimeError, match=r"resume\(\) while waiting for the request headers"):
+        stream.resume()
+    assert stream.process(headers_msg()) == []
+    wait = stream.process(body_msg(BODY))
+    assert wait == Wait("default-flow", 0, len(BODY)) and stream.phase is Phase.QUEUED
+    assert inflight(table) == 0, "nothing is charged while the request waits"
+    responses = stream.resume()
+    assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body"]
+    assert inflight(table) == 1
+    with pytest.raises(RuntimeError, match=r"refuse\(\) while waiting for the response"):
+        stream.refuse(EppError("ResourceExhausted", "queue full"))
+    stream.close()
+    assert inflight(table) == 0
+
+
+def test_a_refused_wait_is_answered_with_the_queue_error() -> None:
+    table = make_table("10.0.0.1:8000")
+    stream = ExtProcStream(Director(table, LeastQueueScheduler(seed=1)), openai_parser, flow_control=True)
+    stream.process(headers_msg())
+    assert isinstance(stream.process(body_msg(BODY)), Wait)
+    assert status_of(stream.refuse(EppError("ResourceExhausted", "flow control queue full"))) == 429
+    assert stream.phase is Phase.CLOSED and inflight(table) == 0

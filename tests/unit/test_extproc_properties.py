@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 
 import orjson
+from epp.extproc.messages import BODY_CHUNK_LIMIT
+from epp.requests.parsers import openai_parser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.errors import EppError
-from epp.extproc.core import BODY_CHUNK_LIMIT, ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream
 from epp.requests.openai import API_SUFFIXES, ParsedBody, parse_openai_body
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from tests.support.least_queue import LeastQueueScheduler

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
+from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import EndpointTable
 from epp.director import Director
-from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc

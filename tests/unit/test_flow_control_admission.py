@@ -9,11 +9,12 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from epp.requests.parsers import openai_parser
 
 from epp.config.schema import load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
-from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.scheduling.framework import build_scheduler

@@ -6,10 +6,11 @@ import base64
 
 import numpy as np
 import pytest
+from epp.requests.parsers import openai_parser
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
-from epp.extproc.core import ExtProcStream, openai_parser
+from epp.extproc.core import ExtProcStream
 from epp.plugins.session import SessionAffinityScorer, decode_token, encode_token
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult

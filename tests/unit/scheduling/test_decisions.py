@@ -181,8 +181,10 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
     assert FIRST_WALK_BLOCKS < 256
 
 
-def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_next_message() -> None:
-    from epp.extproc.core import ExtProcStream, openai_parser
+def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_at_completion() -> None:
+    from epp.requests.parsers import openai_parser
+
+    from epp.extproc.core import ExtProcStream
     from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     def messages(prompt: str) -> list[pb.ProcessingRequest]:
@@ -211,10 +213,11 @@ def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_on_the_
             stream.after_send()
             assert len(index) > before
         stream.process(response)
+        assert (len(index) > before) is call_after_send, "only after_send() or completion runs them"
+        stream.close()
         grown = len(index)
         assert grown > before
         stream.after_send()
-        stream.close()
         assert len(index) == grown, "hooks run once"
 
 
