@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
+from epp.requests.parsers import openai_parser
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from tests.support.least_queue import LeastQueueScheduler
 
+BODY = b'{"model":"m","prompt":"hello world","max_tokens":3}'
 FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = mode_pb.ProcessingMode.BUFFERED
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from epp.extproc.messages import BODY_CHUNK_LIMIT
-from epp.requests.parsers import openai_parser, passthrough_parser
 
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
+from epp.extproc.messages import BODY_CHUNK_LIMIT
+from epp.requests.parsers import openai_parser, passthrough_parser
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from tests.support.extproc import (
+    BODY,
     BUFFERED,
     FULL_DUPLEX,
     FixedScheduler,
@@ -24,8 +25,6 @@ from tests.support.extproc import (
     stream_for,
 )
 from tests.support.least_queue import LeastQueueScheduler
-
-BODY = b'{"model":"m","prompt":"hello world","max_tokens":3}'
 
 
 def test_full_duplex_holds_headers_until_body_complete_and_echoes_body() -> None:

@@ -7,7 +7,6 @@ import logging
 import tracemalloc
 
 import pytest
-from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import EndpointTable
 from epp.director import Director
@@ -15,10 +14,9 @@ from epp.errors import EppError
 from epp.extproc.core import ExtProcStream
 from epp.extproc.phases import LEGAL_IN, Phase, Wait
 from epp.requests.openai import MAX_JSON_DEPTH, parse_openai_body
+from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from tests.support.least_queue import LeastQueueScheduler
-
-from .test_extproc_core import (
+from tests.support.extproc import (
     BODY,
     BUFFERED,
     body_msg,
@@ -27,6 +25,7 @@ from .test_extproc_core import (
     response_body_msg,
     response_headers_msg,
 )
+from tests.support.least_queue import LeastQueueScheduler
 
 
 def inflight(table: EndpointTable) -> float:

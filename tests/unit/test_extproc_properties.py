@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 
 import orjson
-from epp.extproc.messages import BODY_CHUNK_LIMIT
-from epp.requests.parsers import openai_parser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,11 +12,12 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.errors import EppError
 from epp.extproc.core import ExtProcStream
+from epp.extproc.messages import BODY_CHUNK_LIMIT
 from epp.requests.openai import API_SUFFIXES, ParsedBody, parse_openai_body
+from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from tests.support.extproc import BUFFERED, FULL_DUPLEX, body_msg, headers_msg, make_table, response_body_msg
 from tests.support.least_queue import LeastQueueScheduler
-
-from .test_extproc_core import BUFFERED, FULL_DUPLEX, body_msg, headers_msg, make_table, response_body_msg
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PATHS = st.sampled_from([f"/v1{suffix}" for suffix in API_SUFFIXES] + ["/other"])

@@ -9,17 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
-from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
+from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from tests.support.extproc import body_msg, headers_msg, make_table
 from tests.support.least_queue import LeastQueueScheduler
-
-from .test_extproc_core import body_msg, headers_msg, make_table
 
 Start = Callable[..., Awaitable["Server"]]
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"

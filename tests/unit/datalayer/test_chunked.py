@@ -11,9 +11,9 @@ from epp.datalayer.client import _dechunk
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane
 from epp.datastore.table import Endpoint, EndpointTable
+from tests.support.polling import until
 
 from .conftest import PageServer, fixture_page
-from .test_scraper import wait_for
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
 
@@ -85,9 +85,9 @@ async def test_chunked_answer_with_trailers_is_scraped_on_a_kept_alive_connectio
     try:
         port = trailer_server.port
         slot = table.add(Endpoint("127.0.0.1", port, name="a", metrics_port=port))
-        await wait_for(lambda: table.metrics_time[slot] > 0)
+        await until(lambda: table.metrics_time[slot] > 0)
         assert (table.waiting_queue[slot], table.running_requests[slot], table.kv_usage[slot]) == (3.0, 12.0, 0.4321)
-        await wait_for(lambda: trailer_server.requests >= 5)
+        await until(lambda: trailer_server.requests >= 5)
         assert table.scrape_errors[slot] == 0
         assert trailer_server.connections == 1  # every answer ended where the next one starts
     finally:

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,18 +15,11 @@ from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourcePa
 from epp.datalayer.scraper import ScrapePlane, create_shared_table, scrape_url
 from epp.datalayer.staleness import fresh_mask
 from epp.datastore.table import Endpoint, EndpointTable
+from tests.support.polling import until
 
 from .conftest import PageServer, fixture_page, start_server
 
 ENGINE = "inference.networking.k8s.io/engine-type"
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def ep(server: PageServer, name: str, **labels: str) -> Endpoint:
@@ -49,7 +41,7 @@ async def test_inline_scrape_engines_lora_and_garbled(servers: list[PageServer])
     plane = ScrapePlane()
     plane.start(table, MetricsDataSourceParams(), CoreMetricsExtractorParams(), 0.02, mode="inline")
     try:
-        await wait_for(lambda: table.metrics_time[a] > 0 and table.metrics_time[b] > 0)
+        await until(lambda: table.metrics_time[a] > 0 and table.metrics_time[b] > 0)
         assert (table.waiting_queue[a], table.running_requests[a], table.kv_usage[a]) == (3.0, 12.0, 0.4321)
         assert (table.cache_block_size[a], table.cache_num_blocks[a]) == (16.0, 27713.0)
         assert table.lora_active[a] == {"sql-lora", "tweet-lora"} and table.lora_waiting[a] == {"chat-lora"}
@@ -62,13 +54,13 @@ async def test_inline_scrape_engines_lora_and_garbled(servers: list[PageServer])
             b'waiting_lora_adapters="chat-lora"} 1.7638405e+09', b'waiting_lora_adapters=""} 1.7638405e+09'
         )
         vllm.page = vllm.page.replace(b" 3.0\n", b" 42.0\n", 1)
-        await wait_for(lambda: table.lora_waiting[a] == frozenset())
-        await wait_for(lambda: table.waiting_queue[a] == 42.0)
+        await until(lambda: table.lora_waiting[a] == frozenset())
+        await until(lambda: table.waiting_queue[a] == 42.0)
 
         # a garbled page keeps the last values, stops advancing metrics_time and counts errors
         errors0, total0 = table.scrape_errors[a], plane.errors_total
         vllm.page = b"\x00\x01garbage{{{ not prometheus\n"
-        await wait_for(lambda: table.scrape_errors[a] >= errors0 + 3)
+        await until(lambda: table.scrape_errors[a] >= errors0 + 3)
         t_bad = table.metrics_time[a]
         await asyncio.sleep(0.1)
         assert table.metrics_time[a] == t_bad
@@ -86,9 +78,9 @@ async def test_inline_scrape_engines_lora_and_garbled(servers: list[PageServer])
         vllm.status = 500
         vllm.page = fixture_page("vllm.txt")
         e1 = table.scrape_errors[a]
-        await wait_for(lambda: table.scrape_errors[a] >= e1 + 2)
+        await until(lambda: table.scrape_errors[a] >= e1 + 2)
         vllm.status = 200
-        await wait_for(lambda: table.waiting_queue[a] == 3.0)
+        await until(lambda: table.waiting_queue[a] == 3.0)
         assert fresh_mask(table, slots, 0.5, time.monotonic()).tolist() == [True, True]
     finally:
         await plane.stop()
@@ -105,9 +97,9 @@ async def test_inline_timeout_chunked_and_membership(servers: list[PageServer]) 
     try:
         s = table.add(ep(slow, "slow"))
         c = table.add(ep(chunked, "trt", **{ENGINE: "trtllm-serve"}))
-        await wait_for(lambda: table.scrape_errors[s] >= 2)
+        await until(lambda: table.scrape_errors[s] >= 2)
         assert table.metrics_time[s] == 0.0
-        await wait_for(lambda: table.kv_usage[c] == 0.55)
+        await until(lambda: table.kv_usage[c] == 0.55)
         assert table.cache_block_size[c] == 32.0
         # removed endpoints are no longer scraped
         table.remove("trt")
@@ -140,7 +132,7 @@ async def test_engine_configs_override(servers: list[PageServer]) -> None:
     plane = ScrapePlane()
     plane.start(table, MetricsDataSourceParams(), params, 0.02, mode="inline")
     try:
-        await wait_for(lambda: table.metrics_time[slot] > 0)
+        await until(lambda: table.metrics_time[slot] > 0)
         assert (table.waiting_queue[slot], table.running_requests[slot], table.kv_usage[slot]) == (2.0, 12.0, 0.9)
         assert table.lora_active[slot] == frozenset()
     finally:
@@ -168,16 +160,16 @@ async def _exercise_process_mode(table: EndpointTable, vllm: PageServer, triton:
     try:
         assert plane.is_alive()
         t = table.add(ep(triton, "t", **{ENGINE: "triton-tensorrt-llm"}))
-        await wait_for(lambda: table.metrics_time[a] > 0 and table.metrics_time[t] > 0, timeout=10.0)
+        await until(lambda: table.metrics_time[a] > 0 and table.metrics_time[t] > 0, timeout=10.0)
         assert (table.waiting_queue[a], table.kv_usage[a], table.cache_num_blocks[a]) == (3.0, 0.4321, 27713.0)
         assert (table.waiting_queue[t], table.running_requests[t], table.kv_usage[t]) == (2.0, 6.0, 0.125)
         # LoRA sets come back over the pipe and are applied in this process
-        await wait_for(lambda: table.lora_active[a] == {"sql-lora", "tweet-lora"})
+        await until(lambda: table.lora_active[a] == {"sql-lora", "tweet-lora"})
         assert table.max_lora[a] == 4.0
-        await wait_for(lambda: plane.scrapes_total >= 4)
+        await until(lambda: plane.scrapes_total >= 4)
         vllm.page = b"garbage"
         e0 = table.scrape_errors[a]
-        await wait_for(lambda: table.scrape_errors[a] >= e0 + 2)
+        await until(lambda: table.scrape_errors[a] >= e0 + 2)
         assert plane.errors_total >= 2 and table.waiting_queue[a] == 3.0
     finally:
         await plane.stop()

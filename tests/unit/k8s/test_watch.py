@@ -4,49 +4,17 @@ cut, relist after 410 Gone with deletions reported, paged lists, backoff on API 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 
 from epp.k8s import watch as watch_module
-from epp.k8s.watch import Backoff, Object, ObjectKey, Reflector
+from epp.k8s.watch import Backoff, Object
 from kubesim.manifests import apply
 from kubesim.server import KubeSim
 from kubesim.testing import pod_manifest
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.state: dict[str, Object] = {}
-        self.log: list[tuple[str, str]] = []
-
-    def on_replace(self, objects: dict[ObjectKey, Object]) -> None:
-        gone = set(self.state) - {name for _, name in objects}
-        self.log.extend(("gone", name) for name in sorted(gone))
-        self.state = {name: obj for (_, name), obj in objects.items()}
-        self.log.append(("replace", ",".join(sorted(self.state))))
-
-    def on_upsert(self, obj: Object) -> None:
-        self.state[obj["metadata"]["name"]] = obj
-        self.log.append(("upsert", obj["metadata"]["name"]))
-
-    def on_delete(self, obj: Object) -> None:
-        self.state.pop(obj["metadata"]["name"], None)
-        self.log.append(("delete", obj["metadata"]["name"]))
-
-
-async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
-
-
-def pods_reflector(api: client.ApiClient, recorder: Recorder, **options: Any) -> Reflector:
-    call = functools.partial(client.CoreV1Api(api).list_namespaced_pod, "default")
-    return Reflector("pods", call, recorder, backoff=Backoff(initial=0.05, cap=0.2), **options)
+from tests.support.polling import until
+from tests.support.watch import Recorder, pods_reflector
 
 
 async def test_list_then_watch_follows_changes_and_bookmarks(sim: KubeSim, api: client.ApiClient) -> None:

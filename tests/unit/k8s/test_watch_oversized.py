@@ -10,8 +10,8 @@ from kubernetes_asyncio import client
 from kubesim.manifests import apply
 from kubesim.server import KubeSim
 from kubesim.testing import pod_manifest
-
-from .test_watch import Recorder, pods_reflector, until
+from tests.support.polling import until
+from tests.support.watch import Recorder, pods_reflector
 
 
 def big_pod(name: str, size: int) -> dict[str, object]:
