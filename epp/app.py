@@ -17,7 +17,6 @@ import uvloop
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from epp import tls
-from epp.cli import Settings
 from epp.config.schema import (
     ConfigError,
     EndpointPickerConfig,
@@ -40,6 +39,7 @@ from epp.observability.server import start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.requests.parsers import openai_parser, passthrough_parser
 from epp.scheduling.framework import build_scheduler
+from epp.settings import Settings
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc

@@ -8,100 +8,12 @@ Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
-from epp.units import parse_bool, parse_duration, parse_port, parse_ports, parse_quantity
-
-
-@dataclass
-class Settings:
-    values: dict[str, Any]
-    #: flags the user actually gave (dest names)
-    explicit: set[str] = field(default_factory=set)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-# (flag, default, parser, help). A parser of parse_bool makes a pflag-style boolean.
-_Flag = tuple[str, Any, Callable[[str], Any], str]
-FLAGS: tuple[_Flag, ...] = (
-    ("grpc-port", 9002, parse_port, "ext_proc gRPC listen port"),
-    ("grpc-health-port", 9003, parse_port, "gRPC health service port"),
-    ("metrics-port", 9090, parse_port, "Prometheus /metrics port"),
-    ("metrics-endpoint-auth", True, parse_bool, "authenticate /metrics with Kubernetes TokenReview (Kubernetes only)"),
-    ("enable-pprof", True, parse_bool, "Go pprof endpoints (not available in the Python EPP)"),
-    ("pool-name", "", str, "InferencePool name (Kubernetes discovery)"),
-    ("pool-namespace", "", str, "InferencePool namespace (flag → NAMESPACE env → default)"),
-    ("pool-group", "inference.networking.k8s.io", str, "InferencePool API group"),
-    ("endpoint-selector", "", str, "pod label selector k=v,k2=v2 (Kubernetes without the InferencePool CRD)"),
-    ("endpoint-target-ports", [], parse_ports, "target ports for --endpoint-selector, comma separated"),
-    ("disable-endpoint-subset-filter", False, parse_bool, "ignore the envoy.lb.subset_hint metadata"),
-    ("refresh-metrics-interval", 0.05, parse_duration, "model-server /metrics scrape interval"),
-    ("refresh-prometheus-metrics-interval", 5.0, parse_duration, "refresh interval of the pool gauges"),
-    ("metrics-staleness-threshold", 2.0, parse_duration, "age after which an endpoint's metrics are stale"),
-    ("secure-serving", True, parse_bool, "serve ext_proc over TLS"),
-    ("cert-path", "", str, "directory with tls.crt and tls.key (empty: self-signed)"),
-    ("enable-cert-reload", False, parse_bool, "reload --cert-path files when they change"),
-    ("health-checking", False, parse_bool, "also serve gRPC health on the ext_proc port"),
-    ("ha-enable-leader-election", False, parse_bool, "leader election through a coordination.k8s.io Lease"),
-    ("ha-lease-duration", 15.0, parse_duration, "leader election: how long a lease not renewed stays held"),
-    ("ha-renew-deadline", 10.0, parse_duration, "leader election: the leader steps down if it cannot renew this long"),
-    ("ha-retry-period", 2.0, parse_duration, "leader election: interval between acquire / renew attempts"),
-    ("tracing", True, parse_bool, "OpenTelemetry tracing"),
-    ("config-file", "", str, "EndpointPickerConfig file"),
-    ("config-text", "", str, "EndpointPickerConfig as text"),
-    ("v", 2, int, "log verbosity: 1 quiet, 2 default, 3 verbose, 4 debug, 5 trace"),
-    ("zap-encoder", "console", str, "log encoding: json or console"),
-    ("zap-log-level", "", str, "log level (debug, info, error or an integer); derived from --v when unset"),
-    ("zap-devel", True, parse_bool, "development logging defaults"),
-    ("zap-stacktrace-level", "error", str, "level from which stack traces are logged"),
-    ("zap-time-encoding", "epoch", str, "time encoding: epoch, millis, nano, iso8601, rfc3339, rfc3339nano"),
-    ("model-server-metrics-scheme", "http", str, "deprecated: scheme of model-server metrics"),
-    ("model-server-metrics-path", "/metrics", str, "deprecated: path of model-server metrics"),
-    ("model-server-metrics-https-insecure-skip-verify", True, parse_bool, "deprecated: skip TLS verification"),
-    ("model-server-metrics-port", 0, parse_port, "deprecated: scrape this port when the pool has one target port"),
-    ("total-queued-requests-metric", "", str, "deprecated: configure via engineConfigs"),
-    ("total-running-requests-metric", "", str, "deprecated: configure via engineConfigs"),
-    ("kv-cache-usage-percentage-metric", "", str, "deprecated: configure via engineConfigs"),
-    ("lora-info-metric", "", str, "deprecated: configure via engineConfigs"),
-    ("cache-info-metric", "", str, "deprecated: configure via engineConfigs"),
-    ("drain-timeout", 30.0, parse_duration, "on SIGTERM, how long in-flight streams may take to finish"),
-    ("grpc-max-recv-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message accepted (e.g. 25MiB)"),
-    ("grpc-max-send-msg-size", 16 * 1024 * 1024, parse_quantity, "largest gRPC message sent"),
-    # Not in the reference (hardening):
-    (
-        "max-request-body-bytes",
-        64 * 1024 * 1024,
-        parse_quantity,
-        "longest request body buffered for a pick (e.g. 64MiB); longer ones are answered 413",
-    ),
-    (
-        "stream-idle-timeout",
-        300.0,
-        parse_duration,
-        "close an ext_proc stream that sends no message for this long, releasing its pick (0: never); keep it"
-        " above the longest silence of a request, e.g. a non-streaming generation",
-    ),
-    ("emit-endpoint-scores", False, parse_bool, "per-endpoint scores in dynamic metadata"),
-    ("enable-grpc-stream-metrics", False, parse_bool, "ext_proc stream metrics"),
-    ("tls-min-version", "", str, "minimum TLS version of the ext_proc server"),
-    ("tls-cipher-suites", "", str, "TLS cipher suites of the ext_proc server"),
-    ("metrics-cert-dir", "", str, "serve /metrics over TLS with the certificate in this directory"),
-    ("metrics-client-ca-file", "", str, "require client certificates on /metrics signed by this CA"),
-    ("allow-experimental-plugins", False, parse_bool, "allow Alpha-stability plugins"),
-    # Standalone discovery (not in the reference):
-    ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),
-    ("endpoints-file", "", str, "YAML file of endpoints (address, port, name, labels); re-read on change"),
-    ("max-endpoints", 16384, int, "capacity of the endpoint table"),
-)
+from epp.settings import Settings, flag_specs
 
 _DEPRECATED_METRIC_FLAGS = (
     "total-queued-requests-metric",
@@ -142,7 +54,11 @@ def _dest(flag: str) -> str:
 
 class _Recorder(argparse.Action):
     def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option: str | None = None,
     ) -> None:
         setattr(namespace, self.dest, values)
         namespace._explicit.add(self.dest)
@@ -155,32 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
         "Sub-commands: 'epp config check FILE', 'epp migrate PATH...'.",
         allow_abbrev=False,
     )
-    for flag, default, kind, help_text in FLAGS:
-        extra: dict[str, Any] = {}
-        if kind is parse_bool:
-            extra = {"nargs": "?", "const": True, "metavar": "BOOL"}
+    for spec in flag_specs():
+        boolean = {"nargs": "?", "const": True, "metavar": "BOOL"} if spec.boolean else {}
         parser.add_argument(
-            f"--{flag}",
-            dest=_dest(flag),
-            default=default,
-            type=kind,
+            f"--{spec.name}",
+            dest=spec.dest,
+            default=spec.default,
+            type=spec.parse,
             action=_Recorder,
-            help=f"{help_text} (default {default!r})",
-            **extra,
+            help=f"{spec.help} (default {spec.default!r})",
+            **boolean,  # type: ignore[arg-type]
         )
     return parser
 
 
-def parse_settings(argv: Sequence[str]) -> Settings:
-    parser = build_parser()
+def read_flags(argv: Sequence[str]) -> Settings:
+    """The settings the flags give (argparse exits on a value that does not parse); not yet validated."""
     namespace = argparse.Namespace(_explicit=set())
-    parser.parse_args(list(argv), namespace=namespace)
-    explicit: set[str] = namespace._explicit
-    values = {k: v for k, v in vars(namespace).items() if k != "_explicit"}
-    settings = Settings(values, explicit)
+    build_parser().parse_args(list(argv), namespace=namespace)
+    given = {spec.dest: getattr(namespace, spec.dest) for spec in flag_specs()}
+    return Settings(**given, explicit=frozenset(namespace._explicit))
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    settings = read_flags(argv)
     errors = validate(settings)
     if errors:
-        parser.exit(2, "".join(f"epp: {e}\n" for e in errors))
+        build_parser().exit(2, "".join(f"epp: {e}\n" for e in errors))
     return settings
 
 
@@ -197,13 +114,13 @@ def validate(settings: Settings) -> list[str]:
         dest = _dest(flag)
         if dest not in given:
             continue
-        if flag in _ONLY_FALSE and settings.values[dest] is False:
+        if flag in _ONLY_FALSE and getattr(settings, dest) is False:
             continue
         errors.append(f"--{flag}: {why}")
     if settings.config_file and settings.config_text:
         errors.append("--config-file and --config-text are mutually exclusive; give one")
     sources = [
-        f for f in ("pool-name", "endpoint-selector", "endpoints", "endpoints-file") if settings.values[_dest(f)]
+        f for f in ("pool-name", "endpoint-selector", "endpoints", "endpoints-file") if getattr(settings, _dest(f))
     ]
     if len(sources) != 1:
         errors.append(
@@ -260,7 +177,7 @@ def _validate_kubernetes(settings: Settings) -> list[str]:
             "the pool after the EPP's Deployment"
         )
     for flag in _KUBERNETES_ONLY:
-        if _dest(flag) in given and settings.values[_dest(flag)] and not kubernetes:
+        if _dest(flag) in given and getattr(settings, _dest(flag)) and not kubernetes:
             errors.append(f"--{flag} applies to Kubernetes discovery; give --pool-name or --endpoint-selector")
     if settings.ha_enable_leader_election and not (
         settings.ha_lease_duration > settings.ha_renew_deadline > settings.ha_retry_period > 0
@@ -287,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return migrate(args[1:])
     settings = parse_settings(args)
     if not settings.pool_namespace:
-        settings.values["pool_namespace"] = os.environ.get("NAMESPACE", "default")
+        settings = dataclasses.replace(settings, pool_namespace=os.environ.get("NAMESPACE", "default"))
     from epp.app import run
 
     return run(settings)

@@ -59,8 +59,8 @@ def parse_port(text: str) -> int:
     return port
 
 
-def parse_ports(text: str) -> list[int]:
-    ports = list(dict.fromkeys(parse_port(p) for p in text.split(",") if p.strip()))
+def parse_ports(text: str) -> tuple[int, ...]:
+    ports = tuple(dict.fromkeys(parse_port(p) for p in text.split(",") if p.strip()))
     if not 1 <= len(ports) <= 8:
         raise argparse.ArgumentTypeError(f"--endpoint-target-ports takes 1 to 8 ports, got {text!r}")
     return ports

@@ -9,7 +9,6 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kubernetes_asyncio import client
 
@@ -22,6 +21,7 @@ from epp.k8s.leader import LeaderElector, default_identity, lease_name
 from epp.k8s.pool import parse_selector_flag
 from epp.k8s.routing import ModelRouting
 from epp.k8s.served import ServedModels
+from epp.settings import Settings
 
 log = logging.getLogger("epp.k8s")
 _DEPLOYMENT_OF_POD = re.compile(r"^(.+)-[a-z0-9]+-[a-z0-9]+$")
@@ -73,7 +73,7 @@ class KubernetesRuntime:
 
 
 async def start_kubernetes(
-    settings: Any, table: EndpointTable, health: HealthState, director: Director, scheme: str = "http"
+    settings: Settings, table: EndpointTable, health: HealthState, director: Director, scheme: str = "http"
 ) -> KubernetesRuntime:
     """Connect and start watching; returns at once (health turns SERVING when the pool has synced).
     Raises KubeConfigError or DiscoveryError with a message for the user."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +13,7 @@ from epp.datastore.table import EndpointTable
 from epp.observability.extension import EXTENSION, ExtensionMetrics, StreamsCollector, set_build_info
 from epp.observability.metrics import RequestMetrics
 from epp.observability.pool import PoolGauges
+from epp.settings import Settings
 
 #: the `name` label of the pool gauges when the EPP runs without an InferencePool (--endpoints, ...)
 STANDALONE_POOL_NAME = "standalone"
@@ -42,12 +43,11 @@ class Observability:
         )
 
 
-def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) -> Observability:
-    """Register request, pool and extension metrics; `settings` is epp.cli.Settings (or any object with
-    pool_name, metrics_staleness_threshold and refresh_prometheus_metrics_interval)."""
+def install(registry: CollectorRegistry, table: EndpointTable, settings: Settings) -> Observability:
+    """Register request, pool and extension metrics."""
     request_metrics = RequestMetrics(registry)
-    pool_name: str = getattr(settings, "pool_name", "") or ""
-    selector: str = getattr(settings, "endpoint_selector", "") or ""
+    pool_name = settings.pool_name
+    selector = settings.endpoint_selector
     if not pool_name and selector:
         from epp.k8s.runtime import deployment_of  # selector mode names the pool after the EPP's Deployment
 
@@ -56,8 +56,8 @@ def install(registry: CollectorRegistry, table: EndpointTable, settings: Any) ->
     pool = PoolGauges(
         table,
         pool_name,
-        staleness_s=float(getattr(settings, "metrics_staleness_threshold", 2.0)),
-        refresh_s=float(getattr(settings, "refresh_prometheus_metrics_interval", 5.0)),
+        staleness_s=settings.metrics_staleness_threshold,
+        refresh_s=settings.refresh_prometheus_metrics_interval,
     )
     registry.register(pool)
     set_build_info()

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from epp.cli import Settings, main, parse_settings
+from epp.cli import main, parse_settings
+from epp.settings import Settings
 from tests.deploy import helm
 from tests.deploy.helm import CHART, run_helm, template, template_run
 from tests.deploy.render import BASE

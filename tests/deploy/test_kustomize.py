@@ -7,7 +7,6 @@ Service and the InferencePool point at it, and RBAC covers what it watches.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import re
@@ -16,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from epp.cli import NOT_BUILT, Settings, build_parser, main, validate
+from epp.cli import NOT_BUILT, main, read_flags, validate
+from epp.settings import Settings
 from tests.deploy.render import BASE, OVERLAYS, render
 from tests.deploy.validation import object_errors
 from tests.support.manifests import epp_container, one
@@ -46,15 +46,12 @@ def parse_epp_args(objects: list[dict[str, Any]]) -> Settings:
     container = epp_container(objects)
     env = container_env(container, deployment["metadata"]["namespace"])
     args = [_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), arg) for arg in container["args"]]
-    namespace = argparse.Namespace(_explicit=set())
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            build_parser().parse_args(args, namespace=namespace)
+            settings = read_flags(args)
         except SystemExit:
             pytest.fail(f"epp rejects the Deployment's args {args}:\n{stderr.getvalue()}")
-    explicit = namespace._explicit
-    settings = Settings({k: v for k, v in vars(namespace).items() if k != "_explicit"}, explicit)
     not_built = {f"--{flag}: {why}" for flag, why in NOT_BUILT.items()}
     errors = [e for e in validate(settings) if e not in not_built]
     assert not errors, f"epp rejects the Deployment's args {args}: {errors}"

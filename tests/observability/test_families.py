@@ -15,6 +15,7 @@ from epp.observability.metrics import RequestMetrics
 from epp.observability.pool import PoolGauges
 from epp.observability.wiring import install
 from epp.scheduling.types import Usage
+from epp.settings import Settings
 from tests.support.observability import dashboard_exprs, decision
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -187,11 +188,6 @@ def test_extension_recorders_and_install() -> None:
     extension.EXTENSION.reset()
     registry = CollectorRegistry()
 
-    class Settings:
-        pool_name = ""
-        metrics_staleness_threshold = 2.0
-        refresh_prometheus_metrics_interval = 5.0
-
     handle = install(registry, fleet(), Settings())
 
     class Servicer:
@@ -232,10 +228,7 @@ def test_dashboard_reads_only_metrics_epp_exports() -> None:
 
     registry = CollectorRegistry()
 
-    class Settings:
-        pool_name = "p"
-
-    handle = install(registry, fleet(), Settings())
+    handle = install(registry, fleet(), Settings(pool_name="p"))
     handle.watch_streams(type("S", (), {"streams_in_flight": 0, "streams_total": 0})())
     text = generate_latest(registry).decode()
     families = {family.name for family in text_string_to_metric_families(text)}

@@ -24,6 +24,7 @@ from epp.datastore.table import Endpoint, EndpointTable
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
 from epp.devstack.processes import EppProcess
 from epp.observability.wiring import install
+from epp.settings import Settings
 from tests.e2e.backends import EchoBackends
 from tests.e2e.http import get, post
 from tests.observability.prom import ALERTS, Prometheus
@@ -64,11 +65,6 @@ class Stack:
 def simulated_pool() -> tuple[EndpointTable, int, Any]:
     """An in-process exporter of pool gauges over an overloaded, freshly scraped pool of 3 endpoints."""
 
-    class Settings:
-        pool_name = SIM_POOL
-        metrics_staleness_threshold = 3600.0
-        refresh_prometheus_metrics_interval = 1.0
-
     table = EndpointTable(8)
     table.replace_all([Endpoint(f"10.0.0.{i}", 8000, name=f"sim-{i}") for i in range(3)])
     table.waiting_queue[:3] = [55, 60, 65]
@@ -76,7 +72,11 @@ def simulated_pool() -> tuple[EndpointTable, int, Any]:
     table.running_requests[:3] = [8, 8, 8]
     table.metrics_time[:3] = time.monotonic()
     registry = CollectorRegistry()
-    install(registry, table, Settings())
+    install(
+        registry,
+        table,
+        Settings(pool_name=SIM_POOL, metrics_staleness_threshold=3600.0, refresh_prometheus_metrics_interval=1.0),
+    )
     port = free_port()
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     return table, port, server

@@ -15,6 +15,7 @@ from epp.datastore.table import Endpoint, EndpointTable
 from epp.errors import EppError
 from epp.observability.wiring import install
 from epp.scheduling.types import Usage
+from epp.settings import Settings
 from tests.observability.prom import ALERTS
 from tests.support.observability import decision
 
@@ -30,16 +31,15 @@ def test_promtool_check_rules(prometheus_binaries: tuple[str, str]) -> None:
 def exported_series() -> list[Series]:
     """Every series a wired-up epp exports after one good request for m→m2, one error, and a fresh pool."""
 
-    class Settings:
-        pool_name = "pool-a"
-        metrics_staleness_threshold = 1e9
-        refresh_prometheus_metrics_interval = 0.0
-
     table = EndpointTable(8)
     table.replace_all([Endpoint("10.0.0.1", 8000, name="pod-0")])
     table.metrics_time[0] = 1.0
     registry = CollectorRegistry()
-    handle = install(registry, table, Settings())
+    handle = install(
+        registry,
+        table,
+        Settings(pool_name="pool-a", metrics_staleness_threshold=1e9, refresh_prometheus_metrics_interval=0.0),
+    )
     metrics = handle.request_metrics
     for model, target in (("m", "m2"), ("ok", "ok")):
         d = decision(model, target)

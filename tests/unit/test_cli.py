@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from epp.cli import FLAGS, NOT_BUILT, build_parser, parse_settings
+from epp.cli import NOT_BUILT, build_parser, parse_settings, read_flags
+from epp.settings import Settings, flag_specs
 from epp.units import parse_duration, parse_quantity
 
 BASE = ["--endpoints", "127.0.0.1:8000"]
@@ -55,8 +58,8 @@ def test_exactly_one_endpoint_source(capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.parametrize("flag", sorted(NOT_BUILT))
 def test_flags_of_unbuilt_features_fail_loudly(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    kind = next(k for name, _, k, _ in FLAGS if name == flag)
-    value = "true" if kind.__name__ == "parse_bool" else ("8000" if "ports" in flag else "x")
+    spec = next(s for s in flag_specs() if s.name == flag)
+    value = "true" if spec.boolean else ("8000" if "ports" in flag else "x")
     with pytest.raises(SystemExit):
         parse_settings([*BASE, f"--{flag}={value}"])
     assert f"--{flag}" in capsys.readouterr().err
@@ -74,8 +77,8 @@ def test_deprecated_metric_flags_are_startup_errors(capsys: pytest.CaptureFixtur
 
 def test_help_lists_every_flag() -> None:
     text = build_parser().format_help()
-    for flag, *_ in FLAGS:
-        assert f"--{flag}" in text
+    for spec in flag_specs():
+        assert f"--{spec.name}" in text
 
 
 def test_request_body_limit_and_idle_timeout_flags(capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,3 +91,14 @@ def test_request_body_limit_and_idle_timeout_flags(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parse_settings(["--endpoints", "10.0.0.1:8000", "--max-request-body-bytes", "0"])
     assert "--max-request-body-bytes 0: must be positive" in capsys.readouterr().err
+
+
+def test_settings_are_typed_frozen_and_one_field_per_flag() -> None:
+    settings = read_flags([*BASE, "--endpoint-target-ports=8000,8001", "--drain-timeout=5s"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.grpc_port = 1  # type: ignore[misc]
+    assert settings.explicit == {"endpoints", "endpoint_target_ports", "drain_timeout"}
+    assert settings.drain_timeout == 5.0 and settings.endpoint_target_ports == (8000, 8001)
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"explicit"}
+    assert {spec.dest for spec in flag_specs()} == fields, "every settings field is a flag"
+    assert Settings() == dataclasses.replace(read_flags([]), explicit=frozenset()), "the defaults are the flags'"

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from epp import tasks
 from epp.datastore.table import EndpointTable
 from epp.observability.wiring import install
+from epp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ async def test_a_failed_task_is_logged_with_its_traceback_and_counted(caplog: py
     assert record.exc_info is not None and record.exc_info[0] is RuntimeError
 
     registry = CollectorRegistry()
-    install(registry, EndpointTable(4), object())
+    install(registry, EndpointTable(4), Settings())
     text = generate_latest(registry).decode()
     assert re.search(r'^epp_background_task_failures_total\{task="test-broken"\} [1-9]', text, re.M), text
 

@@ -72,7 +72,7 @@ def test_selector_mode_needs_pod_name(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "POD_NAME" in capsys.readouterr().err
     monkeypatch.setenv("POD_NAME", "epp-7d9c8b6f4-x2x7z")
     settings = parse_settings(["--endpoint-selector", "app=x,tier=gpu", "--endpoint-target-ports", "8000,8001"])
-    assert settings.endpoint_target_ports == [8000, 8001]
+    assert settings.endpoint_target_ports == (8000, 8001)
     with pytest.raises(SystemExit):
         parse_settings(["--endpoint-selector", "app x", "--endpoint-target-ports", "8000"])
     assert "is not key=value" in capsys.readouterr().err
