@@ -211,10 +211,11 @@ async def _start_with(
         )
         extractor = CoreMetricsExtractorParams()
         for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
-            if instance.type == "metrics-data-source":
-                source = instance.plugin.parameters
-            elif instance.type == "core-metrics-extractor":
-                extractor = instance.plugin.parameters
+            parameters = instance.plugin.parameters
+            if isinstance(parameters, MetricsDataSourceParams):
+                source = parameters
+            elif isinstance(parameters, CoreMetricsExtractorParams):
+                extractor = parameters
         runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
         if flow is not None:
             flow.start()

@@ -265,8 +265,8 @@ class Director:
         primary = int(slots[0])
         prompt_tokens = float(request.estimated_input_tokens) if request.body_size else 0.0
         charges = [self._charge(primary, prompt_tokens * (1.0 + OUTPUT_TOKEN_RATIO), prompt_tokens)]
-        prefill = result.profile_results.get("prefill")
-        if prefill is not None and len(prefill.slots) and int(prefill.slots[0]) != primary:
+        prefill = result.prefill
+        if prefill is not None and int(prefill.slots[0]) != primary:
             # the prefill server works on the prompt only (its KV then moves to the decode server)
             charges.append(self._charge(int(prefill.slots[0]), prompt_tokens, prompt_tokens))
         decision = Decision(request, result, destination, new_body, dict(result.headers), tuple(charges))

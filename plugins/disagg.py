@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch, PrefixParameters
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixParameters
 from epp.scheduling.plugin import CycleState, ParameterError, Plugin, ProfileHandler
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 
@@ -95,7 +95,7 @@ class PrefixBasedPDDecider(PDDecider):
         prompt = len(state.request.prompt_bytes) // CHARS_PER_TOKEN
         if prompt < self.minimum_prompt:
             return False
-        match: PrefixMatch | None = state.data.get(STATE_KEY)
+        match = state.read(STATE_KEY)
         if match is None:
             return False
         matched = 0
@@ -166,6 +166,7 @@ class DisaggProfileHandler(ProfileHandler):
 
     def __init__(self, name: str, parameters: DisaggParameters) -> None:
         super().__init__(name, parameters)
+        self.parameters: DisaggParameters = parameters
         self.decode = parameters.profiles["decode"]
         self.prefill = parameters.profiles["prefill"]
         self.decider: PDDecider | None = None
@@ -216,7 +217,8 @@ class DisaggProfileHandler(ProfileHandler):
         picked = {self.decode: decode}
         headers: dict[str, str] = {}
         prefill = results.get(self.prefill)
-        if prefill is not None and len(prefill.slots):
-            picked[self.prefill] = prefill
-            headers[PREFILLER_HEADER] = state.table.hostports[int(prefill.slots[0])]
-        return SchedulingResult(picked, self.decode, headers)
+        if prefill is None or not len(prefill.slots):
+            return SchedulingResult(picked, self.decode, headers)
+        picked[self.prefill] = prefill
+        headers[PREFILLER_HEADER] = state.table.hostports[int(prefill.slots[0])]
+        return SchedulingResult(picked, self.decode, headers, prefill_profile=self.prefill)

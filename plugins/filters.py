@@ -15,7 +15,7 @@ import numpy as np
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.plugins.load import inflight_load
-from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
 from epp.scheduling.plugin import CycleState, Filter, ParameterError
 
 ROLE_LABEL = "llm-d.ai/role"
@@ -296,7 +296,7 @@ class PrefixCacheAffinityFilter(Filter):
             return candidates
         if self.exploration > 0 and self.rng.random() < self.exploration:
             return candidates
-        match: PrefixMatch | None = state.data.get(STATE_KEY)
+        match = state.read(STATE_KEY)
         if match is None or not match.total_blocks:
             return candidates
         sticky = match.matched_blocks(candidates) / match.total_blocks >= self.threshold

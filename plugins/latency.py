@@ -37,11 +37,11 @@ import numpy.typing as npt
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_ttft_prediction
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
-from epp.plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
+from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.scheduling.plugin import CycleState, DataProducer, Plugin, Scorer, Scores
-from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
+from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 
-KEY = "predicted-ttft"
+KEY: StateKey[Prediction] = StateKey("predicted-ttft")
 DECODE_UNIT = 100.0
 PREFILL_UNIT = 10_000.0
 REQUEST_UNIT = 10.0
@@ -303,6 +303,7 @@ class PredictedTTFTProducer(DataProducer):
     def __init__(self, name: str, parameters: PredictedTTFTParameters) -> None:
         super().__init__(name, parameters)
         self.parameters: PredictedTTFTParameters = parameters
+        self._note_key: StateKey[_Note] = StateKey(name)
         self.model = ttft_model(0, parameters)
         self.decode = decode_model(0, parameters)
         #: output tokens a request without max_tokens is expected to generate, and prompt tokens of a typical
@@ -347,7 +348,7 @@ class PredictedTTFTProducer(DataProducer):
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
-        match: PrefixMatch | None = state.data.get(PREFIX_KEY)
+        match = state.read(PREFIX_KEY)
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
             held = blocks / match.total_blocks
@@ -387,7 +388,7 @@ class PredictedTTFTProducer(DataProducer):
             seconds += decoding * (per_decode / DECODE_UNIT)
         seconds *= slowness
         seconds += queueing
-        state.data[KEY] = Prediction(candidates, seconds, uncached, queued, decoding, held, waiting, queueing)
+        state.write(KEY, Prediction(candidates, seconds, uncached, queued, decoding, held, waiting, queueing))
 
     def _learn_misses(self, note: _Note, computed: float) -> None:
         """The endpoint computed `computed` prompt tokens where the index expected `note.uncached` (over the
@@ -409,7 +410,7 @@ class PredictedTTFTProducer(DataProducer):
         return per_token
 
     def picked(self, state: CycleState, result: SchedulingResult) -> None:
-        prediction: Prediction | None = state.data.get(KEY)
+        prediction = state.read(KEY)
         if prediction is None:
             return
         slot = int(result.primary[0])
@@ -430,7 +431,7 @@ class PredictedTTFTProducer(DataProducer):
             float(prediction.seconds[i]),
             len(state.request.prompt_bytes),
         )
-        result.notes[self.name] = note
+        result.remember(self._note_key, note)
 
     def _release(self, note: _Note) -> None:
         if note.released:
@@ -444,7 +445,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_requests[slot] = max(self.queued_requests[slot] - 1.0, 0.0)
 
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
-        note: _Note | None = result.notes.get(self.name)
+        note = result.recall(self._note_key)
         if note is None:
             return
         self._release(note)
@@ -453,7 +454,7 @@ class PredictedTTFTProducer(DataProducer):
             note.first_at = self.clock()
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
-        note: _Note | None = result.notes.get(self.name)
+        note = result.recall(self._note_key)
         if note is None:
             return
         self._release(note)
@@ -531,7 +532,7 @@ class PredictedTTFTScorer(Scorer):
             self.producer.decode_used = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        prediction: Prediction | None = state.data.get(KEY)
+        prediction = state.read(KEY)
         if prediction is None:
             return np.ones(len(candidates))
         seconds = prediction.at(candidates, prediction.seconds)  # > 0: every prediction has a prefill term

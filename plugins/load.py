@@ -17,9 +17,10 @@ import numpy.typing as npt
 from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
+from epp.scheduling.types import StateKey
 from epp.units import duration_seconds
 
-INFLIGHT_KEY = "inflight-load"
+INFLIGHT_KEY: StateKey[InFlightLoad] = StateKey("inflight-load")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class InFlightLoad:
 
 def inflight_load(state: CycleState) -> InFlightLoad:
     """The in-flight load of this cycle: the producer's, or the table's columns when no producer ran."""
-    load: InFlightLoad | None = state.data.get(INFLIGHT_KEY)
+    load = state.read(INFLIGHT_KEY)
     if load is None:
         return InFlightLoad(state.table.inflight_requests, state.table.inflight_tokens)
     return load
@@ -52,7 +53,7 @@ class InflightLoadProducer(DataProducer):
         load = self._load
         if load is None or load.requests is not state.table.inflight_requests:
             load = InFlightLoad(state.table.inflight_requests, state.table.inflight_tokens)
-        state.data[INFLIGHT_KEY] = load
+        state.write(INFLIGHT_KEY, load)
 
 
 @dataclass

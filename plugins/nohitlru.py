@@ -4,7 +4,7 @@ A request is cold when no candidate holds any of its prefix blocks (or it has no
 0.5 everywhere. For a cold request over N candidates: those never sent a cold request rank first, in
 candidate order (rank i scores 1 - i/(N-1)); then the others by how long ago they last got one, oldest
 first (rank = never-used count + LRU position, oldest position 0, score max(0, 1 - rank/(N-1))); a lone
-candidate scores 1. After a cold pick, the primary endpoint (and the `prefill` profile's, if any) move to
+candidate scores 1. After a cold pick, the primary endpoint (and the prefill profile's, if any) move to
 the most recent end of an LRU of lruSize endpoints.
 """
 
@@ -16,11 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
-from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixMatch
+from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
 from epp.scheduling.plugin import CycleState, Scorer, Scores
-from epp.scheduling.types import SchedulingResult
-
-PREFILL_PROFILE = "prefill"
+from epp.scheduling.types import SchedulingResult, StateKey
 
 
 @dataclass
@@ -71,7 +69,7 @@ class NoHitLRUScorer(Scorer):
         super().__init__(name, parameters)
         self.lru = ColdLRU(parameters.lru_size, 0)
         self.table: EndpointTable | None = None
-        self._cold_key = f"{self.type_name}/{name}/cold"
+        self._cold_key: StateKey[bool] = StateKey(f"{self.type_name}/{name}/cold")
 
     def bind(self, table: EndpointTable) -> None:
         self.table = table
@@ -86,9 +84,9 @@ class NoHitLRUScorer(Scorer):
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
         if state.table is not self.table:
             self.bind(state.table)
-        match: PrefixMatch | None = state.data.get(STATE_KEY)
+        match = state.read(STATE_KEY)
         cold = match is None or not match.total_blocks or not match.matched_blocks(candidates).any()
-        state.data[self._cold_key] = cold
+        state.write(self._cold_key, cold)
         count = len(candidates)
         if not cold:
             return np.full(count, 0.5)
@@ -102,11 +100,11 @@ class NoHitLRUScorer(Scorer):
         return result
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
-        if not state.data.get(self._cold_key):
+        if not state.read(self._cold_key):
             return
         primary = result.primary
         if len(primary):
             self.lru.touch(int(primary[0]))
-        prefill = result.profile_results.get(PREFILL_PROFILE)
-        if prefill is not None and len(prefill.slots):
+        prefill = result.prefill
+        if prefill is not None:
             self.lru.touch(int(prefill.slots[0]))

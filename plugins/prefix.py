@@ -22,9 +22,9 @@ from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_prefix_match, set_prefix_indexer_size
 from epp.plugins.prefix_index import Keys, Positions, PrefixIndex, Walk, as_keys
 from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
-from epp.scheduling.types import SchedulingResult
+from epp.scheduling.types import SchedulingResult, StateKey
 
-STATE_KEY = "prefix-cache-match"
+STATE_KEY: StateKey[PrefixMatch] = StateKey("prefix-cache-match")
 _NO_COUNTS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 
 
@@ -237,7 +237,7 @@ class ApproxPrefixCacheProducer(DataProducer):
         data = request.prompt_bytes
         total = block_count(len(data), block_chars, max_blocks)
         if not total:
-            state.data[STATE_KEY] = _NO_MATCH
+            state.write(STATE_KEY, _NO_MATCH)
             return
         seed = self._seeds.get(request.target_model, request.cache_salt)
         hashes = chain_hashes(data, seed, block_chars, 0, 1)
@@ -259,18 +259,18 @@ class ApproxPrefixCacheProducer(DataProducer):
             if walk.walked < stop - start or stop == total:
                 break
             start, stop = stop, min(total, stop * WALK_GROWTH)
-        state.data[STATE_KEY] = PrefixMatch(total, by_slot, block_chars, data, hashes, walks)
+        state.write(STATE_KEY, PrefixMatch(total, by_slot, block_chars, data, hashes, walks))
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
-        match: PrefixMatch | None = state.data.get(STATE_KEY)
+        match = state.read(STATE_KEY)
         if match is None or not match.total_blocks:
             return
         targets = [int(result.primary[0])]
         primary = int(result.primary[0])
         matched = int(match.by_slot[primary]) if primary < len(match.by_slot) else 0
         record_prefix_match(matched * match.block_bytes, match.total_blocks * match.block_bytes)
-        prefill = result.profile_results.get("prefill")
-        if prefill is not None and len(prefill.slots):
+        prefill = result.prefill
+        if prefill is not None:
             targets.append(int(prefill.slots[0]))
         for slot in targets:
             capacity = None
@@ -288,7 +288,7 @@ class PrefixCacheScorer(Scorer):
     bounded = True
 
     def score(self, state: CycleState, candidates: SlotArray) -> Scores:
-        match: PrefixMatch | None = state.data.get(STATE_KEY)
+        match = state.read(STATE_KEY)
         if match is None or not len(match.by_slot):
             return np.zeros(len(candidates))
         return match.matched_blocks(candidates) / match.total_blocks

@@ -24,7 +24,7 @@ import numpy as np
 
 from epp.datastore.table import SlotArray
 from epp.scheduling.plugin import CycleState, ParameterError, Scorer, Scores
-from epp.scheduling.types import SchedulingResult
+from epp.scheduling.types import SchedulingResult, StateKey
 
 TOKEN_HEADER = "x-session-token"
 SESSION_ID_HEADER = "x-session-id"
@@ -114,7 +114,7 @@ class SessionAffinityScorer(Scorer):
         self.bindings: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.clock: Callable[[], float] = time.monotonic
         self._next_sweep = 0.0
-        self._absent_key = f"{self.type_name}/{name}/bound-endpoint-absent"
+        self._absent_key: StateKey[bool] = StateKey(f"{self.type_name}/{name}/bound-endpoint-absent")
 
     # --- scoring ----------------------------------------------------------------------------------
 
@@ -139,11 +139,11 @@ class SessionAffinityScorer(Scorer):
         slot = state.table.slot_of(key) if key is not None else None
         if slot is None:
             if key is not None and self.by_session_id:
-                state.data[self._absent_key] = True
+                state.write(self._absent_key, True)
             return np.zeros(len(candidates))
         result: Scores = (candidates == slot).astype(np.float64)
         if self.by_session_id:
-            state.data[self._absent_key] = not result.any()
+            state.write(self._absent_key, not result.any())
         return result
 
     # --- after the pick -----------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class SessionAffinityScorer(Scorer):
         if not session:
             return
         bound = self.bindings.get(session)
-        if bound is None or bound[0] == key or state.data.get(self._absent_key):
+        if bound is None or bound[0] == key or state.read(self._absent_key):
             self.bindings[session] = (key, now)
             self.bindings.move_to_end(session)
 

@@ -14,7 +14,7 @@ import yaml
 from epp.config.flowcontrol import describe_flow_control, parse_flow_control
 from epp.flowcontrol.queue import QueueSettings
 from epp.scheduling.plugin import ParameterError, Plugin, ProfileHandler
-from epp.scheduling.registry import plugin_types
+from epp.scheduling.registry import default_instance, plugin_types
 
 API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
 KIND = "EndpointPickerConfig"
@@ -122,12 +122,8 @@ def _check_profile_handler(
               "runs them; declare one under plugins, e.g. disagg-profile-handler")  # fmt: skip
     elif profiles and "single-profile-handler" in types:
         # Defaulting rule 2: one profile and no handler ⇒ single-profile-handler.
-        cls = types["single-profile-handler"]
-        plugins["single-profile-handler"] = PluginInstance(
-            "single-profile-handler",
-            "single-profile-handler",
-            cls("single-profile-handler", cls.parse_parameters({}, "")),
-        )
+        single = default_instance("single-profile-handler")
+        plugins[single.name] = PluginInstance(single.name, single.type_name, single)
 
 
 def _params_dict(parameters: Any) -> dict[str, Any]:
@@ -275,10 +271,8 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
     for profile in profiles:
         if not any(plugins[e.ref].plugin.role == "picker" for e in profile.entries):
             if "max-score-picker" not in plugins and "max-score-picker" in types:
-                cls = types["max-score-picker"]
-                plugins["max-score-picker"] = PluginInstance(
-                    "max-score-picker", "max-score-picker", cls("max-score-picker", cls.parse_parameters({}, ""))
-                )
+                picker = default_instance("max-score-picker")
+                plugins[picker.name] = PluginInstance(picker.name, picker.type_name, picker)
             profile.entries.append(ProfileEntry("max-score-picker", 1.0))
 
     parser = "openai-parser"
@@ -301,9 +295,8 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         else:
             detector = target.name
     if detector not in plugins and "utilization-detector" in types:
-        cls = types["utilization-detector"]
         plugins[detector] = PluginInstance(
-            detector, "utilization-detector", cls(detector, cls.parse_parameters({}, ""))
+            detector, "utilization-detector", default_instance("utilization-detector", detector)
         )
     flow_control = parse_flow_control(document.get("flowControl"), {n: p.type for n, p in plugins.items()}, error)
     if document.get("flowControl") is not None and "flowControl" not in gates:

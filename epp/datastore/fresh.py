@@ -21,11 +21,15 @@ The reference's scorers keep their formulas; only their inputs are these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from epp.datastore.table import EndpointTable, FloatColumn, SlotArray
+from epp.scheduling.types import StateKey
+
+if TYPE_CHECKING:
+    from epp.scheduling.plugin import CycleState
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,22 +66,14 @@ def fresh_load(table: EndpointTable, candidates: SlotArray) -> FreshLoad:
     return FreshLoad(waiting, total, kv)
 
 
-FRESH_KEY = "fresh-load"
+FRESH_KEY: StateKey[tuple[SlotArray, FreshLoad]] = StateKey("fresh-load")
 
 
-class _CycleState(Protocol):
-    """What `cached_fresh_load` needs of a cycle state (epp.scheduling.plugin.CycleState)."""
-
-    table: EndpointTable
-    data: dict[str, Any]
-
-
-def cached_fresh_load(state: _CycleState, candidates: SlotArray) -> FreshLoad:
+def cached_fresh_load(state: CycleState, candidates: SlotArray) -> FreshLoad:
     """`fresh_load` computed once per cycle and candidate array (scorers of one profile share it)."""
-    cached = state.data.get(FRESH_KEY)
-    if isinstance(cached, tuple) and cached[0] is candidates:
-        load: FreshLoad = cached[1]
-        return load
+    cached = state.read(FRESH_KEY)
+    if cached is not None and cached[0] is candidates:
+        return cached[1]
     load = fresh_load(state.table, candidates)
-    state.data[FRESH_KEY] = (candidates, load)
+    state.write(FRESH_KEY, (candidates, load))
     return load

@@ -2,7 +2,8 @@
 
 Built once from an EndpointPickerConfig; every list of plugins is resolved at build time so a request
 costs the plugins' own work. Data producers (e.g. the prefix index) run before the profiles; plugins with
-a `pre_request(state, result)` hook run after the pick, and producers again at completion.
+a pre-request hook (epp/scheduling/plugin.py declares the optional hooks) run after the pick, and producers
+again at completion.
 
 The profile handler decides which profiles run. With one profile and a handler that keeps the
 single-profile behaviour (the default), `schedule` runs that profile inline (the per-request fast path);
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -23,8 +23,20 @@ from epp.config.schema import EndpointPickerConfig, PluginInstance
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.observability.extension import plugin_duration
 from epp.observability.families import Distribution
-from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
-from epp.scheduling.registry import plugin_types
+from epp.scheduling.plugin import (
+    ConnectsPlugins,
+    ConsumesProducer,
+    CycleState,
+    DataProducer,
+    Filter,
+    Picker,
+    Plugin,
+    PreRequestHook,
+    ProfileHandler,
+    SaturationDetector,
+    Scorer,
+)
+from epp.scheduling.registry import default_instance
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 
 NO_ENDPOINTS = "no endpoints available for the given request"
@@ -70,7 +82,7 @@ class _Profile:
 
 def _consumed_first(producers: list[DataProducer]) -> list[DataProducer]:
     """Producers in declaration order, except that one another producer consumes runs before it."""
-    consumed = {getattr(p, "consumes", None) for p in producers}
+    consumed = {p.consumes for p in producers if isinstance(p, ConsumesProducer)}
     return sorted(producers, key=lambda p: p.type_name not in consumed)
 
 
@@ -89,30 +101,32 @@ class SchedulerRuntime:
         self.table = table
         plugins = dict(config.plugins)
         # Producers consumed by plugins but not declared are created with default parameters.
-        types = plugin_types()
         for instance in list(plugins.values()):
-            consumed = getattr(instance.plugin, "consumes", None)
-            if consumed and not any(p.type == consumed for p in plugins.values()):
-                cls = types[consumed]
-                plugins[consumed] = PluginInstance(consumed, consumed, cls(consumed, cls.parse_parameters({}, "")))
+            consumer = instance.plugin
+            if isinstance(consumer, ConsumesProducer) and not any(
+                p.type == consumer.consumes for p in plugins.values()
+            ):
+                consumed = consumer.consumes
+                plugins[consumed] = PluginInstance(consumed, consumed, default_instance(consumed))
         self.plugins: dict[str, Plugin] = {name: instance.plugin for name, instance in plugins.items()}
         self.producers = _consumed_first([p for p in self.plugins.values() if isinstance(p, DataProducer)])
         self._producer_timers = [(p, _timer("DataProducer", p)) for p in self.producers]
         for plugin in self.plugins.values():
             plugin.bind(table)
-            connect = getattr(plugin, "connect", None)
-            if connect is not None:
-                connect(self.plugins)
+            if isinstance(plugin, ConnectsPlugins):
+                plugin.connect(self.plugins)
         # Hooks after the pick: producers first (they learn from it), then any other plugin offering one.
         self._picked = [p.picked for p in self.producers if type(p).picked is not DataProducer.picked]
         self._first_response = [
             p.first_response for p in self.producers if type(p).first_response is not DataProducer.first_response
         ]
-        self._pre_request: list[Callable[[CycleState, SchedulingResult], Any]] = [p.pre_request for p in self.producers]
+        self._pre_request: list[Callable[[CycleState, SchedulingResult], None]] = [
+            p.pre_request for p in self.producers
+        ]
         self._pre_request += [
-            hook
+            p.pre_request
             for p in self.plugins.values()
-            if not isinstance(p, DataProducer) and (hook := getattr(p, "pre_request", None)) is not None
+            if not isinstance(p, DataProducer) and isinstance(p, PreRequestHook)
         ]
         self.profiles: dict[str, _Profile] = {}
         for profile in config.profiles:
@@ -139,7 +153,9 @@ class SchedulerRuntime:
         elif self.handler is None:
             raise ValueError(f"{len(self.profiles)} scheduling profiles need a profile handler")
         detector = plugins.get(config.saturation_detector)
-        self._detector = detector.plugin if detector is not None else None
+        self._detector = (
+            detector.plugin if detector is not None and isinstance(detector.plugin, SaturationDetector) else None
+        )
 
     # --- Scheduler ----------------------------------------------------------------------------
 
@@ -205,10 +221,9 @@ class SchedulerRuntime:
 
     def saturation(self, candidates: SlotArray) -> float:
         detector = self._detector
-        if detector is None or not hasattr(detector, "saturation"):
+        if detector is None:
             return 0.0
-        value: float = detector.saturation(self.table, candidates, time.monotonic())
-        return value
+        return detector.saturation(self.table, candidates, time.monotonic())
 
 
 def build_scheduler(config: EndpointPickerConfig, table: EndpointTable) -> SchedulerRuntime:

@@ -1,14 +1,21 @@
-"""What a plugin is: a small class with a registered type name, typed parameters with defaults, one role.
+"""The plugin contract: what a plugin is and every hook the framework calls on it.
 
-Plugins register through the `epp.plugins` entry-point group (in-tree ones too, see pyproject.toml), so a
-third-party package adds a scorer the same way:
+A plugin is a small class with a registered type name, typed parameters with defaults, and one role (a base
+class below: Filter, Scorer, Picker, ProfileHandler, DataProducer, Marker). Plugins register through the
+`epp.plugins` entry-point group (in-tree ones too, see pyproject.toml), so a third-party package adds a scorer
+the same way:
 
     class MyScorer(Scorer):
         type_name = "my-scorer"
-        def score(self, ctx, candidates): return numpy array in [0, 1], one per candidate
+        def score(self, state, candidates): return numpy array in [0, 1], one per candidate
 
     [project.entry-points."epp.plugins"]
     my-scorer = "my_package:MyScorer"
+
+Beyond its role, a plugin may offer the optional hooks declared here as protocols (`ConsumesProducer`,
+`ConnectsPlugins`, `PreRequestHook`, `SaturationDetector`); the framework finds them with isinstance() once,
+when the scheduler is built. Plugins of one scheduling cycle share data through the `CycleState`, under typed
+`StateKey`s.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
+from epp.scheduling.types import StateKey as StateKey
 
 Scores = npt.NDArray[np.float64]
+T = TypeVar("T")
 
 
 class ParameterError(ValueError):
@@ -38,11 +47,18 @@ class NoParameters:
 
 @dataclass
 class CycleState:
-    """Per-request state shared by the plugins of one scheduling cycle."""
+    """Per-request state shared by the plugins of one scheduling cycle (a producer writes what scorers read)."""
 
     request: LLMRequest
     table: EndpointTable
-    data: dict[str, Any] = field(default_factory=dict)
+    _values: dict[str, object] = field(default_factory=dict)
+
+    def read(self, key: StateKey[T]) -> T | None:
+        """What was written under `key` in this cycle, or None."""
+        return cast("T | None", self._values.get(key.name))
+
+    def write(self, key: StateKey[T], value: T) -> None:
+        self._values[key.name] = value
 
 
 class Plugin:
@@ -50,12 +66,13 @@ class Plugin:
     role: ClassVar[str] = ""
     Parameters: ClassVar[type] = NoParameters
 
-    def __init__(self, name: str, parameters: Any) -> None:
+    def __init__(self, name: str, parameters: object) -> None:
         self.name = name
+        #: an instance of `Parameters` (a plugin that reads it declares its type: `self.parameters: P = parameters`)
         self.parameters = parameters
 
     @classmethod
-    def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> Any:
+    def parse_parameters(cls, raw: Mapping[str, object] | None, path: str) -> object:
         """camelCase YAML keys → the Parameters dataclass; wrong names and types name the path."""
         raw = raw or {}
         if not isinstance(raw, Mapping):
@@ -65,11 +82,11 @@ class Plugin:
         if unknown:
             known = ", ".join(sorted(fields)) or "none"
             raise ParameterError(f"{path}.{unknown[0]}: unknown parameter of {cls.type_name}; known: {known}")
-        values: dict[str, Any] = {}
+        values: dict[str, object] = {}
         for key, value in raw.items():
             spec = fields[key]
             values[spec.name] = _coerce(value, spec, f"{path}.{key}")
-        parameters = cls.Parameters(**values)
+        parameters: object = cls.Parameters(**values)
         check = getattr(parameters, "validate", None)
         if check is not None:
             try:
@@ -179,12 +196,46 @@ class Marker(Plugin):
     role = "marker"
 
 
+# --- optional hooks ------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ConsumesProducer(Protocol):
+    """A plugin that reads what a data producer writes: `consumes` is that producer's type name. The scheduler
+    runs that producer first, and creates it with default parameters when the config does not declare it."""
+
+    consumes: str
+
+
+@runtime_checkable
+class ConnectsPlugins(Protocol):
+    """A plugin that looks at the other plugins of its config once, when the scheduler is built (e.g. a decider
+    that follows the prefix producer's block size)."""
+
+    def connect(self, plugins: Mapping[str, Plugin]) -> None: ...
+
+
+@runtime_checkable
+class PreRequestHook(Protocol):
+    """A plugin told of each pick once its response is on its way (every DataProducer is one)."""
+
+    def pre_request(self, state: CycleState, result: SchedulingResult) -> None: ...
+
+
+@runtime_checkable
+class SaturationDetector(Protocol):
+    """How saturated the pool is for admission: in [0, ∞), ≥ 1.0 saturated (named by the config's
+    `saturationDetector`)."""
+
+    def saturation(self, table: EndpointTable, candidates: SlotArray, now: float) -> float: ...
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _coerce(value: Any, spec: dataclasses.Field[Any], path: str) -> Any:
+def _coerce(value: object, spec: dataclasses.Field[object], path: str) -> object:
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
     if kind == "bool":
         if isinstance(value, bool):

@@ -32,3 +32,10 @@ def plugin_type(name: str) -> type[Plugin]:
     if name not in types:
         raise UnknownPluginType(name)
     return types[name]
+
+
+def default_instance(type_name: str, name: str = "") -> Plugin:
+    """A plugin of `type_name` with default parameters, named `name` (default: its type name), as the config
+    defaults one it needs but does not declare."""
+    cls = plugin_type(type_name)
+    return cls(name or type_name, cls.parse_parameters({}, ""))

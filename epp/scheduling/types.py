@@ -8,14 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable, SlotArray
 
 if TYPE_CHECKING:
     from epp.scheduling.plugin import CycleState
+
+T = TypeVar("T")
+
+
+class StateKey(Generic[T]):
+    """The name of one kind of data plugins share, and its type: `MATCH = StateKey[PrefixMatch]("prefix")`."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StateKey({self.name!r})"
 
 
 @dataclass(slots=True)
@@ -41,7 +56,7 @@ class LLMRequest:
     #: size of the request body in bytes (token estimates derive from it)
     body_size: int = 0
     #: the parsed JSON body when there is one (read-only for plugins)
-    body: Mapping[str, Any] | None = None
+    body: Mapping[str, object] | None = None
 
     @property
     def estimated_input_tokens(self) -> int:
@@ -53,7 +68,7 @@ class ProfileResult:
     #: picked slots, best first (length = the picker's maxNumOfEndpoints, or fewer)
     slots: SlotArray
     #: final scores of the picked slots, aligned with `slots`
-    scores: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    scores: npt.NDArray[np.float64] | None = None
 
 
 @dataclass
@@ -62,18 +77,34 @@ class SchedulingResult:
     primary_profile: str
     #: extra request headers to add upstream (e.g. x-prefiller-host-port from the disagg handler)
     headers: dict[str, str] = field(default_factory=dict)
+    #: the profile whose pick prefills for the primary one (disaggregation), "" when none: the director charges
+    #: its endpoint the prompt, and the prefix index learns the prompt there too
+    prefill_profile: str = ""
     #: headers to add to the response the client gets (e.g. x-session-token from session-affinity-scorer);
     #: set by pre-request hooks, sent with the response headers
     response_headers: dict[str, str] | None = None
     #: the cycle state the pick was made with, kept for the pre-request hooks (which clear it); it rides
     #: on the result rather than in a table keyed by request id, which a client chooses and may repeat
     cycle_state: CycleState | None = None
-    #: what plugins remember of this pick until the response ends (e.g. the predicted TTFT), by plugin name
-    notes: dict[str, Any] = field(default_factory=dict)
+    #: what plugins remember of this pick until the response ends (e.g. the predicted TTFT); see `remember`
+    _notes: dict[str, object] = field(default_factory=dict)
 
     @property
     def primary(self) -> SlotArray:
         return self.profile_results[self.primary_profile].slots
+
+    @property
+    def prefill(self) -> ProfileResult | None:
+        """The prefill profile's pick of a disaggregated request, if it picked an endpoint."""
+        result = self.profile_results.get(self.prefill_profile) if self.prefill_profile else None
+        return result if result is not None and len(result.slots) else None
+
+    def remember(self, key: StateKey[T], value: T) -> None:
+        """Keep `value` with this pick until its response ends (hooks after the pick `recall` it)."""
+        self._notes[key.name] = value
+
+    def recall(self, key: StateKey[T]) -> T | None:
+        return cast("T | None", self._notes.get(key.name))
 
 
 class SchedulingError(Exception):

@@ -46,7 +46,7 @@ class FakeMatch:
 
 
 def with_match(cycle: CycleState, total_blocks: int, held: Mapping[int, int]) -> CycleState:
-    cycle.data[STATE_KEY] = FakeMatch(total_blocks, held)
+    cycle.write(STATE_KEY, FakeMatch(total_blocks, held))  # type: ignore[arg-type]
     return cycle
 
 

@@ -148,6 +148,27 @@ def test_director_sends_the_prefiller_header_upstream_and_charges_both_endpoints
     assert table.inflight_requests.sum() == 0 and table.inflight_tokens.sum() == 0
 
 
+@pytest.mark.parametrize("prefill_profile", ["prefill", "prefill-stage"])
+def test_a_renamed_prefill_profile_is_charged_and_learned_like_the_default_name(prefill_profile: str) -> None:
+    config = PD.replace("prefill: prefill}", f"prefill: {prefill_profile}}}").replace(
+        "- name: prefill\n", f"- name: {prefill_profile}\n"
+    )
+    table = pd_pool()
+    scheduler = build_scheduler(load_config_text(config, "t"), table)
+    producer = next(p for p in scheduler.producers if isinstance(p, ApproxPrefixCacheProducer))
+    director = Director(table, scheduler, hooks=scheduler)
+    raw = orjson.dumps({"model": "m", "prompt": "r" * 4000})
+    decision = director.decide("r", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+    result = decision.result
+    assert result.prefill_profile == prefill_profile and result.prefill is result.profile_results[prefill_profile]
+    prefill = int(result.prefill.slots[0])
+    assert prefill in (0, 1) and decision.headers[PREFILLER_HEADER] == f"10.0.0.{prefill + 1}:8000"
+    assert decision.charged_prefill_slot == prefill and table.inflight_requests[prefill] == 1, "charged"
+    assert producer.index.slot_size(prefill) > 0, "the prefix index learned the prompt on the prefill endpoint"
+    director.complete(decision, None)
+    assert table.inflight_requests.sum() == 0
+
+
 def test_legacy_flat_parameters() -> None:
     text = PD.replace(
         """    profiles: {decode: decode, prefill: prefill}

@@ -153,7 +153,7 @@ def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidat
     def predict(seconds: list[float], queueing: list[float], held: list[float]) -> None:
         zeros = np.zeros(3)
         arrays = np.array(seconds), np.array(held), np.array(queueing)
-        cycle.data[KEY] = Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, arrays[2])
+        cycle.write(KEY, Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, arrays[2]))
 
     scorer = make(PredictedTTFTScorer, {"prefixAffinity": 2})
     # idle pool (nothing queued): the prediction alone decides, the warm endpoint 0 loses

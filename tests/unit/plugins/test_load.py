@@ -29,7 +29,7 @@ def test_token_load_scorer_is_one_minus_tokens_over_threshold() -> None:
     producer.bind(table)
     cycle = state(table)
     producer.produce(cycle, slots(0, 1, 2, 3))
-    assert INFLIGHT_KEY in cycle.data
+    assert cycle.read(INFLIGHT_KEY) is not None
     scorer = make(TokenLoadScorer, {"queueThresholdTokens": 1000})
     # 1 - min(1, t/1000): 0 → 1, 250 → 0.75, 1000 → 0, 5000 → 0 (clamped)
     np.testing.assert_allclose(scorer.score(cycle, slots(0, 1, 2, 3)), [1.0, 0.75, 0.0, 0.0])

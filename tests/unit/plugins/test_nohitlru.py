@@ -20,7 +20,9 @@ def pick(scorer: NoHitLRUScorer, table: EndpointTable, slot: int, prefill: int |
     results = {"decode": ProfileResult(slots(slot))}
     if prefill is not None:
         results["prefill"] = ProfileResult(slots(prefill))
-    scorer.pre_request(cycle, SchedulingResult(results, "decode"))
+    scorer.pre_request(
+        cycle, SchedulingResult(results, "decode", prefill_profile="prefill" if prefill is not None else "")
+    )
 
 
 def test_cold_request_ranks_never_used_first_then_least_recent() -> None:

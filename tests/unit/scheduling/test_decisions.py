@@ -153,7 +153,7 @@ def test_random_picker_config(config: str) -> None:
 def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) -> None:
     """The producer hashes FIRST_WALK_BLOCKS blocks and goes on only while every one is held; the scores and
     the index after pre-request must be those of hashing and matching the whole prompt."""
-    from epp.plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY, PrefixMatch
+    from epp.plugins.prefix import FIRST_WALK_BLOCKS, STATE_KEY
 
     rng = np.random.default_rng(seed)
     table = EndpointTable(8)
@@ -169,7 +169,8 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
         expected_hashes = block_hashes(req.prompt_bytes, b"m", 64, 256)
         expected = producer.index.match_by_slot(as_keys(expected_hashes)) if expected_hashes else np.zeros(0)
         result = scheduler.schedule(req, table, table.live_slots())
-        match: PrefixMatch = result.cycle_state.data[STATE_KEY]
+        match = result.cycle_state.read(STATE_KEY)
+        assert match is not None
         assert match.total_blocks == len(expected_hashes)
         got = match.matched_blocks(table.live_slots())
         want = np.array([expected[s] if s < len(expected) else 0 for s in table.live_slots()])
@@ -182,9 +183,8 @@ def test_two_step_prefix_match_equals_matching_every_block_at_once(seed: int) ->
 
 
 def test_deferred_pre_request_hooks_run_once_after_send_or_at_the_latest_at_completion() -> None:
-    from epp.requests.parsers import openai_parser
-
     from epp.extproc.core import ExtProcStream
+    from epp.requests.parsers import openai_parser
     from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     def messages(prompt: str) -> list[pb.ProcessingRequest]:
