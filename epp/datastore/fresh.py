@@ -21,15 +21,11 @@ The reference's scorers keep their formulas; only their inputs are these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from epp.datastore.table import EndpointTable, FloatColumn, SlotArray
-from epp.scheduling.types import StateKey
-
-if TYPE_CHECKING:
-    from epp.scheduling.plugin import CycleState
+from epp.scheduling.types import CycleState, StateKey
 
 
 @dataclass(frozen=True, slots=True)

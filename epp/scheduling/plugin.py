@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, TypeVar, cast, runtime_checkable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable, SlotArray
+from epp.scheduling.types import CycleState as CycleState
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 from epp.scheduling.types import StateKey as StateKey
 
@@ -43,22 +44,6 @@ class ParameterError(ValueError):
 @dataclass
 class NoParameters:
     pass
-
-
-@dataclass
-class CycleState:
-    """Per-request state shared by the plugins of one scheduling cycle (a producer writes what scorers read)."""
-
-    request: LLMRequest
-    table: EndpointTable
-    _values: dict[str, object] = field(default_factory=dict)
-
-    def read(self, key: StateKey[T]) -> T | None:
-        """What was written under `key` in this cycle, or None."""
-        return cast("T | None", self._values.get(key.name))
-
-    def write(self, key: StateKey[T], value: T) -> None:
-        self._values[key.name] = value
 
 
 class Plugin:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable, SlotArray
-
-if TYPE_CHECKING:
-    from epp.scheduling.plugin import CycleState
 
 T = TypeVar("T")
 
@@ -61,6 +58,22 @@ class LLMRequest:
     @property
     def estimated_input_tokens(self) -> int:
         return max(self.body_size // 4, 1)
+
+
+@dataclass
+class CycleState:
+    """Per-request state shared by the plugins of one scheduling cycle (a producer writes what scorers read)."""
+
+    request: LLMRequest
+    table: EndpointTable
+    _values: dict[str, object] = field(default_factory=dict)
+
+    def read(self, key: StateKey[T]) -> T | None:
+        """What was written under `key` in this cycle, or None."""
+        return cast("T | None", self._values.get(key.name))
+
+    def write(self, key: StateKey[T], value: T) -> None:
+        self._values[key.name] = value
 
 
 @dataclass
