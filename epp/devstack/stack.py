@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, free_port_range, render_bootstrap
+from epp.devstack.needs import missing
 from epp.devstack.processes import EppProcess
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listener-port", type=int, default=8081)
     parser.add_argument("--exit", action="store_true", help="stop everything after the burst")
     args = parser.parse_args(argv)
+    problems = missing()
+    if problems:
+        print("the local stack needs:\n" + "".join(f"  - {p}\n" for p in problems), file=sys.stderr, end="")
+        return 2
 
     base_port = free_port_range(args.servers)
     print(f"starting {args.servers} simulated vLLM servers on 127.0.0.1:{base_port}..", flush=True)
