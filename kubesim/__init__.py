@@ -6,7 +6,8 @@ discovery), so that unmodified client code — the EPP's own — can be tested a
 `kubesim.testing.KubeSimThread`, and `kubesim.kubelet.Kubelet` runs simulated model-server pods.
 """
 
+from kubesim.objects import ApiError
 from kubesim.server import KubeSim
-from kubesim.store import ApiError, Store
+from kubesim.store import Store
 
 __all__ = ["ApiError", "KubeSim", "Store"]

@@ -27,8 +27,8 @@ import yaml
 
 from kubesim.kubeconfig import write_kubeconfig
 from kubesim.manifests import apply_all, load_manifest_files
+from kubesim.objects import ApiError
 from kubesim.server import KubeSim
-from kubesim.store import ApiError
 
 
 def _serve_parser() -> argparse.ArgumentParser:

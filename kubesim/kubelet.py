@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from epp.devstack.lifecycle import stop_process
-from kubesim.store import Object
+from kubesim.objects import Object
 from kubesim.testing import KubeSimThread, pod_manifest
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

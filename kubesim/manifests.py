@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from kubesim.store import ApiError, Object, Store
+from kubesim.objects import ApiError, Object
+from kubesim.store import Store
 
 
 def load_manifests(text: str, source: str = "manifest") -> list[Object]:

@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from kubesim.certs import ServingCert, make_serving_cert
-from kubesim.store import ApiError, Object, Store
+from kubesim.objects import ApiError, Object
+from kubesim.store import Store
 
 log = logging.getLogger("kubesim")
 WATCH_TRUE = ("1", "true", "True")

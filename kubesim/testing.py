@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from kubesim.kubeconfig import write_kubeconfig, write_service_account
 from kubesim.manifests import apply_all, load_manifests
+from kubesim.objects import Object
 from kubesim.server import KubeSim
-from kubesim.store import Object
 
 T = TypeVar("T")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
