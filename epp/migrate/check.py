@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from epp.migrate.convert import (
+from epp.migrate.apis import (
     ALPHA_GROUP,
     GATEWAY_GROUP,
     ROUTE_KINDS,

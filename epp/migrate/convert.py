@@ -20,14 +20,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.migrate.apis import (
+    ALPHA_GROUP,
+    ALPHA_OBJECTS_API,
+    GATEWAY_GROUP,
+    ROUTE_KINDS,
+    V1_GROUP,
+    V1_POOL_API,
+    is_alpha_pool_ref,
+    is_port,
+    object_metadata,
+    show,
+)
 from epp.migrate.manifests import Manifest
-
-V1_GROUP = "inference.networking.k8s.io"
-ALPHA_GROUP = "inference.networking.x-k8s.io"
-V1_POOL_API = f"{V1_GROUP}/v1"
-ALPHA_OBJECTS_API = f"{ALPHA_GROUP}/v1alpha2"
-GATEWAY_GROUP = "gateway.networking.k8s.io"
-ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+from epp.migrate.routes import route_steps
 
 #: v1alpha2 criticality → v1 priority. Sheddable must be negative (only negative priorities are shed when the
 #: pool is saturated); Standard was the default and 0 is the v1 default; Critical ranks above both, at 2 as in
@@ -35,11 +41,6 @@ ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 CRITICALITY_PRIORITY: dict[str, int] = {"Critical": 2, "Standard": 0, "Sheddable": -1}
 #: The v1alpha2 API tells implementations to assume this ext_proc port when extensionRef.portNumber is unset.
 DEFAULT_EPP_PORT = 9002
-#: HTTPRoute backendRef weight when unset (Gateway API)
-DEFAULT_BACKEND_WEIGHT = 1
-#: Gateway API maximum backendRef weight
-MAX_BACKEND_WEIGHT = 1_000_000
-_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _KIND_ORDER = {"InferencePool": 0, "InferenceObjective": 1, "InferenceModelRewrite": 2}
 
 
@@ -75,16 +76,6 @@ class Plan:
     final_routes: list[dict[str, Any]] = field(default_factory=list)
     #: things the user should know (printed on stderr)
     notes: list[str] = field(default_factory=list)
-
-
-def is_alpha_pool_ref(ref: Mapping[str, Any], default_group: str) -> bool:
-    """Whether a reference {group, kind, name} names a v1alpha2 InferencePool."""
-    return bool(ref.get("group", default_group) == ALPHA_GROUP and ref.get("kind", "InferencePool") == "InferencePool")
-
-
-def is_alpha_backend_ref(ref: Any) -> bool:
-    """An HTTPRoute/GRPCRoute backendRef to a v1alpha2 InferencePool (backendRef group defaults to core)."""
-    return isinstance(ref, Mapping) and ref.get("group") == ALPHA_GROUP and ref.get("kind") == "InferencePool"
 
 
 def plan_migration(manifests: Iterable[Manifest], options: Options) -> Plan:
@@ -146,7 +137,7 @@ class _Converter:
             return None
         spec = manifest.obj.get("spec")
         if not isinstance(spec, dict):
-            self._error(manifest, "spec", f"expected a mapping, got {_show(spec)}")
+            self._error(manifest, "spec", f"expected a mapping, got {show(spec)}")
             return None
         return spec
 
@@ -154,7 +145,7 @@ class _Converter:
         """The v1 poolRef for an object whose spec.poolRef names a (v1alpha2) pool."""
         ref = spec.get("poolRef")
         if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
-            self._error(manifest, "spec.poolRef.name", f"expected the name of an InferencePool, got {_show(ref)}")
+            self._error(manifest, "spec.poolRef.name", f"expected the name of an InferencePool, got {show(ref)}")
             return None
         kind = ref.get("kind", "InferencePool")
         if kind != "InferencePool":
@@ -171,14 +162,14 @@ class _Converter:
         errors_before = len(self.errors)
         selector = spec.get("selector")
         if not isinstance(selector, dict) or not selector:
-            self._error(manifest, "spec.selector", f"expected a non-empty map of pod labels, got {_show(selector)}")
+            self._error(manifest, "spec.selector", f"expected a non-empty map of pod labels, got {show(selector)}")
         elif not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
             bad = next(f"{k}: {v!r}" for k, v in selector.items() if not isinstance(v, str) or not isinstance(k, str))
             self._error(manifest, "spec.selector", f"label values must be strings ({bad}); quote the value")
         port = spec.get("targetPortNumber")
-        if not _is_port(port):
+        if not is_port(port):
             hint = "; write the number without quotes" if isinstance(port, str) and port.isdigit() else ""
-            self._error(manifest, "spec.targetPortNumber", f"expected a port number 1..65535, got {_show(port)}{hint}")
+            self._error(manifest, "spec.targetPortNumber", f"expected a port number 1..65535, got {show(port)}{hint}")
         v1_name = self.options.v1_pool_name(manifest.name)
         picker = self._endpoint_picker_ref(manifest, spec, v1_name)
         if len(self.errors) > errors_before or picker is None or not isinstance(selector, dict):
@@ -186,7 +177,7 @@ class _Converter:
         pool = {
             "apiVersion": V1_POOL_API,
             "kind": "InferencePool",
-            "metadata": _metadata(manifest, v1_name),
+            "metadata": object_metadata(manifest, v1_name),
             "spec": {
                 "selector": {"matchLabels": dict(selector)},
                 "targetPorts": [{"number": port}],
@@ -208,11 +199,11 @@ class _Converter:
             return None
         ref = ref if ref is not None else {}
         if not isinstance(ref, dict):
-            self._error(manifest, "spec.extensionRef", f"expected a mapping, got {_show(ref)}")
+            self._error(manifest, "spec.extensionRef", f"expected a mapping, got {show(ref)}")
             return None
         name = service if service is not None else ref.get("name")
         if not isinstance(name, str) or not name:
-            self._error(manifest, "spec.extensionRef.name", f"expected the EPP Service name, got {_show(name)}")
+            self._error(manifest, "spec.extensionRef.name", f"expected the EPP Service name, got {show(name)}")
             return None
         picker: dict[str, Any] = {}
         for key in ("group", "kind"):
@@ -220,8 +211,8 @@ class _Converter:
                 picker[key] = ref[key]
         picker["name"] = name
         number = ref.get("portNumber")
-        if number is not None and not _is_port(number):
-            self._error(manifest, "spec.extensionRef.portNumber", f"expected a port 1..65535, got {_show(number)}")
+        if number is not None and not is_port(number):
+            self._error(manifest, "spec.extensionRef.portNumber", f"expected a port 1..65535, got {show(number)}")
             return None
         if ref.get("kind", "Service") == "Service" or number is not None:
             picker["port"] = {"number": DEFAULT_EPP_PORT if number is None else number}
@@ -248,7 +239,7 @@ class _Converter:
         errors_before = len(self.errors)
         model_name = spec.get("modelName")
         if not isinstance(model_name, str) or not model_name:
-            self._error(manifest, "spec.modelName", f"expected the model name clients send, got {_show(model_name)}")
+            self._error(manifest, "spec.modelName", f"expected the model name clients send, got {show(model_name)}")
         criticality = spec.get("criticality")
         if criticality is not None and criticality not in self.options.priorities:
             known = ", ".join(self.options.priorities)
@@ -264,7 +255,7 @@ class _Converter:
         objective = {
             "apiVersion": ALPHA_OBJECTS_API,
             "kind": "InferenceObjective",
-            "metadata": _metadata(manifest, manifest.name),
+            "metadata": object_metadata(manifest, manifest.name),
             "spec": objective_spec,
         }
         self._write(manifest, objective, self.plan.resources)
@@ -273,7 +264,7 @@ class _Converter:
         rewrite = {
             "apiVersion": ALPHA_OBJECTS_API,
             "kind": "InferenceModelRewrite",
-            "metadata": _metadata(manifest, manifest.name),
+            "metadata": object_metadata(manifest, manifest.name),
             "spec": {
                 "poolRef": dict(pool_ref),
                 "rules": [
@@ -291,17 +282,17 @@ class _Converter:
         if raw is None:
             return []
         if not isinstance(raw, list):
-            self._error(manifest, "spec.targetModels", f"expected a list of {{name, weight}}, got {_show(raw)}")
+            self._error(manifest, "spec.targetModels", f"expected a list of {{name, weight}}, got {show(raw)}")
             return None
         targets: list[tuple[str, int | None]] = []
         for index, entry in enumerate(raw):
             path = f"spec.targetModels[{index}]"
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-                self._error(manifest, f"{path}.name", f"expected a model name, got {_show(entry)}")
+                self._error(manifest, f"{path}.name", f"expected a model name, got {show(entry)}")
                 return None
             weight = entry.get("weight")
             if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int) or weight < 0):
-                self._error(manifest, f"{path}.weight", f"expected a weight 0..1000000, got {_show(weight)}")
+                self._error(manifest, f"{path}.weight", f"expected a weight 0..1000000, got {show(weight)}")
                 return None
             targets.append((entry["name"], weight))
         weighted = [name for name, weight in targets if weight is not None]
@@ -341,7 +332,7 @@ class _Converter:
         converted = {
             "apiVersion": manifest.api_version,
             "kind": manifest.kind,
-            "metadata": _metadata(manifest, manifest.name),
+            "metadata": object_metadata(manifest, manifest.name),
             "spec": {**copy.deepcopy(spec), "poolRef": pool_ref},
         }
         self._write(manifest, converted, self.plan.resources)
@@ -349,107 +340,8 @@ class _Converter:
     # -- HTTPRoute / GRPCRoute ---------------------------------------------------------------------------
 
     def _route(self, manifest: Manifest) -> None:
-        spec = manifest.obj.get("spec")
-        rules = spec.get("rules") if isinstance(spec, dict) else None
-        if not isinstance(rules, list):
-            return
-        if not any(
-            isinstance(rule, dict) and any(is_alpha_backend_ref(ref) for ref in rule.get("backendRefs") or [])
-            for rule in rules
-        ):
-            return
-        split = self._route_step(manifest, final=False)
-        if split is None:
-            return  # the problems are reported once, from the split step
-        final = self._route_step(manifest, final=True)
-        if final is not None:
+        steps = route_steps(manifest, self.options.v1_weight, self.options.v1_pool_name, self._error)
+        if steps is not None:
+            split, final = steps
             self._write(manifest, split, self.plan.split_routes)
             self._write(manifest, final, self.plan.final_routes)
-
-    def _route_step(self, manifest: Manifest, *, final: bool) -> dict[str, Any] | None:
-        route = {
-            "apiVersion": manifest.api_version,
-            "kind": manifest.kind,
-            "metadata": _metadata(manifest, manifest.name),
-            "spec": copy.deepcopy(manifest.obj["spec"]),
-        }
-        for index, rule in enumerate(route["spec"]["rules"]):
-            if not isinstance(rule, dict):
-                continue
-            refs = rule.get("backendRefs") or []
-            if not isinstance(refs, list) or not any(is_alpha_backend_ref(ref) for ref in refs):
-                continue
-            new_refs = self._split_refs(manifest, index, refs, final=final)
-            if new_refs is None:
-                return None
-            rule["backendRefs"] = new_refs
-        return route
-
-    def _split_refs(
-        self, manifest: Manifest, rule_index: int, refs: list[Any], *, final: bool
-    ) -> list[dict[str, Any]] | None:
-        """One rule's backendRefs with every v1alpha2 pool split (or moved) to its v1 pool.
-
-        Weights are relative within a rule, so when the rule has other backends as well their weights are
-        scaled by 100 with the pools' so that the pools' share of the rule stays what it was.
-        """
-        scale = 100
-        v1_share = 100 if final else self.options.v1_weight
-        result: list[dict[str, Any]] = []
-        for ref_index, ref in enumerate(refs):
-            path = f"spec.rules[{rule_index}].backendRefs[{ref_index}]"
-            if not isinstance(ref, dict):
-                self._error(manifest, path, f"expected a backendRef mapping, got {_show(ref)}")
-                return None
-            weight = ref.get("weight", DEFAULT_BACKEND_WEIGHT)
-            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-                self._error(manifest, f"{path}.weight", f"expected a weight 0..1000000, got {_show(weight)}")
-                return None
-            if not is_alpha_backend_ref(ref):
-                result.append({**ref, "weight": weight * scale} if len(refs) > 1 else dict(ref))
-                continue
-            name = ref.get("name")
-            if not isinstance(name, str) or not name:
-                self._error(manifest, f"{path}.name", f"expected the name of the InferencePool, got {_show(name)}")
-                return None
-            v1_ref = {**copy.deepcopy(ref), "group": V1_GROUP, "kind": "InferencePool"}
-            v1_ref["name"] = self.options.v1_pool_name(name)
-            if v1_share < 100:
-                result.append({**ref, "weight": weight * (100 - v1_share)})
-            result.append({**v1_ref, "weight": weight * v1_share})
-        if any(ref.get("weight", DEFAULT_BACKEND_WEIGHT) > MAX_BACKEND_WEIGHT for ref in result):
-            self._error(
-                manifest,
-                f"spec.rules[{rule_index}].backendRefs",
-                f"weights above {MAX_BACKEND_WEIGHT // 100} cannot be split in percent within the Gateway API "
-                f"maximum of {MAX_BACKEND_WEIGHT}; divide this rule's weights by a common factor first",
-            )
-            return None
-        return result
-
-
-def _metadata(manifest: Manifest, name: str) -> dict[str, Any]:
-    """name, namespace, labels and annotations of the source object (server-set fields dropped)."""
-    source = manifest.metadata
-    metadata: dict[str, Any] = {"name": name}
-    if source.get("namespace"):
-        metadata["namespace"] = source["namespace"]
-    if isinstance(source.get("labels"), dict) and source["labels"]:
-        metadata["labels"] = dict(source["labels"])
-    annotations = source.get("annotations")
-    if isinstance(annotations, dict):
-        kept = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
-        if kept:
-            metadata["annotations"] = kept
-    return metadata
-
-
-def _is_port(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
