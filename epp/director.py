@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class Director:
         hooks: RequestHooks | None = None,
         subset_filter: bool = True,
         objectives: Mapping[str, int] | None = None,
-        saturation: Any = None,
+        saturation: Callable[[SlotArray], float] | None = None,
         shed_sheddable: bool = True,
         on_release: Callable[[], None] | None = None,
         models: ModelRouting | None = None,

@@ -190,8 +190,7 @@ class ExtProcStream:
         self._phase = Phase.CLOSED
         self._decision = self._prepared = None
         self._raw = b""
-        if self._response is not None:
-            self._response.drop()
+        self._response = None
         if self._observer is not None:
             self._observer.processing(self._request_seconds, self._response_seconds)
 

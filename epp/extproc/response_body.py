@@ -73,7 +73,3 @@ class ResponseBody:
             usage = usage_from_json(b"".join(self._chunks))
         self._chunks = []
         return usage
-
-    def drop(self) -> None:
-        self._scanner = None
-        self._chunks = []

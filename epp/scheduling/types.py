@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +70,7 @@ class CycleState:
 
     def read(self, key: StateKey[T]) -> T | None:
         """What was written under `key` in this cycle, or None."""
-        return cast("T | None", self._values.get(key.name))
+        return self._values.get(key.name)  # type: ignore[return-value]  # write() stored a T (no cast: hot path)
 
     def write(self, key: StateKey[T], value: T) -> None:
         self._values[key.name] = value
@@ -117,7 +117,7 @@ class SchedulingResult:
         self._notes[key.name] = value
 
     def recall(self, key: StateKey[T]) -> T | None:
-        return cast("T | None", self._notes.get(key.name))
+        return self._notes.get(key.name)  # type: ignore[return-value]  # remember() stored a T
 
 
 class SchedulingError(Exception):
