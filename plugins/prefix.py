@@ -117,6 +117,11 @@ class PrefixMatch:
             positions.append(walk_positions)
         return np.concatenate(rows), np.concatenate(positions)
 
+    def known_hashes(self) -> list[int]:
+        """The hashes of the request's first blocks computed so far (at least the first walk's, more while every
+        block so far is held somewhere)."""
+        return self._hashes
+
     def hashes(self) -> list[int]:
         """Every block's hash, hashing the blocks the decision did not need."""
         hashes = self._hashes
