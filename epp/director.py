@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from epp.scheduling.types import (
     SchedulingResult,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from epp.observability.decisions import DecisionLog
 
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 REWRITE_HEADER = "x-gateway-model-name-rewrite"
@@ -112,6 +115,7 @@ class Director:
         on_release: Callable[[], None] | None = None,
         models: ModelRouting | None = None,
         defer_hooks: bool = False,
+        decisions: DecisionLog | None = None,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -133,6 +137,8 @@ class Director:
         #: which the ext_proc stream does once the pick's response is on its way (the reference runs them
         #: asynchronously too); off, they run inside the pick
         self.defer_hooks = defer_hooks
+        #: where each decision is recorded for /debug/decisions (None: not recorded)
+        self.decisions = decisions
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
         #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
@@ -217,11 +223,18 @@ class Director:
             result = self.scheduler.schedule(prepared.request, self.table, candidates)
         except SchedulingError as exc:
             record_scheduler_attempt("failure", prepared.request.target_model)
+            if self.decisions is not None:
+                self.decisions.record_failure(prepared.request, str(exc), exc.trace)
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
         record_scheduler_e2e(time.perf_counter() - started)
         picked = self.table.endpoint(int(result.primary[0]))
         record_scheduler_attempt("success", prepared.request.target_model, picked.key, self.namespace, str(picked.port))
-        return self._commit(prepared.request, result, prepared.new_body)
+        decision = self._commit(prepared.request, result, prepared.new_body)
+        if self.decisions is not None:
+            self.decisions.record(
+                decision.request, decision.destination, result.primary_profile, result.profile_results
+            )
+        return decision
 
     def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
         """A request without a body (e.g. GET): a uniformly random endpoint, as the reference does."""
@@ -233,7 +246,10 @@ class Director:
         slot = candidates[self._rng.randrange(len(candidates))]
         request = LLMRequest(request_id=request_id, model="", target_model="", headers=headers, api="")
         result = SchedulingResult({"default": ProfileResult(np.array([slot], dtype=np.intp))}, "default")
-        return self._commit(request, result, None, run_hooks=False)
+        decision = self._commit(request, result, None, run_hooks=False)
+        if self.decisions is not None:
+            self.decisions.record(request, decision.destination, "default", result.profile_results, method="random")
+        return decision
 
     def candidates(self, subset: Sequence[str] | None) -> SlotArray:
         live = self.table.live_slots()
