@@ -171,7 +171,8 @@ FLAGS: tuple[_Flag, ...] = (
         "debug-decisions",
         100,
         int,
-        "routing decisions kept for /debug/decisions and the status page (0: none recorded)",
+        "routing decisions kept for /debug/decisions and the status page (0: none recorded); each keeps its"
+        " profiles' arrays: about 8 bytes x (scorers + 2) per candidate",
     ),
     # Standalone discovery (not in the reference):
     ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),

@@ -34,7 +34,7 @@ from epp.errors import EppError
 from epp.observability.decisions import endpoint_scores
 from epp.requests.openai import ParsedBody, parse_openai_body, request_path
 from epp.requests.usage import SSEUsageScanner, usage_from_json
-from epp.scheduling.types import Usage
+from epp.scheduling.types import SchedulingResult, Usage
 from epp.tracing import RequestTrace, RequestTracer
 from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
@@ -451,7 +451,7 @@ class ExtProcStream:
         metadata = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
         metadata[DESTINATION_HEADER].string_value = decision.destination
         if self._emit_scores:
-            _set_scores(metadata, decision, self._director.table.hostports)
+            set_endpoint_scores(metadata, decision.result, self._director.table.hostports)
         return response
 
     def _immediate(self, error: EppError) -> pb.ProcessingResponse:
@@ -570,11 +570,11 @@ class ExtProcStream:
             self._observer.completed(decision, usage, self._response_bytes, time.perf_counter() - self._started)
 
 
-def _set_scores(metadata: Any, decision: Decision, hostports: list[str]) -> None:
-    """The primary profile's total score of every candidate it scored (a request without a body, picked at
-    random, has none and gets no key)."""
-    result = decision.result.profile_results.get(decision.result.primary_profile)
-    trace = result.trace if result is not None else None
+def set_endpoint_scores(metadata: Any, result: SchedulingResult, hostports: list[str]) -> None:
+    """Into the `envoy.lb` struct's fields: the primary profile's total score of every candidate it scored (a
+    request without a body, picked at random, has none and gets no key)."""
+    profile = result.profile_results.get(result.primary_profile)
+    trace = profile.trace if profile is not None else None
     if trace is None or trace.total is None:
         return
     scores = metadata[SCORES_KEY].struct_value.fields

@@ -60,7 +60,7 @@ class DecisionLog:
         self.table = table
         self.capacity = capacity
         self.recorded = 0
-        self._ring: list[DecisionRecord | None] = [None] * capacity
+        self._ring: list[tuple[Any, ...] | None] = [None] * capacity
         self._snapshot: tuple[int, list[Endpoint | None]] = (-1, [])
 
     def _endpoints(self) -> list[Endpoint | None]:
@@ -96,7 +96,8 @@ class DecisionLog:
         failed_trace: ProfileTrace | None,
     ) -> None:
         sequence = self.recorded
-        self._ring[sequence % self.capacity] = DecisionRecord(
+        # a tuple in the ring (cheaper to build than the record it becomes when a page asks)
+        self._ring[sequence % self.capacity] = (
             sequence,
             time.time(),
             request.request_id,
@@ -116,7 +117,7 @@ class DecisionLog:
 
     def recent(self) -> list[DecisionRecord]:
         """The kept decisions, newest first."""
-        records = [r for r in list(self._ring) if r is not None]
+        records = [DecisionRecord(*r) for r in list(self._ring) if r is not None]
         records.sort(key=lambda r: r.sequence, reverse=True)
         return records
 

@@ -26,7 +26,8 @@ td{padding:2px 6px;border-bottom:1px solid #ccd;vertical-align:top;white-space:n
 tr.up td{background:#c0ffc0}tr.stale td{background:#ffd020}tr.never td{background:#ff9090}
 tr.dec td{background:#f4f4ff}tr.fail td{background:#ffc0c0}
 .bar{display:inline-block;width:90px;height:10px;border:1px solid #777;background:#fff;vertical-align:middle}
-.bar i{display:block;height:100%;background:#3a6}.bar i.hi{background:#d93}.bar i.full{background:#c33}
+.bar i{display:block;height:100%;background:#4a6ed0}.bar i.ok{background:#3a6}.bar i.hi{background:#d93}
+.bar i.full{background:#c33}
 .num{display:inline-block;min-width:44px;text-align:right;margin-left:4px;font-family:monospace}
 .lbl{font-family:monospace;color:#335}.win{font-weight:bold}.mono{font-family:monospace}
 .small{color:#555;font-size:11px}a{color:#20377a}
@@ -36,9 +37,11 @@ table.inner th{background:#5a6fae}
 """
 
 
-def _bar(value: float, scale: float, text: str) -> str:
+def _bar(value: float, scale: float, text: str, absolute: bool = False) -> str:
+    """A bar of value/scale; an absolute one (KV cache use) turns orange from 60 % and red from 90 %, a relative
+    one (compared with the busiest endpoint) keeps one colour."""
     fraction = 0.0 if scale <= 0 else min(max(value / scale, 0.0), 1.0)
-    kind = "full" if fraction >= 0.9 else "hi" if fraction >= 0.6 else ""
+    kind = ("full" if fraction >= 0.9 else "hi" if fraction >= 0.6 else "ok") if absolute else ""
     return (
         f'<span class="bar"><i class="{kind}" style="width:{fraction * 100:.0f}%"></i></span>'
         f'<span class="num">{escape(text)}</span>'
@@ -69,11 +72,15 @@ def _endpoint_rows(endpoints: list[dict[str, Any]]) -> str:
             f'<td class="mono">{escape(e["endpoint"])}</td><td class="lbl">{labels}</td>'
             f"<td>{_bar(load['waiting_queue'], top_queue, _number(load['waiting_queue']))}</td>"
             f"<td>{_bar(load['running_requests'], top_running, _number(load['running_requests']))}</td>"
-            f"<td>{_bar(load['kv_cache_usage'], 1.0, kv_text)}</td>"
+            f"<td>{_bar(load['kv_cache_usage'], 1.0, kv_text, absolute=True)}</td>"
             f"<td>{_bar(e['in_flight']['requests'], top_inflight, _number(e['in_flight']['requests']))}</td>"
             f"<td>{escape(age_text)}</td><td>{_number(e['scrape_errors'])}</td><td>{escape(blocks)}</td></tr>"
         )
     return "".join(rows)
+
+
+def _label(candidate: dict[str, Any]) -> str:
+    return escape(candidate["name"] or candidate["endpoint"])
 
 
 def _profile_detail(name: str, profile: dict[str, Any]) -> str:
@@ -84,7 +91,7 @@ def _profile_detail(name: str, profile: dict[str, Any]) -> str:
     for c in profile.get("candidates", [])[:PAGE_CANDIDATES]:
         cells = "".join(f"<td>{c['scores'][s['name']]:.3f}</td>" for s in scorers)
         mark = ' class="win"' if c["endpoint"] in picked else ""
-        rows.append(f"<tr><td{mark}>{escape(c['endpoint'])}</td>{cells}<td{mark}>{c['total']:.3f}</td></tr>")
+        rows.append(f"<tr><td{mark}>{_label(c)}</td>{cells}<td{mark}>{c['total']:.3f}</td></tr>")
     more = profile.get("candidates_total", 0) - min(len(profile.get("candidates", [])), PAGE_CANDIDATES)
     filters = "; ".join(f"{escape(f['name'])}: {f['in']} → {f['kept']}" for f in profile.get("filters", []))
     picker = profile.get("picker", {}).get("name", "")
@@ -99,15 +106,20 @@ def _decision_rows(decisions: list[dict[str, Any]]) -> str:
     if not decisions:
         return '<tr><td colspan="6">no decisions yet</td></tr>'
     rows = []
-    for d in decisions[:PAGE_DECISIONS]:
+    for index, d in enumerate(decisions[:PAGE_DECISIONS]):
         failed = d["outcome"] == "failed"
         model = d["model"] if d["model"] == d["target_model"] else f"{d['model']} → {d['target_model']}"
         primary = d["profiles"].get(d["primary_profile"], {})
         best = primary.get("candidates", [])[:3]
-        summary = ", ".join(f"{escape(c['endpoint'])} {c['total']:.3f}" for c in best) or escape(d["method"])
+        summary = ", ".join(f"{_label(c)} {c['total']:.3f}" for c in best) or escape(d["method"])
         details = "".join(_profile_detail(n, p) for n, p in d["profiles"].items() if "candidates" in p)
-        outcome = escape(d.get("error", "")) if failed else f'<span class="win">{escape(d["destination"])}</span>'
-        body = f"<details><summary>{summary}</summary>{details}</details>" if details else summary
+        winner = next((c for c in primary.get("candidates", []) if c["endpoint"] == d["destination"]), None)
+        sent = (
+            f"{_label(winner)} ({escape(d['destination'])})" if winner and winner["name"] else escape(d["destination"])
+        )
+        outcome = escape(d.get("error", "")) if failed else f'<span class="win">{sent}</span>'
+        opened = " open" if index == 0 else ""  # the newest decision shows every scorer's score
+        body = f"<details{opened}><summary>{summary}</summary>{details}</details>" if details else summary
         rows.append(
             f'<tr class="{"fail" if failed else "dec"}"><td>{escape(d["time"][11:23])}</td>'
             f'<td class="mono">{escape(d["request_id"])}</td><td>{escape(model)}</td>'

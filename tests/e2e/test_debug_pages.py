@@ -105,6 +105,8 @@ def test_endpoint_scores_are_absent_by_default(backends: EchoBackends, epp: EppP
     assert status == 200, body
     assert backends.received[-1].headers.get(SCORES_ECHO, "") == ""
     assert "x-gateway-destination-endpoint" in backends.received[-1].headers
+    # standalone with --metrics-endpoint-auth at its default: said at start-up, not silently ignored
+    assert "/metrics and /debug are served to anyone who reaches port" in epp.log()
 
 
 def test_status_page_in_headless_chromium(backends: EchoBackends, scoring_epp: EppProcess, tmp_path: Path) -> None:
