@@ -36,6 +36,7 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 REWRITE_HEADER = "x-gateway-model-name-rewrite"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
+NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 #: predicted output tokens per input token for in-flight token accounting (reference inflight-load-producer)
 OUTPUT_TOKEN_RATIO = 1.5
 
@@ -205,9 +206,9 @@ class Director:
             and self.saturation is not None
             and self.saturation(candidates) >= 1.0
         ):
-            raise EppError("ResourceExhausted", "system saturated, sheddable request dropped")
+            raise self._refused(request, EppError("ResourceExhausted", "system saturated, sheddable request dropped"))
         if len(candidates) == 0 and not flow_control:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise self._refused(request, EppError("ServiceUnavailable", NO_CANDIDATES))
         new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
         return Prepared(request, subset, new_body, candidates, self.table.generation)
 
@@ -217,7 +218,7 @@ class Director:
         if prepared.generation != self.table.generation:
             candidates = self._serving(prepared.request.target_model, self.candidates(prepared.subset))
         if len(candidates) == 0:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise self._refused(prepared.request, EppError("ServiceUnavailable", NO_CANDIDATES))
         started = time.perf_counter()
         try:
             result = self.scheduler.schedule(prepared.request, self.table, candidates)
@@ -236,13 +237,19 @@ class Director:
             )
         return decision
 
+    def _refused(self, request: LLMRequest, error: EppError) -> EppError:
+        """`error`, recorded first for /debug/decisions (refused before any profile ran)."""
+        if self.decisions is not None:
+            self.decisions.record_failure(request, f"{error.code}: {error.message}", None, method="admission")
+        return error
+
     def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
         """A request without a body (e.g. GET): a uniformly random endpoint, as the reference does."""
         if len(self.table) == 0:
             raise EppError("Internal", "no pods available in datastore")
         candidates = self.candidates(subset)
         if len(candidates) == 0:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise EppError("ServiceUnavailable", NO_CANDIDATES)
         slot = candidates[self._rng.randrange(len(candidates))]
         request = LLMRequest(request_id=request_id, model="", target_model="", headers=headers, api="")
         result = SchedulingResult({"default": ProfileResult(np.array([slot], dtype=np.intp))}, "default")

@@ -26,6 +26,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -79,6 +80,13 @@ def warmed(
     return table, scheduler, shared
 
 
+def timed_requests(shared: list[str], prompt_chars: int, count: int, first: int = 0) -> Iterator[LLMRequest]:
+    """Request i re-sends a shared prefix (round robin) with a fresh tail, cut to `prompt_chars`."""
+    tail = "x" * prompt_chars
+    for i in range(first, first + count):
+        yield request(i, (shared[i % len(shared)] + f"{i:08d}" + tail)[:prompt_chars])
+
+
 def time_picks(
     endpoints: int,
     prompt_chars: int,
@@ -89,11 +97,8 @@ def time_picks(
 ) -> tuple[float, float, float, float]:
     table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
     candidates = table.live_slots()
-    tail = "x" * prompt_chars
     samples, inserts = [], []
-    for i in range(picks):
-        prompt = shared[i % len(shared)] + f"{i:08d}" + tail
-        req = request(i, prompt[:prompt_chars])
+    for req in timed_requests(shared, prompt_chars, picks):
         started = time.perf_counter()
         result = scheduler.schedule(req, table, candidates)
         decided = time.perf_counter()
@@ -118,12 +123,9 @@ def time_recording(
     table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
     candidates = table.live_slots()
     log = DecisionLog(table)
-    tail = "x" * prompt_chars
     plain, recorded, emitted = [], [], []
     gc.collect()
-    for i in range(picks):
-        prompt = shared[i % len(shared)] + f"{i:08d}" + tail
-        req = request(i, prompt[:prompt_chars])
+    for i, req in enumerate(timed_requests(shared, prompt_chars, picks)):
         record = i % 2 == 1
         scheduler.trace = record
         started = time.perf_counter()
@@ -135,8 +137,7 @@ def time_recording(
     # the metadata apart: its garbage would land in the next pick's timing
     scheduler.trace = True
     gc.collect()
-    for i in range(max(picks // 4, 1)):
-        req = request(picks + i, (shared[i % len(shared)] + f"{i:08d}" + tail)[:prompt_chars])
+    for req in timed_requests(shared, prompt_chars, max(picks // 4, 1), first=picks):
         result = scheduler.schedule(req, table, candidates)
         response = pb.ProcessingResponse()
         started = time.perf_counter()

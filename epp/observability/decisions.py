@@ -47,7 +47,8 @@ class DecisionRecord:
     error: str = ""
     #: the profile run that found nothing, when a filter emptied the candidates
     failed_trace: ProfileTrace | None = None
-    #: "scheduler", or "random" for a request without a body (the reference picks those uniformly)
+    #: "scheduler"; "random" for a request without a body (the reference picks those uniformly); "admission"
+    #: for one refused before the scheduler ran
     method: str = "scheduler"
 
 
@@ -82,8 +83,12 @@ class DecisionLog:
     ) -> None:
         self._store(request, destination, primary_profile, profiles, method, "", None)
 
-    def record_failure(self, request: LLMRequest, error: str, trace: ProfileTrace | None) -> None:
-        self._store(request, "", trace.plan.name if trace is not None else "", {}, "scheduler", error, trace)
+    def record_failure(
+        self, request: LLMRequest, error: str, trace: ProfileTrace | None, method: str = "scheduler"
+    ) -> None:
+        """A request no endpoint was picked for: by the scheduler (`trace`: the run a filter emptied), or refused
+        before it ("admission": shed while saturated, no candidate serves the model or the subset)."""
+        self._store(request, "", trace.plan.name if trace is not None else "", {}, method, error, trace)
 
     def _store(
         self,

@@ -181,6 +181,13 @@ def test_queries_ring_bound_and_failures() -> None:
         assert failed["profiles"]["default"]["filters"][0] == {
             "name": "gpu-only", "type": "label-selector-filter", "in": 1, "kept": 0, "removed": ["10.0.0.6:8000"],
         }  # fmt: skip
+        # a request refused before the scheduler ran (no endpoint left at all) is recorded too
+        stack.table.remove("pod-5")
+        with pytest.raises(EppError):
+            stack.decide("r-empty", "hello")
+        refused = stack.json("/debug/decisions?limit=1")["decisions"][0]
+        assert (refused["request_id"], refused["outcome"], refused["method"]) == ("r-empty", "failed", "admission")
+        assert refused["error"] == "ServiceUnavailable: failed to find endpoint candidates for serving the request"
         # records keep naming the endpoints they chose among after those left
         assert stack.json("/debug/decisions?request_id=r11")["decisions"][0]["destination"].startswith("10.0.0.")
     finally:
