@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import uvloop
@@ -38,7 +38,7 @@ from epp.observability import logging as epp_logging
 from epp.observability.debug import DebugPages, HoldsBlocks
 from epp.observability.decisions import DecisionLog
 from epp.observability.flowcontrol import FlowControlMetrics
-from epp.observability.server import Guard, server_tls_context, start_metrics_server
+from epp.observability.server import server_tls_context, start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
@@ -202,14 +202,12 @@ async def _start_with(
         source=_source_of(settings),
     )
     guard = _metrics_guard(settings)
-    try:
-        metrics_tls = (
-            server_tls_context(settings.metrics_cert_dir, settings.metrics_client_ca_file)
-            if (settings.metrics_cert_dir)
-            else None
-        )
-    except (OSError, ValueError) as exc:
-        raise StartupError(str(exc)) from None
+    metrics_tls = None
+    if settings.metrics_cert_dir:
+        try:
+            metrics_tls = server_tls_context(settings.metrics_cert_dir, settings.metrics_client_ca_file)
+        except (OSError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
     # bound now, with the other ports, so a taken port fails before anything else has started
     metrics_server, _ = _bind(
         "--metrics-port",
@@ -233,7 +231,7 @@ async def _start_with(
             else:
                 runtime.kubernetes = await _start_kubernetes(settings, table, health, director)
                 if guard is not None:
-                    cast("TokenReviewGuard", guard).attach(runtime.kubernetes.api)
+                    guard.attach(runtime.kubernetes.api)
         except EndpointSpecError as exc:
             raise StartupError(str(exc)) from None
 
@@ -282,7 +280,7 @@ def _source_of(settings: Settings) -> str:
     return f"pods matching {settings.endpoint_selector} in {settings.pool_namespace}"
 
 
-def _metrics_guard(settings: Settings) -> Guard | None:
+def _metrics_guard(settings: Settings) -> TokenReviewGuard | None:
     """What --metrics-endpoint-auth means for this process, said once at start-up."""
     kubernetes = bool(settings.pool_name or settings.endpoint_selector)
     if settings.metrics_endpoint_auth and kubernetes:

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry
 
-from epp.config.schema import load_config_text
+from epp.config.schema import load_config_file, load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
 from epp.errors import EppError
+from epp.extproc.core import SCORES_KEY, set_endpoint_scores
 from epp.observability.debug import DebugPages
 from epp.observability.decisions import DecisionLog
 from epp.observability.server import start_metrics_server
@@ -250,3 +252,29 @@ def test_pages_are_built_off_the_event_loop_while_decisions_are_recorded(stack: 
         reader.join(10)
     assert not errors
     assert stack.json("/debug/decisions?limit=1")["decisions"][0]["request_id"] == "c299"
+
+
+def test_prefill_decode_decisions_show_both_profiles_and_the_metadata_the_decode_pick() -> None:
+    table = EndpointTable(8)
+    for i, role in enumerate(["prefill", "prefill", "decode", "decode", "decode"]):
+        table.add(Endpoint(f"10.1.0.{i + 1}", 8000, name=f"{role}-{i}", labels={"llm-d.ai/role": role}))
+    scheduler = build_scheduler(load_config_file("config/pd-disagg.yaml"), table)
+    scheduler.trace = True
+    log = DecisionLog(table)
+    director = Director(table, scheduler, hooks=scheduler, decisions=log)
+    body = json.dumps({"model": "m", "prompt": "a long prompt nobody has seen. " * 200}).encode()
+    decision = director.decide("pd-1", {}, parse_openai_body(body, "/v1/completions"), body, None)
+
+    [described] = log.describe()["decisions"]
+    assert described["primary_profile"] == "decode" and set(described["profiles"]) == {"decode", "prefill"}
+    decode, prefill = described["profiles"]["decode"], described["profiles"]["prefill"]
+    assert decode["filters"][0]["removed"] == ["10.1.0.1:8000", "10.1.0.2:8000"]
+    assert {c["name"] for c in decode["candidates"]} == {"decode-2", "decode-3", "decode-4"}
+    assert {c["name"] for c in prefill["candidates"]} == {"prefill-0", "prefill-1"}
+    assert decode["picked"] == [decision.destination]
+    assert decision.headers["x-prefiller-host-port"] == prefill["picked"][0]
+
+    metadata = struct_pb2.Struct()
+    set_endpoint_scores(metadata.fields, decision.result, table.hostports)
+    scores = dict(metadata.fields[SCORES_KEY].struct_value.fields)
+    assert {k: v.number_value for k, v in scores.items()} == {c["endpoint"]: c["total"] for c in decode["candidates"]}
