@@ -32,16 +32,10 @@ def level_for(v: int) -> int:
     return logging.WARNING
 
 
-_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-
-
-def extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    """The fields a call passed with `extra=` (x-request-id, model, destination, ...)."""
-    return {key: value for key, value in record.__dict__.items() if key not in _RESERVED}
-
-
 class JsonFormatter(logging.Formatter):
     """zap-like JSON lines: ts, level, logger, msg, plus any `extra` fields (e.g. x-request-id)."""
+
+    _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -50,15 +44,17 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(extra_fields(record))
+        for key, value in record.__dict__.items():
+            if key not in self._RESERVED:
+                entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
-    """zap's console layout: time, level, logger and message separated by tabs, then the `extra` fields as one
-    JSON object (a traceback, if any, on the lines after)."""
+    """zap's console layout: time, level, logger and message separated by tabs, then the `extra` fields
+    (x-request-id, model, destination, ...) as one JSON object; a traceback, if any, on the lines after."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s")
@@ -66,7 +62,7 @@ class ConsoleFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
-        fields = extra_fields(record)
+        fields = {k: v for k, v in record.__dict__.items() if k not in JsonFormatter._RESERVED}
         return f"{line}\t{orjson.dumps(fields, default=str).decode()}" if fields else line
 
 
