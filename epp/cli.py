@@ -172,7 +172,7 @@ FLAGS: tuple[_Flag, ...] = (
         100,
         int,
         "routing decisions kept for /debug/decisions and the status page (0: none recorded); each keeps its"
-        " profiles' arrays: about 8 bytes x (scorers + 2) per candidate",
+        " profiles' arrays: about 8 bytes x (filters + scorers + 1) per candidate",
     ),
     # Standalone discovery (not in the reference):
     ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),
