@@ -225,6 +225,10 @@ class ApproxPrefixCacheProducer(DataProducer):
 
         table.subscribe(on_change)
 
+    def blocks_held(self, slot: int) -> int:
+        """Prefix blocks the index believes the endpoint in `slot` holds (for /debug/endpoints)."""
+        return self.index.slot_size(slot)
+
     def _block_tokens(self, state: CycleState, candidates: SlotArray) -> int:
         if self.parameters.auto_tune and len(candidates):
             served = int(state.table.cache_block_size[candidates[0]])
