@@ -25,25 +25,19 @@ _DEPRECATED_METRIC_FLAGS = (
 
 #: flag → why it stops the process when given (features not built in this version)
 NOT_BUILT: dict[str, str] = {
-    "metrics-endpoint-auth": "/metrics authentication uses Kubernetes TokenReview, which is not built yet",
     "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
     "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
-    "emit-endpoint-scores": "per-endpoint scores in dynamic metadata are not built yet",
     "tls-min-version": "TLS version selection is not supported by the gRPC Python server",
     "tls-cipher-suites": "TLS cipher-suite selection is not supported by the gRPC Python server",
-    "metrics-cert-dir": "TLS on /metrics is not built yet",
-    "metrics-client-ca-file": "mTLS on /metrics is not built yet",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
     "zap-stacktrace-level": "stack-trace level selection is not built yet",
     "zap-devel": "zap development mode has no equivalent in this build",
 }
 #: flags whose value is fine only when it is the (disabled) default
 _ONLY_FALSE = {
-    "metrics-endpoint-auth",
     "enable-pprof",
     "allow-experimental-plugins",
     "enable-grpc-stream-metrics",
-    "emit-endpoint-scores",
     "zap-devel",
 }
 
@@ -142,6 +136,27 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
     if settings.max_endpoints <= 0:
         errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
+    if not 0 <= settings.debug_decisions <= MAX_DEBUG_DECISIONS:
+        errors.append(f"--debug-decisions {settings.debug_decisions}: keep 0 (none) to {MAX_DEBUG_DECISIONS}")
+    errors.extend(_validate_metrics_port(settings))
+    return errors
+
+
+MAX_DEBUG_DECISIONS = 100_000
+
+
+def _validate_metrics_port(settings: Settings) -> list[str]:
+    errors: list[str] = []
+    kubernetes = bool(settings.pool_name or settings.endpoint_selector)
+    if "metrics_endpoint_auth" in settings.explicit and settings.metrics_endpoint_auth and not kubernetes:
+        errors.append(
+            "--metrics-endpoint-auth=true checks bearer tokens with the Kubernetes API (TokenReview and "
+            "SubjectAccessReview), which standalone discovery does not use; give --pool-name or "
+            "--endpoint-selector, or --metrics-endpoint-auth=false (with --metrics-cert-dir and "
+            "--metrics-client-ca-file to require client certificates instead)"
+        )
+    if settings.metrics_client_ca_file and not settings.metrics_cert_dir:
+        errors.append("--metrics-client-ca-file needs --metrics-cert-dir (client certificates are checked over TLS)")
     return errors
 
 

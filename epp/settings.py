@@ -48,7 +48,11 @@ class Settings:
     grpc_health_port: int = flag(9003, parse_port, "gRPC health service port")
     metrics_port: int = flag(9090, parse_port, "Prometheus /metrics port")
     metrics_endpoint_auth: bool = flag(
-        True, parse_bool, "authenticate /metrics with Kubernetes TokenReview (Kubernetes only)"
+        True,
+        parse_bool,
+        "Kubernetes mode: /metrics and /debug need a bearer token the API server authenticates (TokenReview) and"
+        " allows (SubjectAccessReview, nonResourceURL = the path, verb get); standalone there is no API server:"
+        " the default serves them openly with a warning and an explicit true is refused",
     )
     enable_pprof: bool = flag(True, parse_bool, "Go pprof endpoints (not available in the Python EPP)")
     pool_name: str = flag("", str, "InferencePool name (Kubernetes discovery)")
@@ -107,13 +111,27 @@ class Settings:
         "close an ext_proc stream that sends no message for this long, releasing its pick (0: never); keep it"
         " above the longest silence of a request, e.g. a non-streaming generation",
     )
-    emit_endpoint_scores: bool = flag(False, parse_bool, "per-endpoint scores in dynamic metadata")
+    emit_endpoint_scores: bool = flag(
+        False,
+        parse_bool,
+        "every scored endpoint's total score in the envoy.lb dynamic metadata key"
+        " x-gateway-destination-endpoint-scores",
+    )
     enable_grpc_stream_metrics: bool = flag(False, parse_bool, "ext_proc stream metrics")
     tls_min_version: str = flag("", str, "minimum TLS version of the ext_proc server")
     tls_cipher_suites: str = flag("", str, "TLS cipher suites of the ext_proc server")
-    metrics_cert_dir: str = flag("", str, "serve /metrics over TLS with the certificate in this directory")
-    metrics_client_ca_file: str = flag("", str, "require client certificates on /metrics signed by this CA")
+    metrics_cert_dir: str = flag("", str, "serve the metrics port over TLS with tls.crt and tls.key of this directory")
+    metrics_client_ca_file: str = flag(
+        "", str, "with --metrics-cert-dir: require client certificates signed by this CA"
+    )
     allow_experimental_plugins: bool = flag(False, parse_bool, "allow Alpha-stability plugins")
+    # Not in the reference (debugging):
+    debug_decisions: int = flag(
+        100,
+        int,
+        "routing decisions kept for /debug/decisions and the status page (0: none recorded); each keeps its"
+        " profiles' arrays: about 8 bytes x (filters + scorers + 1) per candidate",
+    )
     # Standalone discovery (not in the reference):
     endpoints: str = flag("", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)")
     endpoints_file: str = flag("", str, "YAML file of endpoints (address, port, name, labels); re-read on change")
@@ -129,3 +147,8 @@ def flag_specs() -> Iterator[FlagSpec]:
         if _SPEC in spec.metadata:
             parse, help_text = spec.metadata[_SPEC]
             yield FlagSpec(spec.name.replace("_", "-"), spec.default, parse, help_text)
+
+
+def flag_values(settings: Settings) -> dict[str, object]:
+    """Every flag's value by field name (what /debug/config shows)."""
+    return {spec.dest: getattr(settings, spec.dest) for spec in flag_specs()}

@@ -35,13 +35,16 @@ from epp.datastore.table import Endpoint, EndpointTable, SlotArray  # noqa: E402
 from epp.director import Decision, Director  # noqa: E402
 from epp.requests.openai import parse_openai_body  # noqa: E402
 from epp.scheduling.framework import build_scheduler  # noqa: E402
-from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingResult, Usage  # noqa: E402
+from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingResult, StateKey, Usage  # noqa: E402
 from vllmsim.engine import Engine, EngineConfig, Sequence  # noqa: E402
 from vllmsim.server import prompt_text  # noqa: E402
 
 ARRIVAL, STEP, SCRAPE, SLOWDOWN = 0, 1, 2, 3
 #: the config name that routes in turn instead of running epp's scheduler (the peers' round_robin)
 ROUND_ROBIN = "round-robin"
+
+#: what the predicted-TTFT producer keeps with each pick (its name is the default plugin name)
+PREDICTION_NOTE: StateKey[object] = StateKey("predicted-ttft-producer")
 
 
 class RoundRobin:
@@ -154,7 +157,7 @@ def simulate(
             adapter = "" if model == base_model else model
             sequence = engines[server].add(prompt_text(request.body), int(request.body["max_tokens"]), model, adapter)
             live[(server, sequence.request_id)] = (payload, decision, sequence)
-            note = decision.result.notes.get("predicted-ttft-producer")
+            note = decision.result.recall(PREDICTION_NOTE)
             outcomes[payload] = Outcome(server, at, predicted=getattr(note, "predicted", float("nan")))
             kick(server)
         elif kind == STEP:

@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting {args.servers} simulated vLLM servers on 127.0.0.1:{base_port}..", flush=True)
     simulators = start_simulators(args.servers, base_port, args.time_scale)
     endpoints = ",".join(f"127.0.0.1:{base_port + i}" for i in range(args.servers))
-    epp = EppProcess(["--endpoints", endpoints, "--v", "2"])
+    # a stack on this machine: the metrics port and /debug need no token (there is no Kubernetes API to ask)
+    epp = EppProcess(["--endpoints", endpoints, "--v", "2", "--metrics-endpoint-auth=false"])
     envoy: EnvoyProcess | None = None
     try:
         epp.start()
         print(
             f"epp serving ext_proc on :{epp.grpc_port} (TLS), health :{epp.health_port}, "
-            f"metrics http://127.0.0.1:{epp.metrics_port}/metrics",
+            f"metrics http://127.0.0.1:{epp.metrics_port}/metrics, status page http://127.0.0.1:{epp.metrics_port}/debug",
             flush=True,
         )
         config = render_bootstrap("envoy", args.listener_port, free_port(), epp.grpc_port)

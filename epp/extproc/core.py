@@ -64,6 +64,7 @@ class ExtProcStream:
         "_body_chunks",
         "_decision",
         "_director",
+        "_emit_scores",
         "_ended_with_trailers",
         "_flow_control",
         "_headers",
@@ -96,8 +97,11 @@ class ExtProcStream:
         flow_control: bool = False,
         tracer: RequestTracer | None = None,
         max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY,
+        emit_scores: bool = False,
     ) -> None:
         self._director = director
+        #: add the primary profile's scores to the envoy.lb metadata (the scheduler must trace its runs)
+        self._emit_scores = emit_scores
         self._max_body = max_body_bytes
         self._phase = Phase.REQUEST_HEADERS
         self._tracer = tracer
@@ -353,7 +357,9 @@ class ExtProcStream:
         if self._observer is not None:
             self._observer.picked(decision)
         log_routed(decision, self._request_id)
-        return picked_response(decision, phase, self._request_id if self._id_generated else None)
+        generated_id = self._request_id if self._id_generated else None
+        scored_hostports = self._director.table.hostports if self._emit_scores else None
+        return picked_response(decision, phase, generated_id, scored_hostports)
 
     # --- response phase -----------------------------------------------------------------------
 

@@ -4,8 +4,14 @@ name put back into a response), built in place (passing sub-messages to construc
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
+from google.protobuf.struct_pb2 import Value
+
 from epp.director import Decision
 from epp.errors import EppError
+from epp.observability.decisions import endpoint_scores
+from epp.scheduling.types import SchedulingResult
 from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -16,12 +22,15 @@ LB_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 SERVED_KEY = "x-gateway-destination-endpoint-served"
+#: with --emit-endpoint-scores: `envoy.lb` struct of every scored candidate's `ip:port` → its total score
+SCORES_KEY = "x-gateway-destination-endpoint-scores"
 REQUEST_ID_HEADER = "x-request-id"
 
 FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = mode_pb.ProcessingMode.BUFFERED
 NO_BODY = mode_pb.ProcessingMode.NONE
 _OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+StructFields = MutableMapping[str, Value]
 
 
 def read_subset(message: pb.ProcessingRequest) -> list[str] | None:
@@ -51,9 +60,12 @@ def set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     header.raw_value = value.encode("latin-1")
 
 
-def picked_response(decision: Decision, phase: str, generated_request_id: str | None) -> pb.ProcessingResponse:
+def picked_response(
+    decision: Decision, phase: str, generated_request_id: str | None, scored_hostports: list[str] | None = None
+) -> pb.ProcessingResponse:
     """The answer that routes: destination header and `envoy.lb` metadata, on the `phase` response
-    ("request_headers" or "request_body"); `generated_request_id` when the EPP made the request's id."""
+    ("request_headers" or "request_body"); `generated_request_id` when the EPP made the request's id;
+    `scored_hostports` (the table's) to add the primary profile's scores (--emit-endpoint-scores)."""
     response = pb.ProcessingResponse()
     common = (response.request_headers if phase == "request_headers" else response.request_body).response
     common.clear_route_cache = True
@@ -66,10 +78,23 @@ def picked_response(decision: Decision, phase: str, generated_request_id: str | 
     if decision.headers:
         for key, value in decision.headers.items():
             set_header(mutation, key, value)
-    response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields[
-        DESTINATION_HEADER
-    ].string_value = decision.destination
+    metadata = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+    metadata[DESTINATION_HEADER].string_value = decision.destination
+    if scored_hostports is not None:
+        set_endpoint_scores(metadata, decision.result, scored_hostports)
     return response
+
+
+def set_endpoint_scores(metadata: StructFields, result: SchedulingResult, hostports: list[str]) -> None:
+    """Into the `envoy.lb` struct's fields: the primary profile's total score of every candidate it scored (a
+    request without a body, picked at random, has none and gets no key)."""
+    profile = result.profile_results.get(result.primary_profile)
+    trace = profile.trace if profile is not None else None
+    if trace is None or trace.total is None:
+        return
+    scores = metadata[SCORES_KEY].struct_value.fields
+    for hostport, score in endpoint_scores(trace, hostports):
+        scores[hostport].number_value = score
 
 
 def immediate_response(error: EppError) -> pb.ProcessingResponse:

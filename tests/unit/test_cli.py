@@ -102,3 +102,25 @@ def test_settings_are_typed_frozen_and_one_field_per_flag() -> None:
     fields = {f.name for f in dataclasses.fields(Settings)} - {"explicit"}
     assert {spec.dest for spec in flag_specs()} == fields, "every settings field is a flag"
     assert Settings() == dataclasses.replace(read_flags([]), explicit=frozenset()), "the defaults are the flags'"
+
+
+def test_metrics_port_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = parse_settings(BASE)
+    assert defaults.metrics_endpoint_auth is True and defaults.debug_decisions == 100
+    assert defaults.emit_endpoint_scores is False
+    given = parse_settings(
+        [*BASE, "--emit-endpoint-scores", "--debug-decisions", "0", "--metrics-endpoint-auth=false",
+         "--metrics-cert-dir", "/certs", "--metrics-client-ca-file", "/certs/ca.crt"]
+    )  # fmt: skip
+    assert given.emit_endpoint_scores and given.debug_decisions == 0 and given.metrics_client_ca_file
+    kubernetes = parse_settings(["--pool-name", "pool", "--metrics-endpoint-auth=true"])
+    assert kubernetes.metrics_endpoint_auth is True
+    for args, message in (
+        (["--metrics-endpoint-auth=true"], "--metrics-endpoint-auth=true checks bearer tokens with the Kubernetes API"),
+        (["--metrics-client-ca-file", "ca.crt"], "--metrics-client-ca-file needs --metrics-cert-dir"),
+        (["--debug-decisions", "-1"], "--debug-decisions -1: keep 0 (none) to 100000"),
+        (["--debug-decisions", "100001"], "--debug-decisions 100001"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings([*BASE, *args])
+        assert message in capsys.readouterr().err, args
