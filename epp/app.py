@@ -17,7 +17,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from epp import tls
-from epp.cli import Settings
+from epp.cli import Settings, log_options
 from epp.config.schema import (
     ConfigError,
     EndpointPickerConfig,
@@ -281,7 +281,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> int:
-    epp_logging.configure(settings.v, settings.zap_encoder)
+    epp_logging.configure_options(log_options(settings))
     try:
         uvloop.run(serve(settings))
     except StartupError as exc:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.observability.logging import ENCODERS, LogOptions
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[kKMGT]B?|B)?$")
@@ -115,11 +117,11 @@ FLAGS: tuple[_Flag, ...] = (
     ("config-file", "", str, "EndpointPickerConfig file"),
     ("config-text", "", str, "EndpointPickerConfig as text"),
     ("v", 2, int, "log verbosity: 1 quiet, 2 default, 3 verbose, 4 debug, 5 trace"),
-    ("zap-encoder", "console", str, "log encoding: json or console"),
-    ("zap-log-level", "", str, "log level (debug, info, error or an integer); derived from --v when unset"),
-    ("zap-devel", True, parse_bool, "development logging defaults"),
-    ("zap-stacktrace-level", "error", str, "level from which stack traces are logged"),
-    ("zap-time-encoding", "epoch", str, "time encoding: epoch, millis, nano, iso8601, rfc3339, rfc3339nano"),
+    ("zap-encoder", "", str, "log encoding: json or console (unset: console with --zap-devel, else json)"),
+    ("zap-log-level", "", str, "log level: debug, info, error, panic or a verbosity > 0; wins over --v when set"),
+    ("zap-devel", True, parse_bool, "development defaults (console, stack traces from warn); false: production"),
+    ("zap-stacktrace-level", "", str, "info, error or panic: lines from it carry a stack trace (unset: warn/error)"),
+    ("zap-time-encoding", "", str, "epoch, millis, nano, iso8601, rfc3339 or rfc3339nano (unset: rfc3339)"),
     ("model-server-metrics-scheme", "http", str, "deprecated: scheme of model-server metrics"),
     ("model-server-metrics-path", "/metrics", str, "deprecated: path of model-server metrics"),
     ("model-server-metrics-https-insecure-skip-verify", True, parse_bool, "deprecated: skip TLS verification"),
@@ -178,8 +180,6 @@ NOT_BUILT: dict[str, str] = {
     "metrics-cert-dir": "TLS on /metrics is not built yet",
     "metrics-client-ca-file": "mTLS on /metrics is not built yet",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
-    "zap-stacktrace-level": "stack-trace level selection is not built yet",
-    "zap-devel": "zap development mode has no equivalent in this build",
 }
 #: flags whose value is fine only when it is the (disabled) default
 _ONLY_FALSE = {
@@ -188,7 +188,6 @@ _ONLY_FALSE = {
     "allow-experimental-plugins",
     "enable-grpc-stream-metrics",
     "emit-endpoint-scores",
-    "zap-devel",
 }
 
 
@@ -269,8 +268,13 @@ def validate(settings: Settings) -> list[str]:
     errors.extend(_validate_kubernetes(settings))
     if settings.v < 0:
         errors.append(f"--v {settings.v}: verbosity must be 0 or more")
-    if settings.zap_encoder not in ("json", "console"):
+    if settings.zap_encoder and settings.zap_encoder not in ENCODERS:
         errors.append(f"--zap-encoder {settings.zap_encoder!r}: use json or console")
+    else:
+        try:
+            log_options(settings)
+        except ValueError as exc:
+            errors.append(str(exc))
     if settings.model_server_metrics_scheme not in ("http", "https"):
         errors.append(f"--model-server-metrics-scheme {settings.model_server_metrics_scheme!r}: use http or https")
     if settings.enable_cert_reload and not settings.cert_path:
@@ -326,6 +330,18 @@ def _validate_kubernetes(settings: Settings) -> list[str]:
             f"({settings.ha_renew_deadline}s) > --ha-retry-period ({settings.ha_retry_period}s) > 0"
         )
     return errors
+
+
+def log_options(settings: Settings) -> LogOptions:
+    """The logging set-up the --v and --zap-* flags ask for (ValueError naming a bad value)."""
+    return LogOptions.from_flags(
+        settings.v,
+        encoder=settings.zap_encoder,
+        log_level=settings.zap_log_level,
+        devel=settings.zap_devel,
+        stacktrace_level=settings.zap_stacktrace_level,
+        time_encoding=settings.zap_time_encoding,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
