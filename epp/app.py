@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from epp import tls
 from epp.cli import Settings, log_options
+from epp.config.datalayer import NO_OP_GATES
 from epp.config.schema import (
     ConfigError,
     EndpointPickerConfig,
@@ -25,7 +26,7 @@ from epp.config.schema import (
     load_config_file,
     load_config_text,
 )
-from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
+from epp.datalayer.params import MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
@@ -202,19 +203,7 @@ async def _start_with(
             raise StartupError(str(exc)) from None
 
         runtime.shared_memory = shared_memory
-        runtime.scrape_plane = ScrapePlane()
-        source = MetricsDataSourceParams(
-            scheme=settings.model_server_metrics_scheme,
-            path=settings.model_server_metrics_path,
-            insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
-        )
-        extractor = CoreMetricsExtractorParams()
-        for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
-            if instance.type == "metrics-data-source":
-                source = instance.plugin.parameters
-            elif instance.type == "core-metrics-extractor":
-                extractor = instance.plugin.parameters
-        runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
+        _start_data_layer(runtime, config)
         if flow is not None:
             flow.start()
             runtime.flow = flow
@@ -233,6 +222,31 @@ async def _start_with(
         metrics_server.shutdown()
         metrics_server.server_close()
         raise
+
+
+def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig) -> None:
+    """Scrape the model servers as the config's data layer says (or not at all)."""
+    settings = runtime.settings
+    for gate in config.feature_gates:
+        if gate in NO_OP_GATES:
+            log.warning("%s", NO_OP_GATES[gate])
+    data_layer = config.data_layer
+    if not data_layer.scrapes:
+        log.warning(
+            "model-server metrics are not scraped: the config's dataLayer section lists no source; scorers see "
+            "only the load this EPP routed"
+        )
+        return
+    flags_source = MetricsDataSourceParams(
+        scheme=settings.model_server_metrics_scheme,
+        path=settings.model_server_metrics_path,
+        insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
+    )
+    log.info("model-server metrics: %s", data_layer.mode.value)
+    runtime.scrape_plane = ScrapePlane()
+    runtime.scrape_plane.start(
+        runtime.table, data_layer.source_or(flags_source), data_layer.extractor, settings.refresh_metrics_interval
+    )
 
 
 def _bind(flag: str, port: int, bind: Callable[[], T]) -> T:
