@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import grpc
-import uvloop
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from epp import tls
-from epp.cli import Settings, log_options
+from epp.cli import Settings
 from epp.config.datalayer import NO_OP_GATES
 from epp.config.schema import (
     ConfigError,
@@ -35,11 +29,12 @@ from epp.extproc.core import ExtProcStream, openai_parser, passthrough_parser
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
-from epp.observability import logging as epp_logging
 from epp.observability.flowcontrol import FlowControlMetrics
 from epp.observability.server import start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
+from epp.servers import StartupError, add_extproc_port, bind, run_server
+from epp.servers import health_server as start_health_server
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -48,13 +43,6 @@ if TYPE_CHECKING:
     from epp.k8s.runtime import KubernetesRuntime
 
 log = logging.getLogger("epp")
-
-
-class StartupError(Exception):
-    pass
-
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -67,7 +55,6 @@ class Runtime:
     registry: CollectorRegistry
     grpc_server: grpc.aio.Server
     health_server: grpc.aio.Server
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: EndpointsFileWatcher | None = None
     tracer: RequestTracer | None = None
     scrape_plane: ScrapePlane | None = None
@@ -163,24 +150,10 @@ async def _start_with(
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if settings.health_checking:
         add_health(server, health)
-    address = f"[::]:{settings.grpc_port}"
-    if settings.secure_serving:
-        try:
-            credentials = tls.server_credentials(settings.cert_path, settings.enable_cert_reload)
-        except (OSError, ValueError) as exc:
-            raise StartupError(str(exc)) from None
-        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_secure_port(address, credentials))
-    else:
-        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_insecure_port(address))
-    health_server = grpc.aio.server()
-    add_health(health_server, health)
-    health_port = _bind(
-        "--grpc-health-port",
-        settings.grpc_health_port,
-        lambda: health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}"),
-    )
+    grpc_port = add_extproc_port(server, settings)
+    health_server, health_port = start_health_server(settings, health)
     # bound now, with the other ports, so a taken port fails before anything else has started
-    metrics_server, _ = _bind(
+    metrics_server, _ = bind(
         "--metrics-port", settings.metrics_port, lambda: start_metrics_server(settings.metrics_port, registry)
     )
     try:
@@ -249,15 +222,6 @@ def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig) -> None:
     )
 
 
-def _bind(flag: str, port: int, bind: Callable[[], T]) -> T:
-    try:
-        return bind()
-    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
-        raise StartupError(
-            f"{flag} {port}: cannot listen there ({exc}); another process holds the port: stop it or pick another"
-        ) from None
-
-
 async def stop(runtime: Runtime) -> None:
     """Drain: health goes NOT_SERVING, new streams are refused, in-flight ones get --drain-timeout.
     With leader election the lease is released first and new streams are still taken while the proxy
@@ -285,21 +249,5 @@ async def stop(runtime: Runtime) -> None:
     log.info("stopped")
 
 
-async def serve(settings: Settings) -> None:
-    runtime = await start(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stopping.set)
-    await runtime.stopping.wait()
-    await stop(runtime)
-
-
 def run(settings: Settings) -> int:
-    epp_logging.configure_options(log_options(settings))
-    try:
-        uvloop.run(serve(settings))
-    except StartupError as exc:
-        log.error("%s", exc)
-        print(f"epp: {exc}", flush=True, file=sys.stderr)
-        return 1
-    return 0
+    return run_server("epp", settings, start, stop)
