@@ -30,6 +30,7 @@ from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
 from epp.observability.flowcontrol import FlowControlMetrics
+from epp.observability.pool import PoolGauges
 from epp.observability.server import start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
@@ -176,7 +177,7 @@ async def _start_with(
             raise StartupError(str(exc)) from None
 
         runtime.shared_memory = shared_memory
-        _start_data_layer(runtime, config)
+        _start_data_layer(runtime, config, observability.pool)
         if flow is not None:
             flow.start()
             runtime.flow = flow
@@ -197,7 +198,7 @@ async def _start_with(
         raise
 
 
-def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig) -> None:
+def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig, pool: PoolGauges) -> None:
     """Scrape the model servers as the config's data layer says (or not at all)."""
     settings = runtime.settings
     for gate in config.feature_gates:
@@ -216,10 +217,10 @@ def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig) -> None:
         insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
     )
     log.info("model-server metrics: %s", data_layer.mode.value)
-    runtime.scrape_plane = ScrapePlane()
-    runtime.scrape_plane.start(
-        runtime.table, data_layer.source_or(flags_source), data_layer.extractor, settings.refresh_metrics_interval
-    )
+    plane = runtime.scrape_plane = ScrapePlane()
+    source = data_layer.source_or(flags_source)
+    plane.start(runtime.table, source, data_layer.extractor, settings.refresh_metrics_interval)
+    pool.scrape_errors_total = lambda: float(plane.errors_total)
 
 
 async def stop(runtime: Runtime) -> None:

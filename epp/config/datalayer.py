@@ -37,9 +37,9 @@ NO_OP_GATES = {
     "run discovery and scraping (a warm table); remove it",
 }
 ROUTER_API_VERSION = "llm-d.ai/v1alpha1"
-_KEYS = ("sources", "injectDefaults")
+DATA_LAYER_FIELDS = ("sources", "injectDefaults")
 #: llm-d-router's dataLayer fields this build does not have, with what to use instead
-_NOT_BUILT = {
+NOT_BUILT_FIELDS = {
     "discovery": "discovery plugins are not built; give endpoints with --endpoints-file, --endpoints, --pool-name "
     "or --endpoint-selector",
     "peerDiscovery": "cross-replica peer discovery is not built",
@@ -115,10 +115,10 @@ def parse_data_layer(
         error("dataLayer", "expected a mapping with sources: [{pluginRef, extractors: [{pluginRef}]}]")
         return None
     for key in raw:
-        if key in _NOT_BUILT:
-            error(f"dataLayer.{key}", _NOT_BUILT[key])
-        elif key not in _KEYS:
-            error(f"dataLayer.{key}", f"unknown field; valid fields: {', '.join(_KEYS)}")
+        if key in NOT_BUILT_FIELDS:
+            error(f"dataLayer.{key}", NOT_BUILT_FIELDS[key])
+        elif key not in DATA_LAYER_FIELDS:
+            error(f"dataLayer.{key}", f"unknown field; valid fields: {', '.join(DATA_LAYER_FIELDS)}")
     inject = raw.get("injectDefaults", document.get("apiVersion") == ROUTER_API_VERSION)
     if not isinstance(inject, bool):
         error("dataLayer.injectDefaults", f"expected true or false, got {inject!r}")
