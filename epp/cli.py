@@ -12,7 +12,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,11 +253,11 @@ def parse_settings(argv: Sequence[str]) -> Settings:
     return parse_flags(argv, build_parser(), validate)
 
 
-def validate_serving(settings: Settings) -> list[str]:
-    """Checks of the flags every ext_proc server here has (epp and epp bbr): unbuilt features, logging,
-    TLS, request limits."""
+def validate_serving(settings: Settings, not_built: Mapping[str, str] = NOT_BUILT) -> list[str]:
+    """Checks of the flags every ext_proc server here has (epp and epp bbr): unbuilt features (`not_built`:
+    flag → why it is refused when given), logging, TLS, request limits."""
     errors: list[str] = []
-    for flag, why in NOT_BUILT.items():
+    for flag, why in not_built.items():
         dest = _dest(flag)
         if dest not in settings.explicit:
             continue

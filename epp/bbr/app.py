@@ -82,7 +82,7 @@ async def start(settings: Settings) -> BodyRouterRuntime:
     transport = "TLS" if settings.secure_serving else "plaintext"
     mode = "FULL_DUPLEX_STREAMED" if streaming else "BUFFERED"
     ports = f"ext_proc :{grpc_port} ({transport}, {mode} unless Envoy says), health :{health_port}"
-    log.info("epp bbr serving: %s, metrics :%d", ports, settings.metrics_port)
+    log.info("epp bbr serving: %s, metrics :%d (without authentication)", ports, settings.metrics_port)
     return BodyRouterRuntime(
         settings, counts, servicer, health, server, health_grpc, metrics_server, grpc_port, health_port
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from epp.cli import FLAGS, Settings, build_parser, parse_bool, parse_flags, parse_port, validate_serving
+from epp.cli import FLAGS, NOT_BUILT, Settings, build_parser, parse_bool, parse_flags, parse_port, validate_serving
 
 #: flags shared with `epp` (same meaning), then body-based routing's own or its different defaults
 _SHARED = (
@@ -32,8 +32,20 @@ _DESCRIPTION = (
 )
 
 
+#: refused when given as true, whatever `epp` itself builds: body-based routing has its own metrics server
+BBR_NOT_BUILT = {
+    **{flag: why for flag, why in NOT_BUILT.items() if flag in _SHARED},
+    "metrics-endpoint-auth": "authentication of epp bbr's /metrics is not built; give --metrics-endpoint-auth=false",
+    "enable-pprof": "pprof is a Go runtime feature; profile epp bbr with py-spy instead",
+}
+
+
+def validate(settings: Settings) -> list[str]:
+    return validate_serving(settings, BBR_NOT_BUILT)
+
+
 def parse_bbr_settings(argv: Sequence[str]) -> Settings:
-    return parse_flags(argv, build_parser(BBR_FLAGS, "epp bbr", _DESCRIPTION), validate_serving)
+    return parse_flags(argv, build_parser(BBR_FLAGS, "epp bbr", _DESCRIPTION), validate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -130,7 +130,7 @@ EPP_FLAGS: dict[str, Evidence] = {
     "metrics-client-ca-file": Refused("/tmp/ca.crt"),
     "allow-experimental-plugins": Refused(),
     "endpoints": Covered("tests/e2e/test_envoy_routing.py::test_request_reaches_the_endpoint_the_epp_chose"),
-    "endpoints-file": Covered("tests/e2e/test_lifecycle.py::test_broken_endpoint_source_stops_startup_with_the_reason"),
+    "endpoints-file": Probe("endpoints_file"),
     "max-endpoints": Covered("tests/unit/test_static_discovery.py::test_a_file_larger_than_the_table_stops_startup"),
 }  # fmt: skip
 
@@ -715,6 +715,21 @@ async def probe_metrics_port() -> None:
         await api.stop()
 
 
+async def probe_endpoints_file() -> None:
+    """The file's endpoints are the candidates, and a new version of the file replaces them."""
+    path = Path(tempfile.mkdtemp(prefix="epp-probe-")) / "endpoints.yaml"
+    path.write_text("endpoints:\n- {address: 127.0.0.1, port: 7}\n")
+    async with running("epp", ["--endpoints-file", str(path)]) as epp:
+        assert routed_to(await exchange(epp.grpc_port, request())) == "127.0.0.1:7"
+        replacement = path.with_suffix(".new")
+        replacement.write_text("endpoints:\n- {address: 127.0.0.1, port: 8}\n")
+        replacement.rename(path)
+        deadline = time.monotonic() + 10
+        while routed_to(await exchange(epp.grpc_port, request())) != "127.0.0.1:8":
+            assert time.monotonic() < deadline, "the new endpoints file was not applied"
+            await asyncio.sleep(0.1)
+
+
 PROBES: dict[str, Callable[[], Awaitable[None]]] = {
     "subset_filter": probe_subset_filter,
     "max_body": probe_max_body,
@@ -739,6 +754,7 @@ PROBES: dict[str, Callable[[], Awaitable[None]]] = {
     "bbr_ports": probe_bbr_ports,
     "parser": probe_parser,
     "metrics_port": probe_metrics_port,
+    "endpoints_file": probe_endpoints_file,
     "bbr_max_body": lambda: probe_max_body("bbr"),
     "bbr_idle_timeout": lambda: probe_idle_timeout("bbr"),
     "bbr_max_recv": lambda: probe_max_recv("bbr"),
