@@ -12,7 +12,7 @@ import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from epp.cli import Settings
-from epp.config.datalayer import NO_OP_GATES
+from epp.config.datalayer import NO_OP_GATES, flag_conflicts
 from epp.config.schema import (
     ConfigError,
     EndpointPickerConfig,
@@ -92,6 +92,9 @@ async def start(settings: Settings) -> Runtime:
             config = default_config()
     except ConfigError as exc:
         raise StartupError("invalid EndpointPickerConfig:\n  " + "\n  ".join(exc.errors)) from None
+    ignored = flag_conflicts(config.data_layer, {name.replace("_", "-") for name in settings.explicit})
+    if ignored:
+        raise StartupError("\n".join(ignored))
     table, shared_memory = create_shared_table(settings.max_endpoints)
     try:
         return await _start_with(settings, config, table, shared_memory)

@@ -187,3 +187,23 @@ def _explicit(
               "remove them")  # fmt: skip
         return None
     return DataLayerConfig(DataLayerMode.EXPLICIT, parameters[source], parameters[ref], (source, ref))
+
+
+#: flags that only shape scraping, and those that are a metrics-data-source's parameter defaults
+SCRAPE_FLAGS = ("refresh-metrics-interval", "model-server-metrics-port")
+SOURCE_FLAGS = (
+    "model-server-metrics-scheme", "model-server-metrics-path", "model-server-metrics-https-insecure-skip-verify",
+)  # fmt: skip
+
+
+def flag_conflicts(data_layer: DataLayerConfig, given: set[str]) -> list[str]:
+    """Flags (as given on the command line, dashed) that this data layer would ignore, each with the fix."""
+    errors: list[str] = []
+    if not data_layer.scrapes:
+        errors += [f"--{flag}: nothing is scraped (the config's dataLayer lists no source); remove the flag or "
+                   "list a source" for flag in (*SCRAPE_FLAGS, *SOURCE_FLAGS) if flag in given]  # fmt: skip
+    elif data_layer.source is not None:
+        source = data_layer.names[0]
+        errors += [f"--{flag}: the config's metrics-data-source {source!r} sets how to scrape; give its scheme, path "
+                   "or insecureSkipVerify parameter instead" for flag in SOURCE_FLAGS if flag in given]  # fmt: skip
+    return errors

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from epp.config.datalayer import LEGACY_EXTRACTOR, DataLayerMode
+from epp.app import start
+from epp.cli import parse_settings
+from epp.config.datalayer import LEGACY_EXTRACTOR, DataLayerMode, flag_conflicts
 from epp.config.schema import ConfigError, EndpointPickerConfig, load_config_text
 from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
+from epp.servers import StartupError
 
 HEAD = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -108,3 +111,24 @@ def test_effective_config_shows_the_section() -> None:
     off = load("plugins: [{type: queue-scorer}]\ndataLayer: {sources: []}\n")
     assert off.describe()["dataLayer"] == {"sources": []}
     assert "dataLayer" not in load("plugins: [{type: queue-scorer}]\n").describe()
+
+
+def test_scrape_flags_the_data_layer_would_ignore_are_named() -> None:
+    off = load("plugins: [{type: queue-scorer}]\ndataLayer: {}\n").data_layer
+    assert flag_conflicts(off, {"refresh-metrics-interval", "v"}) == [
+        "--refresh-metrics-interval: nothing is scraped (the config's dataLayer lists no source); remove the flag "
+        "or list a source"
+    ]
+    declared = load(SOURCES).data_layer
+    (error,) = flag_conflicts(declared, {"model-server-metrics-path", "refresh-metrics-interval"})
+    assert error.startswith("--model-server-metrics-path: the config's metrics-data-source 'src' sets how")
+    flags_only = load("plugins: [{type: queue-scorer}]\n").data_layer
+    assert flag_conflicts(flags_only, {"model-server-metrics-path", "refresh-metrics-interval"}) == []
+    legacy = load("featureGates: [enableLegacyMetrics]\n").data_layer
+    assert flag_conflicts(legacy, {"model-server-metrics-scheme"}) == []
+
+
+async def test_startup_stops_on_an_ignored_scrape_flag() -> None:
+    argv = ["--endpoints", "127.0.0.1:1", "--model-server-metrics-path", "/m", "--config-text", SOURCES]
+    with pytest.raises(StartupError, match="--model-server-metrics-path: the config's metrics-data-source 'src'"):
+        await start(parse_settings(argv))
