@@ -8,8 +8,8 @@ chunking it shares. The body is forwarded byte for byte. Outcomes, counted as th
 - a JSON object without `model`: no header (`bbr_model_not_in_body_total`);
 - a body that is not JSON, or a `model` that is not a non-empty string: no header
   (`bbr_model_not_parsed_total`); the reference fails the stream instead, here the route decides.
-Without a model a client's own `x-gateway-model-name` header is removed, so the header the routes read
-always comes from the body. A body longer than `--max-request-body-bytes` is answered 413.
+Without a model a client's own `x-gateway-model-name` header is removed and the route chosen again, so the
+header the routes read always comes from the body. A body longer than `--max-request-body-bytes` is answered 413.
 Modes (from `protocol_config`, else `--streaming`: FULL_DUPLEX_STREAMED, or BUFFERED as the reference's
 default): FULL_DUPLEX_STREAMED holds the headers until the body is complete, then sends the header mutation
 and the body as streamed chunks; BUFFERED answers the headers at once and the body message with the mutation.

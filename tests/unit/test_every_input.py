@@ -34,9 +34,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from epp import app as epp_app
 from epp import tls
 from epp.bbr import app as bbr_app
 from epp.bbr.cli import BBR_FLAGS, parse_bbr_settings
+from epp.cli import FLAGS, parse_settings
 from epp.config import datalayer, flowcontrol, schema
 from epp.devstack.envoy import free_port
 from epp.extproc.core import FULL_DUPLEX
@@ -48,9 +50,6 @@ from kubesim.server import KubeSim
 from kubesim.testing import pod_manifest
 from tests.e2e.http import get
 from tests.unit.test_extproc_core import body_msg, headers_msg, set_headers
-
-from epp import app as epp_app  # isort: skip
-from epp.cli import FLAGS, parse_settings  # isort: skip
 
 REPO = Path(__file__).resolve().parents[2]
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -101,7 +100,7 @@ EPP_FLAGS: dict[str, Evidence] = {
     "refresh-metrics-interval": Probe("scrape_interval"),
     "refresh-prometheus-metrics-interval": Probe("pool_gauge_refresh"),
     "metrics-staleness-threshold": Probe("staleness"),
-    "secure-serving": Covered("tests/e2e/test_lifecycle.py::test_tls_with_cert_path_and_reload"),
+    "secure-serving": Probe("secure_serving"),
     "cert-path": Covered("tests/e2e/test_lifecycle.py::test_tls_with_cert_path_and_reload"),
     "enable-cert-reload": Covered("tests/e2e/test_lifecycle.py::test_tls_with_cert_path_and_reload"),
     "health-checking": Covered("tests/e2e/test_lifecycle.py::test_health_checking_flag_serves_health_on_the_ext_proc_port"),
@@ -134,7 +133,7 @@ EPP_FLAGS: dict[str, Evidence] = {
     "metrics-cert-dir": Refused("/tmp"),
     "metrics-client-ca-file": Refused("/tmp/ca.crt"),
     "allow-experimental-plugins": Refused(),
-    "endpoints": Covered("tests/e2e/test_envoy_routing.py::test_request_reaches_the_endpoint_the_epp_chose"),
+    "endpoints": Probe("endpoints"),
     "endpoints-file": Probe("endpoints_file"),
     "max-endpoints": Covered("tests/unit/test_static_discovery.py::test_a_file_larger_than_the_table_stops_startup"),
 }  # fmt: skip
@@ -271,19 +270,20 @@ def covered_rows() -> Iterator[Any]:
 def test_covering_tests_exist_and_name_their_input(name: str, test: str, as_named: str) -> None:
     path, _, function = test.partition("::")
     source = (REPO / path).read_text()
+    module = ast.parse(source)
     node = next(
-        (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-         and n.name == function),
+        (n for n in ast.walk(module) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == function),
         None,
-    )  # fmt: skip
-    assert node is not None, f"{test} does not exist: point the row for {name} at the test that shows its effect"
-    first = min([d.lineno for d in node.decorator_list] + [node.lineno])
-    text = "\n".join(source.splitlines()[first - 1 : node.end_lineno])
-    module_constants = source  # flags are often gathered in a module-level argument list the test uses
-    spellings = [as_named] if as_named else _spellings(name)
-    assert any(s in text for s in spellings) or any(s in module_constants for s in spellings), (
-        f"{test} does not mention {name}"
     )
+    assert node is not None, f"{test} does not exist: point the row for {name} at the test that shows its effect"
+    lines = source.splitlines()
+    first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+    text = "\n".join(lines[first - 1 : node.end_lineno])
+    # flags are often gathered in a module-level constant the test passes on
+    constants = [n for n in module.body if isinstance(n, ast.Assign | ast.AnnAssign)]
+    text += "\n".join("\n".join(lines[n.lineno - 1 : n.end_lineno]) for n in constants)
+    spellings = [as_named] if as_named else _spellings(name)
+    assert any(s in text for s in spellings), f"{test} does not mention {name}"
 
 
 def _spellings(name: str) -> list[str]:
@@ -342,10 +342,13 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(program: str, argv: Sequence[str]) -> AsyncIterator[Running]:
-    """`epp` (or `epp bbr`) in this process, plaintext unless argv says otherwise, on free ports."""
+async def running(program: str, argv: Sequence[str], scrape: bool = True) -> AsyncIterator[Running]:
+    """`epp` (or `epp bbr`) in this process, plaintext unless argv says otherwise, on free ports; `scrape=False`
+    (for probes that do not look at model-server metrics) saves starting the scrape process."""
     metrics_port = free_port()
     ports = ["--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", str(metrics_port)]
+    if program == "epp" and not scrape:
+        argv = [*argv, *config_arg("dataLayer: {}\n")]
     if program == "epp":
         settings = parse_settings([*ports, "--secure-serving=false", "--tracing=false", *argv])
         runtime: Any = await epp_app.start(settings)
@@ -428,52 +431,52 @@ ENDPOINTS = ["--endpoints", "127.0.0.1:1,127.0.0.1:2"]
 
 async def probe_subset_filter() -> None:
     subset = [headers_msg(mode=FULL_DUPLEX, subset=["127.0.0.9:8000"]), body_msg(b'{"model":"m","prompt":"p"}')]
-    async with running("epp", ENDPOINTS) as default:
+    async with running("epp", ENDPOINTS, scrape=False) as default:
         assert status_of(await exchange(default.grpc_port, subset)) == 503  # no candidate in the subset
-    async with running("epp", [*ENDPOINTS, "--disable-endpoint-subset-filter"]) as ignoring:
+    async with running("epp", [*ENDPOINTS, "--disable-endpoint-subset-filter"], scrape=False) as ignoring:
         assert routed_to(await exchange(ignoring.grpc_port, subset)) in ("127.0.0.1:1", "127.0.0.1:2")
 
 
 async def probe_max_body(program: str = "epp") -> None:
     body = b'{"model":"m","prompt":"' + b"x" * 200 + b'"}'
     argv = ENDPOINTS if program == "epp" else []
-    async with running(program, argv) as default:
+    async with running(program, argv, scrape=False) as default:
         assert status_of(await exchange(default.grpc_port, request(body))) == 200
-    async with running(program, [*argv, "--max-request-body-bytes", "100"]) as limited:
+    async with running(program, [*argv, "--max-request-body-bytes", "100"], scrape=False) as limited:
         assert status_of(await exchange(limited.grpc_port, request(body))) == 413
 
 
 async def probe_idle_timeout(program: str = "epp") -> None:
     argv = ENDPOINTS if program == "epp" else []
     headers_only = [headers_msg(mode=FULL_DUPLEX)]
-    async with running(program, argv) as default:
+    async with running(program, argv, scrape=False) as default:
         assert await exchange(default.grpc_port, headers_only, hold=0.6, read=1) == []
-    async with running(program, [*argv, "--stream-idle-timeout", "150ms"]) as idle:
+    async with running(program, [*argv, "--stream-idle-timeout", "150ms"], scrape=False) as idle:
         assert await exchange(idle.grpc_port, headers_only, hold=3.0) == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 async def probe_max_recv(program: str = "epp") -> None:
     argv = ENDPOINTS if program == "epp" else []
     body = b'{"model":"m","prompt":"' + b"x" * 4096 + b'"}'
-    async with running(program, argv) as default:
+    async with running(program, argv, scrape=False) as default:
         assert status_of(await exchange(default.grpc_port, request(body))) == 200
-    async with running(program, [*argv, "--grpc-max-recv-msg-size", "2KiB"]) as limited:
+    async with running(program, [*argv, "--grpc-max-recv-msg-size", "2KiB"], scrape=False) as limited:
         assert await exchange(limited.grpc_port, request(body)) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def probe_max_send(program: str = "epp") -> None:
     argv = ENDPOINTS if program == "epp" else []
     body = b'{"model":"m","prompt":"' + b"x" * 4096 + b'"}'  # streamed back in one body chunk
-    async with running(program, argv) as default:
+    async with running(program, argv, scrape=False) as default:
         assert len(await exchange(default.grpc_port, request(body), read=2)) == 2
-    async with running(program, [*argv, "--grpc-max-send-msg-size", "2KiB"]) as limited:
+    async with running(program, [*argv, "--grpc-max-send-msg-size", "2KiB"], scrape=False) as limited:
         assert await exchange(limited.grpc_port, request(body), read=2) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def probe_config_text() -> None:
     text = (REPO / "config" / "conformance-testing.yaml").read_text()
     steer = request(**{"test-epp-endpoint-selection": "127.0.0.1"})
-    async with running("epp", ["--endpoints", "127.0.0.1:1"]) as default:
+    async with running("epp", ["--endpoints", "127.0.0.1:1"], scrape=False) as default:
         assert routed_to(await exchange(default.grpc_port, request())) == "127.0.0.1:1"
     async with running("epp", ["--endpoints", "127.0.0.1:1", "--config-text", text]) as conformance:
         assert routed_to(await exchange(conformance.grpc_port, request())) == ""  # nothing selected: refused
@@ -483,10 +486,10 @@ async def probe_config_text() -> None:
 async def probe_tracing() -> None:
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # sampled: the child is sampled too
     with_parent = request(traceparent=parent)
-    async with running("epp", [*ENDPOINTS, "--tracing=true"]) as traced:
+    async with running("epp", [*ENDPOINTS, "--tracing=true"], scrape=False) as traced:
         headers = set_headers((await exchange(traced.grpc_port, with_parent))[0])  # type: ignore[index]
         assert headers["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-    async with running("epp", ENDPOINTS) as untraced:  # the harness gives --tracing=false
+    async with running("epp", ENDPOINTS, scrape=False) as untraced:  # the harness gives --tracing=false
         assert "traceparent" not in set_headers((await exchange(untraced.grpc_port, with_parent))[0])  # type: ignore[index]
 
 
@@ -642,11 +645,17 @@ async def probe_bbr_streaming() -> None:
         assert await exchange(streaming.grpc_port, unannounced, hold=0.3) == []
 
 
-async def probe_bbr_secure_serving() -> None:
-    async with running("bbr", []) as plaintext:  # the harness gives --secure-serving=false
+async def probe_secure_serving(program: str = "epp") -> None:
+    argv = ENDPOINTS if program == "epp" else []
+    async with running(program, argv, scrape=False) as plaintext:  # the harness gives --secure-serving=false
         assert status_of(await exchange(plaintext.grpc_port, request())) == 200
-    async with running("bbr", ["--secure-serving=true"]) as secure:
+    async with running(program, [*argv, "--secure-serving=true"], scrape=False) as secure:
         assert await exchange(secure.grpc_port, request()) == grpc.StatusCode.UNAVAILABLE  # plaintext is refused
+
+
+async def probe_endpoints() -> None:
+    async with running("epp", ["--endpoints", "127.0.0.1:5"], scrape=False) as epp:
+        assert routed_to(await exchange(epp.grpc_port, request())) == "127.0.0.1:5"
 
 
 async def probe_bbr_drain() -> None:
@@ -681,7 +690,7 @@ async def probe_bbr_ports() -> None:
 async def probe_parser() -> None:
     passthrough = config_arg("- {type: passthrough-parser}\nparser: {pluginRef: passthrough-parser}\n")
     not_json = request(b"plain text, no model")
-    async with running("epp", ENDPOINTS) as openai:
+    async with running("epp", ENDPOINTS, scrape=False) as openai:
         assert status_of(await exchange(openai.grpc_port, not_json)) == 400
     async with running("epp", [*ENDPOINTS, *passthrough]) as raw:
         assert status_of(await exchange(raw.grpc_port, not_json)) == 200
@@ -724,7 +733,7 @@ async def probe_endpoints_file() -> None:
     """The file's endpoints are the candidates, and a new version of the file replaces them."""
     path = Path(tempfile.mkdtemp(prefix="epp-probe-")) / "endpoints.yaml"
     path.write_text("endpoints:\n- {address: 127.0.0.1, port: 7}\n")
-    async with running("epp", ["--endpoints-file", str(path)]) as epp:
+    async with running("epp", ["--endpoints-file", str(path)], scrape=False) as epp:
         assert routed_to(await exchange(epp.grpc_port, request())) == "127.0.0.1:7"
         replacement = path.with_suffix(".new")
         replacement.write_text("endpoints:\n- {address: 127.0.0.1, port: 8}\n")
@@ -754,7 +763,9 @@ PROBES: dict[str, Callable[[], Awaitable[None]]] = {
     "legacy_metrics": probe_legacy_metrics,
     "no_op_gates": probe_no_op_gates,
     "bbr_streaming": probe_bbr_streaming,
-    "bbr_secure_serving": probe_bbr_secure_serving,
+    "bbr_secure_serving": lambda: probe_secure_serving("bbr"),
+    "secure_serving": probe_secure_serving,
+    "endpoints": probe_endpoints,
     "bbr_drain": probe_bbr_drain,
     "bbr_ports": probe_bbr_ports,
     "parser": probe_parser,
