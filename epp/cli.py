@@ -2,7 +2,8 @@
 
 Forms accepted as pflag does: `--flag value`, `--flag=value`, bare `--bool-flag` (= true) and
 `--bool-flag=false`. A flag whose feature is not built yet stops the process with a message naming it.
-Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 manifests).
+Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 manifests), `epp bbr` (body-based
+routing, its own ext_proc server).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from epp.observability.logging import ENCODERS, LogOptions
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -122,11 +125,11 @@ FLAGS: tuple[_Flag, ...] = (
     ("config-file", "", str, "EndpointPickerConfig file"),
     ("config-text", "", str, "EndpointPickerConfig as text"),
     ("v", 2, int, "log verbosity: 1 quiet, 2 default, 3 verbose, 4 debug, 5 trace"),
-    ("zap-encoder", "console", str, "log encoding: json or console"),
-    ("zap-log-level", "", str, "log level (debug, info, error or an integer); derived from --v when unset"),
-    ("zap-devel", True, parse_bool, "development logging defaults"),
-    ("zap-stacktrace-level", "error", str, "level from which stack traces are logged"),
-    ("zap-time-encoding", "epoch", str, "time encoding: epoch, millis, nano, iso8601, rfc3339, rfc3339nano"),
+    ("zap-encoder", "", str, "log encoding: json or console (unset: console with --zap-devel, else json)"),
+    ("zap-log-level", "", str, "log level: debug, info, error, panic or a verbosity > 0; wins over --v when set"),
+    ("zap-devel", True, parse_bool, "development defaults (console, stack traces from warn); false: production"),
+    ("zap-stacktrace-level", "", str, "info, error or panic: lines from it carry a stack trace (unset: warn/error)"),
+    ("zap-time-encoding", "", str, "epoch, millis, nano, iso8601, rfc3339 or rfc3339nano (unset: rfc3339)"),
     ("model-server-metrics-scheme", "http", str, "deprecated: scheme of model-server metrics"),
     ("model-server-metrics-path", "/metrics", str, "deprecated: path of model-server metrics"),
     ("model-server-metrics-https-insecure-skip-verify", True, parse_bool, "deprecated: skip TLS verification"),
@@ -195,15 +198,6 @@ NOT_BUILT: dict[str, str] = {
     "tls-min-version": "TLS version selection is not supported by the gRPC Python server",
     "tls-cipher-suites": "TLS cipher-suite selection is not supported by the gRPC Python server",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
-    "zap-stacktrace-level": "stack-trace level selection is not built yet",
-    "zap-devel": "zap development mode has no equivalent in this build",
-}
-#: flags whose value is fine only when it is the (disabled) default
-_ONLY_FALSE = {
-    "enable-pprof",
-    "allow-experimental-plugins",
-    "enable-grpc-stream-metrics",
-    "zap-devel",
 }
 
 
@@ -219,14 +213,21 @@ class _Recorder(argparse.Action):
         namespace._explicit.add(self.dest)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="epp",
-        description="Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
-        "Sub-commands: 'epp config check FILE', 'epp migrate PATH...'.",
-        allow_abbrev=False,
-    )
-    for flag, default, kind, help_text in FLAGS:
+_DESCRIPTION = (
+    "Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
+    "Sub-commands: 'epp config check FILE', 'epp migrate PATH...', 'epp bbr --help' (body-based routing)."
+)
+
+
+def find_flag(name: str) -> _Flag:
+    return next(f for f in FLAGS if f[0] == name)
+
+
+def build_parser(
+    flags: Sequence[_Flag] = FLAGS, prog: str = "epp", description: str = _DESCRIPTION
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    for flag, default, kind, help_text in flags:
         extra: dict[str, Any] = {}
         if kind is parse_bool:
             extra = {"nargs": "?", "const": True, "metavar": "BOOL"}
@@ -242,17 +243,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_settings(argv: Sequence[str]) -> Settings:
-    parser = build_parser()
+def parse_flags(
+    argv: Sequence[str], parser: argparse.ArgumentParser, check: Callable[[Settings], list[str]]
+) -> Settings:
+    """Parse `argv`; on any error from `check` print them all (each prefixed with the program) and exit 2."""
     namespace = argparse.Namespace(_explicit=set())
     parser.parse_args(list(argv), namespace=namespace)
     explicit: set[str] = namespace._explicit
     values = {k: v for k, v in vars(namespace).items() if k != "_explicit"}
     settings = Settings(values, explicit)
-    errors = validate(settings)
+    errors = check(settings)
     if errors:
-        parser.exit(2, "".join(f"epp: {e}\n" for e in errors))
+        parser.exit(2, "".join(f"{parser.prog}: {e}\n" for e in errors))
     return settings
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    return parse_flags(argv, build_parser(), validate)
+
+
+def validate_serving(settings: Settings, not_built: Mapping[str, str] = NOT_BUILT) -> list[str]:
+    """Checks of the flags every ext_proc server here has (epp and epp bbr): unbuilt features (`not_built`:
+    flag → why it is refused when given), logging, TLS, request limits."""
+    errors: list[str] = []
+    for flag, why in not_built.items():
+        dest = _dest(flag)
+        if dest not in settings.explicit:
+            continue
+        if settings.values[dest] is False:  # an unbuilt switch given off asks for nothing
+            continue
+        errors.append(f"--{flag}: {why}")
+    if settings.v < 0:
+        errors.append(f"--v {settings.v}: verbosity must be 0 or more")
+    if settings.zap_encoder and settings.zap_encoder not in ENCODERS:
+        errors.append(f"--zap-encoder {settings.zap_encoder!r}: use json or console")
+    else:
+        try:
+            log_options(settings)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if settings.enable_cert_reload and not settings.cert_path:
+        errors.append("--enable-cert-reload needs --cert-path")
+    if settings.max_request_body_bytes <= 0:
+        errors.append(f"--max-request-body-bytes {settings.max_request_body_bytes}: must be positive")
+    if settings.stream_idle_timeout < 0:
+        errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
+    return errors
 
 
 def validate(settings: Settings) -> list[str]:
@@ -264,13 +300,7 @@ def validate(settings: Settings) -> list[str]:
                 f"--{flag} is no longer supported; configure metric names via engineConfigs of the "
                 "core-metrics-extractor in the EndpointPickerConfig"
             )
-    for flag, why in NOT_BUILT.items():
-        dest = _dest(flag)
-        if dest not in given:
-            continue
-        if flag in _ONLY_FALSE and settings.values[dest] is False:
-            continue
-        errors.append(f"--{flag}: {why}")
+    errors.extend(validate_serving(settings))
     if settings.config_file and settings.config_text:
         errors.append("--config-file and --config-text are mutually exclusive; give one")
     sources = [
@@ -282,18 +312,8 @@ def validate(settings: Settings) -> list[str]:
             f"--endpoint-selector (got {', '.join('--' + s for s in sources) or 'none'})"
         )
     errors.extend(_validate_kubernetes(settings))
-    if settings.v < 0:
-        errors.append(f"--v {settings.v}: verbosity must be 0 or more")
-    if settings.zap_encoder not in ("json", "console"):
-        errors.append(f"--zap-encoder {settings.zap_encoder!r}: use json or console")
     if settings.model_server_metrics_scheme not in ("http", "https"):
         errors.append(f"--model-server-metrics-scheme {settings.model_server_metrics_scheme!r}: use http or https")
-    if settings.enable_cert_reload and not settings.cert_path:
-        errors.append("--enable-cert-reload needs --cert-path")
-    if settings.max_request_body_bytes <= 0:
-        errors.append(f"--max-request-body-bytes {settings.max_request_body_bytes}: must be positive")
-    if settings.stream_idle_timeout < 0:
-        errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
     if settings.max_endpoints <= 0:
         errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
     if not 0 <= settings.debug_decisions <= MAX_DEBUG_DECISIONS:
@@ -364,6 +384,18 @@ def _validate_kubernetes(settings: Settings) -> list[str]:
     return errors
 
 
+def log_options(settings: Settings) -> LogOptions:
+    """The logging set-up the --v and --zap-* flags ask for (ValueError naming a bad value)."""
+    return LogOptions.from_flags(
+        settings.v,
+        encoder=settings.zap_encoder,
+        log_level=settings.zap_log_level,
+        devel=settings.zap_devel,
+        stacktrace_level=settings.zap_stacktrace_level,
+        time_encoding=settings.zap_time_encoding,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["config", "check"]:
@@ -377,6 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from epp.migrate.cli import main as migrate
 
         return migrate(args[1:])
+    if args and args[0] == "bbr":
+        from epp.bbr.cli import main as bbr
+
+        return bbr(args[1:])
     settings = parse_settings(args)
     if not settings.pool_namespace:
         settings.values["pool_namespace"] = os.environ.get("NAMESPACE", "default")

@@ -106,6 +106,20 @@ def render_bootstrap(
     return config
 
 
+def render_bbr_bootstrap(listener_port: int, admin_port: int, ext_proc_ports: dict[str, int]) -> dict[str, Any]:
+    """Load deploy/envoy/envoy-bbr.yaml and point its ext_proc clusters (`bbr`, `epp-a`, `epp-b`) at the given
+    local ports."""
+    config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / "envoy-bbr.yaml").read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    resources = config["static_resources"]
+    resources["listeners"][0]["address"]["socket_address"]["port_value"] = listener_port
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    for name, port in ext_proc_ports.items():
+        endpoint = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"]["port_value"] = port
+    return config
+
+
 class EnvoyProcess:
     def __init__(self, config: dict[str, Any], concurrency: int = 1, log_level: str = "warning") -> None:
         self.config = config

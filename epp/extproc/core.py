@@ -314,7 +314,7 @@ class ExtProcStream:
             response = pb.ProcessingResponse()
             response.request_headers.SetInParent()
             if self._id_generated:
-                _set_header(response.request_headers.response.header_mutation, REQUEST_ID_HEADER, request_id)
+                set_header(response.request_headers.response.header_mutation, REQUEST_ID_HEADER, request_id)
             return [response]
         return []
 
@@ -408,7 +408,7 @@ class ExtProcStream:
                 response.request_body.response.body_mutation.body = body
             return [response]
         responses = [self._picked_response(decision, "request_headers")]
-        responses.extend(_streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
+        responses.extend(streamed_chunks(body, "request_body", end_of_stream=not ended_with_trailers))
         return responses
 
     def _traced(self, decision: Decision) -> None:
@@ -440,14 +440,14 @@ class ExtProcStream:
         common = (response.request_headers if phase == "request_headers" else response.request_body).response
         common.clear_route_cache = True
         mutation = common.header_mutation
-        _set_header(mutation, DESTINATION_HEADER, decision.destination)
+        set_header(mutation, DESTINATION_HEADER, decision.destination)
         if self._id_generated:
-            _set_header(mutation, REQUEST_ID_HEADER, self._request_id)
+            set_header(mutation, REQUEST_ID_HEADER, self._request_id)
         if decision.new_body is not None:
-            _set_header(mutation, "content-length", str(len(decision.new_body)))
+            set_header(mutation, "content-length", str(len(decision.new_body)))
         if decision.headers:
             for key, value in decision.headers.items():
-                _set_header(mutation, key, value)
+                set_header(mutation, key, value)
         metadata = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
         metadata[DESTINATION_HEADER].string_value = decision.destination
         if self._emit_scores:
@@ -456,12 +456,7 @@ class ExtProcStream:
 
     def _immediate(self, error: EppError) -> pb.ProcessingResponse:
         self._phase = Phase.CLOSED
-        response = pb.ProcessingResponse()
-        immediate = response.immediate_response
-        immediate.status.code = error.http_status  # type: ignore[assignment]
-        immediate.body = error.body
-        immediate.details = error.code
-        return response
+        return immediate_response(error)
 
     def _read_subset(self, message: pb.ProcessingRequest) -> None:
         if not message.HasField("metadata_context"):
@@ -498,7 +493,7 @@ class ExtProcStream:
         if added:  # e.g. x-session-token from session-affinity-scorer
             mutation = response.response_headers.response.header_mutation
             for key, value in added.items():
-                _set_header(mutation, key, value)
+                set_header(mutation, key, value)
         return [response]
 
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
@@ -528,7 +523,7 @@ class ExtProcStream:
             whole = b"".join(self._response_chunks)
             assert self._rewrite is not None
             self._finish()
-            return _streamed_chunks(_rewrite_model(whole, self._rewrite), "response_body", end_of_stream=True)
+            return streamed_chunks(_rewrite_model(whole, self._rewrite), "response_body", end_of_stream=True)
         if self._rewrite is not None:
             chunk = _rewrite_model(chunk, self._rewrite)
         if end:
@@ -582,14 +577,24 @@ def set_endpoint_scores(metadata: Any, result: SchedulingResult, hostports: list
         scores[hostport].number_value = score
 
 
-def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
+def immediate_response(error: EppError) -> pb.ProcessingResponse:
+    """The error as Envoy's ImmediateResponse: its HTTP status and body go to the client."""
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = error.http_status  # type: ignore[assignment]
+    immediate.body = error.body
+    immediate.details = error.code
+    return response
+
+
+def set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     option = mutation.set_headers.add(append_action=_OVERWRITE)
     header = option.header
     header.key = key
     header.raw_value = value.encode("latin-1")
 
 
-def _streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+def streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
     if len(body) <= BODY_CHUNK_LIMIT:
         pieces = [body]
     else:

@@ -10,18 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from epp.errors import EppError
-from epp.extproc.core import ExtProcStream
+from epp.extproc.core import ExtProcStream, Phase
 from epp.flowcontrol.controller import FlowController
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("epp.extproc")
+
+
+class ProcessingStream(Protocol):
+    """One stream's protocol state machine: the EPP's `ExtProcStream`, or body-based routing's."""
+
+    @property
+    def waiting(self) -> tuple[str, int, int] | None: ...
+
+    @property
+    def phase(self) -> Phase: ...
+
+    def process(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
+
+    def after_send(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class IdleWatch:
@@ -60,7 +76,7 @@ class IdleWatch:
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
-        new_stream: Callable[[], ExtProcStream],
+        new_stream: Callable[[], ProcessingStream],
         flow: FlowController[list[pb.ProcessingResponse]] | None = None,
         idle_timeout: float = 0.0,
     ) -> None:
@@ -107,8 +123,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.streams_in_flight -= 1
             stream.close()
 
-    async def _wait_turn(self, stream: ExtProcStream, watch: IdleWatch | None) -> list[pb.ProcessingResponse]:
+    async def _wait_turn(self, stream: ProcessingStream, watch: IdleWatch | None) -> list[pb.ProcessingResponse]:
         assert self._flow is not None and stream.waiting is not None, "flow control is not configured"
+        assert isinstance(stream, ExtProcStream), "only the EPP's streams queue"
         fairness_id, priority, size = stream.waiting
         if watch is not None:
             watch.paused = True  # the queue has its own time limits
