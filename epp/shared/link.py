@@ -1,0 +1,398 @@
+"""The replica's connection to Redis/Valkey: a writer and a reader task beside the request path.
+
+Writer: every `publish_interval` it folds in endpoints added since, drops peers silent for `peer_ttl`, and
+sends in one pipeline what changed of this replica's own shared columns (everything every
+`heartbeat_interval`: the heartbeat) and the inserts waiting in the outboxes. Reader: a blocking XREAD on
+both streams applies the peers' records as they arrive. Streams (not pub/sub) so that a replica that starts
+replays the pool's recent inserts and warms its prefix index.
+
+Faults: when a command fails both tasks keep going on local state; one log line and
+`epp_shared_state_connected 0` say so, inserts made meanwhile are dropped (counted), peers drop out after
+`peer_ttl`, and the next command that succeeds (tried every `retry_interval`) rejoins with a full report.
+Nothing here is awaited by a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from epp import tasks
+from epp.datastore.table import EndpointTable
+from epp.observability.fast import FamiliesCollector, Family
+from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
+from epp.shared.columns import SharedColumns
+from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.settings import SharedStateSettings
+
+log = logging.getLogger("epp.shared")
+R = TypeVar("R")
+
+STALENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+CONNECTED = Family("gauge", "epp_shared_state_connected", "1 while this replica reaches the --shared-state store.")
+PEERS = Family("gauge", "epp_shared_state_peers", "Other replicas whose reports this replica currently adds in.")
+RECORDS = Family(
+    "counter",
+    "epp_shared_state_records_total",
+    "Records exchanged with other replicas, by stream (load, inserts) and direction (sent, received).",
+    ["stream", "direction"],
+)
+DROPPED = Family(
+    "counter",
+    "epp_shared_state_dropped_total",
+    "Prefix inserts not shared (outbox_full, disconnected) and records not applied (malformed).",
+    ["reason"],
+)
+STALENESS = Family(
+    "histogram",
+    "epp_shared_state_staleness_seconds",
+    "Time from a peer's record (its oldest insert, or its load report) to its application here, by stream.",
+    ["stream"],
+    buckets=STALENESS_BUCKETS,
+)
+COLLECTOR = FamiliesCollector([CONNECTED, PEERS, RECORDS, DROPPED, STALENESS])
+
+
+class PeerLoadCollector(Collector):
+    """`epp_shared_state_peer_inflight_requests{endpoint}`: the other replicas' in-flight requests this replica
+    adds in, per endpoint (read when /metrics is scraped)."""
+
+    def __init__(self, columns: SharedColumns) -> None:
+        self.columns = columns
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "epp_shared_state_peer_inflight_requests",
+            "In-flight requests other replicas report per endpoint (added into this replica's view).",
+            labels=["endpoint"],
+        )
+        column = self.columns.names.index("inflight/requests")
+        table = self.columns.table
+        for slot in table.live_slots().tolist():
+            hostport = table.hostports[slot]
+            if hostport:
+                gauge.add_metric([hostport], float(self.columns.applied[slot, column]))
+        yield gauge
+
+
+#: the director's in-flight columns, shared under these names
+INFLIGHT_COLUMNS = {
+    "inflight/requests": "inflight_requests",
+    "inflight/tokens": "inflight_tokens",
+    "inflight/prompt-tokens": "inflight_prompt_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    publish_interval: float = 0.01
+    heartbeat_interval: float = 1.0
+    #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
+    peer_ttl: float = 3.0
+    retry_interval: float = 0.5
+    #: inserts waiting to be sent, per plugin
+    outbox_capacity: int = 8192
+    #: insert batches kept in the stream and replayed by a starting replica
+    inserts_kept: int = 4096
+    load_kept: int = 1024
+    read_block: float = 0.25
+    socket_timeout: float = 2.0
+
+
+def replica_name() -> str:
+    """Pod name (or host name) plus a random suffix: unique even for a restarted pod."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+class SharedState:
+    def __init__(
+        self,
+        settings: SharedStateSettings,
+        table: EndpointTable,
+        plugins: Mapping[str, Any],
+        scope: str,
+        replica: str | None = None,
+        tuning: Tuning | None = None,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.tuning = tuning or Tuning()
+        self.replica = replica or replica_name()
+        self.load_key = f"epp:{scope}:load"
+        self.inserts_key = f"epp:{scope}:inserts"
+        self.columns = SharedColumns(table)
+        for name, attribute in INFLIGHT_COLUMNS.items():
+            self.columns.register(name, getattr(table, attribute))
+        self.learners: dict[str, LearnsInserts] = {}
+        self.outboxes: list[InsertOutbox] = []
+        for name, plugin in plugins.items():
+            if isinstance(plugin, SharesColumns):
+                self.columns.register_all(name, plugin.shared_columns())
+            if isinstance(plugin, LearnsInserts):
+                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, DROPPED.value("outbox_full").inc)
+                plugin.replicate = outbox
+                self.learners[name] = plugin
+                self.outboxes.append(outbox)
+        #: None until the first command answers or fails
+        self.connected: bool | None = None
+        self._retry_at = 0.0
+        self._next_full = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writer: aioredis.Redis | None = None
+        self._reader: aioredis.Redis | None = None
+        CONNECTED.value().set(0.0)
+
+    def _client(self, timeout: float) -> aioredis.Redis:
+        settings = self.settings
+        return aioredis.Redis.from_url(
+            settings.client_url,
+            password=settings.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 1.0),
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"epp-{self.replica}",
+            single_connection_client=True,
+        )
+
+    async def start(self) -> None:
+        """Start the background tasks; returns at once (an unreachable store is a fault, not a startup error)."""
+        self._writer = self._client(self.tuning.socket_timeout)
+        self._reader = self._client(self.tuning.read_block + self.tuning.socket_timeout)
+        self._tasks = [
+            tasks.spawn(self._write_loop(self._writer), "shared-state-writer"),
+            tasks.spawn(self._read_loop(self._reader), "shared-state-reader"),
+        ]
+        log.info(
+            "shared state %s: replica %s shares %d columns and %d prefix indexes",
+            self.settings.url,
+            self.replica,
+            len(self.columns.names),
+            len(self.learners),
+        )
+
+    async def stop(self) -> None:
+        await self.halt()
+        if self._writer is not None and self.connected:
+            try:  # peers take this replica's load out now rather than after peer_ttl
+                bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
+                await asyncio.wait_for(self._writer.xadd(self.load_key, bye), 0.5)  # type: ignore[arg-type]
+            except (TimeoutError, RedisError, OSError):
+                pass
+        for client in (self._writer, self._reader):
+            if client is not None:
+                with contextlib.suppress(TimeoutError, RedisError, OSError):
+                    await asyncio.wait_for(client.aclose(), 1.0)
+        self.columns.forget_all()
+        PEERS.value().set(0.0)
+
+    async def halt(self) -> None:
+        """Stop the background tasks (without a goodbye: what a crash looks like to the peers). A task cancelled
+        inside a blocking read may take a moment to unwind; it is not waited for beyond a second."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        self._tasks = []
+
+    # --- connection state -------------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if self.connected is not True:
+            again = self.connected is False
+            log.info("shared state %s %s: routing with %s", self.settings.url, "back" if again else "reached", "peers")
+        self.connected = True
+        CONNECTED.value().set(1.0)
+
+    def _down(self, error: BaseException) -> None:
+        if self.connected is not False:
+            log.warning(
+                "shared state %s unreachable (%s: %s): routing on this replica's own state; retrying every %gs",
+                self.settings.url,
+                type(error).__name__,
+                error,
+                self.tuning.retry_interval,
+            )
+        self.connected = False
+        CONNECTED.value().set(0.0)
+        self._retry_at = time.monotonic() + self.tuning.retry_interval
+        self._next_full = 0.0  # the first report after the fault is a full one
+
+    # --- writer -----------------------------------------------------------------------------------
+
+    async def _write_loop(self, client: aioredis.Redis) -> None:
+        tuning = self.tuning
+        while True:
+            await asyncio.sleep(tuning.publish_interval)
+            await self.publish(client)
+            if self.connected is False and time.monotonic() < self._retry_at:
+                await asyncio.sleep(max(self._retry_at - time.monotonic(), 0.0))
+
+    async def publish(self, client: aioredis.Redis) -> int:
+        """One writer step; returns the number of records sent."""
+        now = time.monotonic()
+        self.columns.settle()
+        for peer in self.columns.expire(now, self.tuning.peer_ttl):
+            log.info("replica %s left the shared view (silent for %gs)", peer, self.tuning.peer_ttl)
+        PEERS.value().set(float(self.columns.peers))
+        if self.connected is False and now < self._retry_at:
+            self._drop_waiting("disconnected")
+            return 0
+        full = now >= self._next_full
+        hostports, values = self.columns.changes(full=full)
+        entries: list[tuple[str, str, dict[bytes, bytes]]] = []
+        if full or hostports:
+            kind = FULL if full else DELTA
+            fields = encode_load(self.replica, time.time(), kind, self.columns.names, hostports, values)
+            entries.append(("load", self.load_key, fields))
+        for outbox in self.outboxes:
+            records = outbox.drain()
+            if records:
+                entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
+        if not entries:
+            return 0
+        pipeline = client.pipeline(transaction=False)
+        for stream, key, fields in entries:
+            kept = self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept
+            pipeline.xadd(key, fields, maxlen=kept, approximate=True)  # type: ignore[arg-type]
+        try:
+            await pipeline.execute()
+        except (RedisError, OSError) as exc:
+            self._down(exc)
+            lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
+            if lost:
+                DROPPED.value("disconnected").inc(lost)
+            return 0
+        self._up()
+        if full:
+            self._next_full = now + self.tuning.heartbeat_interval
+        for stream, _, _ in entries:
+            RECORDS.value(stream, "sent").inc()
+        return len(entries)
+
+    def _drop_waiting(self, reason: str) -> None:
+        for outbox in self.outboxes:
+            lost = len(outbox.drain())
+            if lost:
+                DROPPED.value(reason).inc(lost)
+
+    # --- reader -----------------------------------------------------------------------------------
+
+    async def _read_loop(self, client: aioredis.Redis) -> None:
+        positions: dict[str, str] = {}
+        while True:
+            try:
+                if not positions:
+                    positions = await self._catch_up(client)
+                else:
+                    await self._check_positions(client, positions)
+                while True:
+                    block = int(self.tuning.read_block * 1000)
+                    response = await client.xread(positions, count=512, block=block)  # type: ignore[arg-type]
+                    self._up()
+                    self.receive(response, positions)
+            except (RedisError, OSError) as exc:
+                self._down(exc)
+                await asyncio.sleep(self.tuning.retry_interval)
+
+    async def _catch_up(self, client: aioredis.Redis) -> dict[str, str]:
+        """Replay the pool's recent inserts (a starting replica's index is warm at once) and return where each
+        stream ends."""
+        replay = _entries(await client.xrevrange(self.inserts_key, "+", "-", count=self.tuning.inserts_kept))
+        last_load = _entries(await client.xrevrange(self.load_key, "+", "-", count=1))
+        self._up()
+        for _, fields in reversed(replay):
+            self._apply_inserts(fields, wall=None)
+        if replay:
+            log.info("replayed %d insert batches from the shared state", len(replay))
+        return {
+            self.load_key: last_load[0][0] if last_load else "0-0",
+            self.inserts_key: replay[0][0] if replay else "0-0",
+        }
+
+    async def _check_positions(self, client: aioredis.Redis, positions: dict[str, str]) -> None:
+        """After a fault: a store that restarted empty numbers its entries from scratch; read from its start."""
+        for key in list(positions):
+            last = _entries(await client.xrevrange(key, "+", "-", count=1))
+            if not last or _id_order(last[0][0]) < _id_order(positions[key]):
+                positions[key] = "0-0"
+
+    def receive(self, response: Any, positions: dict[str, str]) -> None:
+        """Apply an XREAD response and move the read positions past it."""
+        wall = time.time()
+        now = time.monotonic()
+        for stream, entries in response or ():
+            key = stream.decode() if isinstance(stream, bytes) else str(stream)
+            for entry_id, fields in _entries(entries):
+                positions[key] = entry_id
+                if key == self.load_key:
+                    self._apply_load(fields, wall, now)
+                else:
+                    self._apply_inserts(fields, wall)
+
+    def _peer_record(self, fields: Mapping[bytes, bytes], decode: Callable[[Mapping[bytes, bytes]], R]) -> R | None:
+        """The decoded record, or None for this replica's own records and malformed ones (counted)."""
+        if fields.get(b"r", b"").decode(errors="replace") == self.replica:
+            return None
+        try:
+            return decode(fields)
+        except RecordError as exc:
+            DROPPED.value("malformed").inc()
+            log.debug("ignored a record: %s", exc)
+            return None
+
+    def _apply_load(self, fields: Mapping[bytes, bytes], wall: float, now: float) -> None:
+        report = self._peer_record(fields, decode_load)
+        if report is None:
+            return
+        RECORDS.value("load", "received").inc()
+        if report.kind == BYE:
+            self.columns.forget(report.replica)
+            log.info("replica %s left the shared view (stopped)", report.replica)
+        else:
+            full = report.kind == FULL
+            self.columns.receive(report.replica, report.names, report.hostports, report.values, full, now)
+            STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
+        PEERS.value().set(float(self.columns.peers))
+
+    def _apply_inserts(self, fields: Mapping[bytes, bytes], wall: float | None) -> None:
+        batch = self._peer_record(fields, decode_inserts)
+        if batch is None:
+            return
+        learner = self.learners.get(batch.plugin)
+        if learner is None:
+            return  # a plugin this replica's configuration does not have
+        apply_inserts(learner, self.table, batch.hostports, batch.keys)
+        if wall is not None:
+            RECORDS.value("inserts", "received").inc()
+            STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+
+
+def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Stream entries as (id, fields); an entry deleted under a reader comes back without fields."""
+    found: list[tuple[str, dict[bytes, bytes]]] = []
+    for entry_id, fields in raw or ():
+        if entry_id is not None and fields is not None:
+            found.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
+    return found
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
