@@ -22,7 +22,7 @@ from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, fre
 from epp.devstack.processes import EppProcess
 from epp.devstack.redis import RedisServer
 from tests.e2e.http import post
-from tests.replicas.store import started_store
+from tests.replicas.store import started_store, store_binary
 
 pytestmark = pytest.mark.e2e
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -169,3 +169,18 @@ def test_a_replica_killed_leaves_the_view_within_ten_seconds_and_the_other_serve
     served = [stack.served_by(2, f"after the kill {i}: " + "k" * 200) for i in range(20)]
     assert len(served) == 20
     print(f"the killed replica's load left the other's view after {gone:.1f}s")
+
+
+def test_the_local_stack_with_two_replicas_routes_each_tenant_to_one_server() -> None:
+    store_binary()
+    done = subprocess.run(
+        [sys.executable, "-m", "epp.devstack.stack", "--replicas", "2", "--exit", "--listener-port", str(free_port())],
+        capture_output=True, text=True, timeout=120, env=env_without_proxies(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = re.findall(r"\(tenant (\w)\) via replica (\d) → HTTP 200, served by 127\.0\.0\.1:(\d+)", done.stdout)
+    assert len(lines) == 12, done.stdout
+    for tenant in "ABC":
+        replicas = {replica for t, replica, _ in lines if t == tenant}
+        servers = {server for t, _, server in lines if t == tenant}
+        assert replicas == {"0", "1"} and len(servers) == 1, done.stdout

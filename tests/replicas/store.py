@@ -9,10 +9,15 @@ import pytest
 from epp.devstack.redis import RedisMissing, RedisServer, server_binary
 
 
-def started_store() -> Iterator[RedisServer]:
+def store_binary() -> str:
+    """redis-server's path; a user who cannot install it gets a skip naming the command (as root the install is
+    tried, and must work)."""
     try:
-        binary = server_binary()
-    except RedisMissing as exc:  # a user who cannot install it; as root the install is tried (and must work)
+        return server_binary()
+    except RedisMissing as exc:
         pytest.skip(str(exc))
-    with RedisServer(binary=binary) as server:
+
+
+def started_store() -> Iterator[RedisServer]:
+    with RedisServer(binary=store_binary()) as server:
         yield server
