@@ -21,6 +21,7 @@ import pytest
 from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, free_port_range, render_bootstrap
 from epp.devstack.processes import EppProcess
 from epp.devstack.redis import RedisServer
+from tests.e2e.backends import EchoBackends
 from tests.e2e.http import post
 from tests.replicas.store import started_store, store_binary
 
@@ -184,3 +185,38 @@ def test_the_local_stack_with_two_replicas_routes_each_tenant_to_one_server() ->
         replicas = {replica for t, replica, _ in lines if t == tenant}
         servers = {server for t, _, server in lines if t == tenant}
         assert replicas == {"0", "1"} and len(servers) == 1, done.stdout
+
+
+def test_a_store_unreachable_at_start_leaves_the_replica_serving_and_it_joins_when_the_store_comes() -> None:
+    binary = store_binary()
+    backends = EchoBackends([free_port() for _ in range(2)])
+    backends.start()
+    store = RedisServer(binary=binary)  # its port is chosen, nothing listens there yet
+    epp = EppProcess(["--endpoints", ",".join(f"127.0.0.1:{p}" for p in backends.ports), "--tracing=false",
+                      "--shared-state", store.url])  # fmt: skip
+    try:
+        epp.start()  # waits for SERVING
+        with EnvoyProcess(render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port)) as envoy:
+            for i in range(5):
+                status, _, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": f"p{i}"})
+                assert status == 200, body
+            assert epp.health() == "SERVING"
+            assert metric(epp, "epp_shared_state_connected") == 0.0
+            time.sleep(1.2)  # several retries, one log line
+            assert epp.log().count("unreachable") == 1, epp.log()
+            store.start()
+            wait_for(lambda: metric(epp, "epp_shared_state_connected") == 1.0, timeout=5.0)
+            assert "back" in epp.log()
+            status, _, body = post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": "after"})
+            assert status == 200, body
+    finally:
+        epp.stop()
+        store.close()
+        backends.stop()
+
+
+def metric(epp: EppProcess, name: str) -> float:
+    page = _OPENER.open(f"http://127.0.0.1:{epp.metrics_port}/metrics", timeout=2).read().decode()
+    found = re.search(rf"^{name} (\S+)$", page, re.MULTILINE)
+    assert found is not None, page[-2000:]
+    return float(found.group(1))
