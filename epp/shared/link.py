@@ -154,6 +154,8 @@ class SharedState:
         self.connected: bool | None = None
         self._retry_at = 0.0
         self._next_full = 0.0
+        #: pipelines sent
+        self.publish_count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
@@ -280,6 +282,7 @@ class SharedState:
                 DROPPED.value("disconnected").inc(lost)
             return 0
         self._up()
+        self.publish_count += 1
         if full:
             self._next_full = now + self.tuning.heartbeat_interval
         for stream, _, _ in entries:
@@ -317,8 +320,10 @@ class SharedState:
         replay = _entries(await client.xrevrange(self.inserts_key, "+", "-", count=self.tuning.inserts_kept))
         last_load = _entries(await client.xrevrange(self.load_key, "+", "-", count=1))
         self._up()
-        for _, fields in reversed(replay):
+        for applied, (_, fields) in enumerate(reversed(replay)):
             self._apply_inserts(fields, wall=None)
+            if applied % 32 == 31:
+                await asyncio.sleep(0)  # requests arriving meanwhile are served between chunks
         if replay:
             log.info("replayed %d insert batches from the shared state", len(replay))
         return {

@@ -135,3 +135,23 @@ async def test_routing_goes_on_while_the_store_is_down_and_sharing_resumes_when_
     a.complete(first)
     await until(lambda: learned(b, system, a.port(first)), timeout=2.0)
     assert b.port(b.decide(system + "two")) == a.port(first)
+
+
+async def test_a_replica_that_starts_later_replays_the_pools_recent_inserts(store: RedisServer) -> None:
+    a = Replica("a", store.url, 4)
+    await a.shared.start()
+    try:
+        await until(lambda: a.shared.connected is True)
+        system = "A prefix learned before the second replica started. " * 40
+        first = a.decide(system + "first")
+        a.complete(first)
+        await until(lambda: a.shared.publish_count > 0 and not a.shared.outboxes[0].records, timeout=2.0)
+        await asyncio.sleep(0.05)
+        late = Replica("late", store.url, 4)
+        await late.shared.start()
+        try:
+            await until(lambda: learned(late, system, a.port(first)), timeout=2.0)
+        finally:
+            await late.shared.stop()
+    finally:
+        await a.shared.stop()
