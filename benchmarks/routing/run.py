@@ -272,14 +272,15 @@ def replicas_of(config: str) -> tuple[str, int, bool]:
 
 
 def staleness_p99(page: str) -> dict[str, float]:
-    """p99 of epp_shared_state_staleness_seconds per stream (load, inserts), in milliseconds."""
+    """p50/p90/p99 of epp_shared_state_staleness_seconds per stream (load, inserts), in milliseconds."""
     found: dict[str, float] = {}
     for stream in ("load", "inserts"):
         lines = "\n".join(line for line in page.splitlines() if f'stream="{stream}"' in line)
         buckets = histogram_buckets(lines, "epp_shared_state_staleness_seconds").get(
             "epp_shared_state_staleness_seconds", []
         )
-        found[stream] = round(1000 * bucket_quantile(buckets, 0.99), 1)
+        for q in (0.5, 0.9, 0.99):
+            found[f"{stream}_p{round(q * 100)}"] = round(1000 * bucket_quantile(buckets, q), 1)
     return found
 
 

@@ -102,6 +102,8 @@ INFLIGHT_COLUMNS = {
 @dataclass(frozen=True)
 class Tuning:
     publish_interval: float = 0.01
+    #: least time between two writer steps (inserts arriving meanwhile go in one batch)
+    min_spacing: float = 0.003
     heartbeat_interval: float = 1.0
     #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
     peer_ttl: float = 3.0
@@ -146,12 +148,14 @@ class SharedState:
             if isinstance(plugin, SharesColumns):
                 self.columns.register_all(name, plugin.shared_columns())
             if isinstance(plugin, LearnsInserts):
-                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, DROPPED.value("outbox_full").inc)
+                dropped = DROPPED.value("outbox_full").inc
+                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, dropped, self._wake_writer)
                 plugin.replicate = outbox
                 self.learners[name] = plugin
                 self.outboxes.append(outbox)
         #: None until the first command answers or fails
         self.connected: bool | None = None
+        self._wake: asyncio.Event | None = None
         self._retry_at = 0.0
         self._next_full = 0.0
         #: pipelines sent
@@ -238,13 +242,24 @@ class SharedState:
 
     # --- writer -----------------------------------------------------------------------------------
 
+    def _wake_writer(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
     async def _write_loop(self, client: aioredis.Redis) -> None:
+        """A step every publish_interval, or sooner when an insert arrives (at most one per min_spacing)."""
         tuning = self.tuning
+        wake = self._wake = asyncio.Event()
         while True:
-            await asyncio.sleep(tuning.publish_interval)
+            if not wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), tuning.publish_interval)
+            wake.clear()
             await self.publish(client)
             if self.connected is False and time.monotonic() < self._retry_at:
                 await asyncio.sleep(max(self._retry_at - time.monotonic(), 0.0))
+            else:
+                await asyncio.sleep(tuning.min_spacing)
 
     async def publish(self, client: aioredis.Redis) -> int:
         """One writer step; returns the number of records sent."""
