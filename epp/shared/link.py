@@ -26,12 +26,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import redis.asyncio as aioredis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from epp import tasks
 from epp.datastore.table import EndpointTable
@@ -40,6 +36,7 @@ from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, deco
 from epp.shared.columns import SharedColumns
 from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
 from epp.shared.settings import SharedStateSettings
+from epp.shared.store import Argument, Command, StoreConnection, StoreError
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
@@ -103,7 +100,7 @@ INFLIGHT_COLUMNS = {
 class Tuning:
     publish_interval: float = 0.01
     #: least time between two writer steps (inserts arriving meanwhile go in one batch)
-    min_spacing: float = 0.003
+    min_spacing: float = 0.01
     heartbeat_interval: float = 1.0
     #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
     peer_ttl: float = 3.0
@@ -161,26 +158,17 @@ class SharedState:
         #: pipelines sent
         self.publish_count = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._writer: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
+        self._writer: StoreConnection | None = None
+        self._reader: StoreConnection | None = None
         CONNECTED.value().set(0.0)
 
-    def _client(self, timeout: float) -> aioredis.Redis:
-        settings = self.settings
-        return aioredis.Redis.from_url(
-            settings.client_url,
-            password=settings.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 1.0),
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"epp-{self.replica}",
-            single_connection_client=True,
-        )
+    def _client(self, timeout: float, role: str) -> StoreConnection:
+        return StoreConnection(self.settings, timeout, f"epp-{self.replica}-{role}")
 
     async def start(self) -> None:
         """Start the background tasks; returns at once (an unreachable store is a fault, not a startup error)."""
-        self._writer = self._client(self.tuning.socket_timeout)
-        self._reader = self._client(self.tuning.read_block + self.tuning.socket_timeout)
+        self._writer = self._client(self.tuning.socket_timeout, "writer")
+        self._reader = self._client(self.tuning.socket_timeout, "reader")
         self._tasks = [
             tasks.spawn(self._write_loop(self._writer), "shared-state-writer"),
             tasks.spawn(self._read_loop(self._reader), "shared-state-reader"),
@@ -198,13 +186,12 @@ class SharedState:
         if self._writer is not None and self.connected:
             try:  # peers take this replica's load out now rather than after peer_ttl
                 bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
-                await asyncio.wait_for(self._writer.xadd(self.load_key, bye), 0.5)  # type: ignore[arg-type]
-            except (TimeoutError, RedisError, OSError):
+                await self._writer.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
+            except StoreError:
                 pass
         for client in (self._writer, self._reader):
             if client is not None:
-                with contextlib.suppress(TimeoutError, RedisError, OSError):
-                    await asyncio.wait_for(client.aclose(), 1.0)
+                await client.close()
         self.columns.forget_all()
         PEERS.value().set(0.0)
 
@@ -246,7 +233,7 @@ class SharedState:
         if self._wake is not None:
             self._wake.set()
 
-    async def _write_loop(self, client: aioredis.Redis) -> None:
+    async def _write_loop(self, client: StoreConnection) -> None:
         """A step every publish_interval, or sooner when an insert arrives (at most one per min_spacing)."""
         tuning = self.tuning
         wake = self._wake = asyncio.Event()
@@ -261,7 +248,7 @@ class SharedState:
             else:
                 await asyncio.sleep(tuning.min_spacing)
 
-    async def publish(self, client: aioredis.Redis) -> int:
+    async def publish(self, client: StoreConnection) -> int:
         """One writer step; returns the number of records sent."""
         now = time.monotonic()
         self.columns.settle()
@@ -284,13 +271,13 @@ class SharedState:
                 entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
         if not entries:
             return 0
-        pipeline = client.pipeline(transaction=False)
-        for stream, key, fields in entries:
-            kept = self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept
-            pipeline.xadd(key, fields, maxlen=kept, approximate=True)  # type: ignore[arg-type]
+        commands = [
+            _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
+            for stream, key, fields in entries
+        ]
         try:
-            await pipeline.execute()
-        except (RedisError, OSError) as exc:
+            await client.call(*commands)
+        except StoreError as exc:
             self._down(exc)
             lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
             if lost:
@@ -312,7 +299,7 @@ class SharedState:
 
     # --- reader -----------------------------------------------------------------------------------
 
-    async def _read_loop(self, client: aioredis.Redis) -> None:
+    async def _read_loop(self, client: StoreConnection) -> None:
         positions: dict[str, str] = {}
         while True:
             try:
@@ -320,20 +307,27 @@ class SharedState:
                     positions = await self._catch_up(client)
                 else:
                     await self._check_positions(client, positions)
+                block = int(self.tuning.read_block * 1000)
+                deadline = self.tuning.read_block + self.tuning.socket_timeout
                 while True:
-                    block = int(self.tuning.read_block * 1000)
-                    response = await client.xread(positions, count=512, block=block)  # type: ignore[arg-type]
+                    keys = list(positions)
+                    read: list[Argument] = ["XREAD", "COUNT", 512, "BLOCK", block, "STREAMS", *keys]
+                    read += [positions[key] for key in keys]
+                    [response] = await client.call(read, timeout=deadline)
                     self._up()
                     self.receive(response, positions)
-            except (RedisError, OSError) as exc:
+            except StoreError as exc:
                 self._down(exc)
                 await asyncio.sleep(self.tuning.retry_interval)
 
-    async def _catch_up(self, client: aioredis.Redis) -> dict[str, str]:
+    async def _catch_up(self, client: StoreConnection) -> dict[str, str]:
         """Replay the pool's recent inserts (a starting replica's index is warm at once) and return where each
         stream ends."""
-        replay = _entries(await client.xrevrange(self.inserts_key, "+", "-", count=self.tuning.inserts_kept))
-        last_load = _entries(await client.xrevrange(self.load_key, "+", "-", count=1))
+        inserts, load = await client.call(
+            ["XREVRANGE", self.inserts_key, "+", "-", "COUNT", self.tuning.inserts_kept],
+            ["XREVRANGE", self.load_key, "+", "-", "COUNT", 1],
+        )
+        replay, last_load = _entries(inserts), _entries(load)
         self._up()
         for applied, (_, fields) in enumerate(reversed(replay)):
             self._apply_inserts(fields, wall=None)
@@ -346,10 +340,11 @@ class SharedState:
             self.inserts_key: replay[0][0] if replay else "0-0",
         }
 
-    async def _check_positions(self, client: aioredis.Redis, positions: dict[str, str]) -> None:
+    async def _check_positions(self, client: StoreConnection, positions: dict[str, str]) -> None:
         """After a fault: a store that restarted empty numbers its entries from scratch; read from its start."""
         for key in list(positions):
-            last = _entries(await client.xrevrange(key, "+", "-", count=1))
+            [reply] = await client.call(["XREVRANGE", key, "+", "-", "COUNT", 1])
+            last = _entries(reply)
             if not last or _id_order(last[0][0]) < _id_order(positions[key]):
                 positions[key] = "0-0"
 
@@ -357,7 +352,7 @@ class SharedState:
         """Apply an XREAD response and move the read positions past it."""
         wall = time.time()
         now = time.monotonic()
-        for stream, entries in response or ():
+        for stream, entries in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
             key = stream.decode() if isinstance(stream, bytes) else str(stream)
             for entry_id, fields in _entries(entries):
                 positions[key] = entry_id
@@ -404,11 +399,17 @@ class SharedState:
             STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
 
 
+def _xadd(key: str, fields: Mapping[bytes, bytes], kept: int) -> Command:
+    """XADD key MAXLEN ~ kept * field value ... (the stream is trimmed to about `kept` entries)."""
+    return ["XADD", key, "MAXLEN", "~", kept, "*", *(item for pair in fields.items() for item in pair)]
+
+
 def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Stream entries as (id, fields); an entry deleted under a reader comes back without fields."""
+    """Stream entries of a reply as (id, fields); an entry deleted under a reader comes back without fields."""
     found: list[tuple[str, dict[bytes, bytes]]] = []
-    for entry_id, fields in raw or ():
-        if entry_id is not None and fields is not None:
+    for entry_id, flat in raw or ():
+        if entry_id is not None and flat is not None:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             found.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
     return found
 
