@@ -54,20 +54,11 @@ class InsertRecord:
 class InsertOutbox:
     """Bounded queue of one plugin's inserts waiting to be sent."""
 
-    def __init__(
-        self,
-        plugin: str,
-        table: EndpointTable,
-        capacity: int,
-        on_drop: Callable[[int], None],
-        on_first: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, plugin: str, table: EndpointTable, capacity: int, on_drop: Callable[[int], None]) -> None:
         self.plugin = plugin
         self.table = table
         self.capacity = capacity
         self.on_drop = on_drop
-        #: called when an insert enters the empty outbox (wakes the writer)
-        self.on_first = on_first
         self.records: deque[InsertRecord] = deque()
 
     def __call__(self, slots: Sequence[int], keys: Keys) -> None:
@@ -77,8 +68,6 @@ class InsertOutbox:
             return
         hostports = self.table.hostports
         records.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
-        if len(records) == 1 and self.on_first is not None:
-            self.on_first()
 
     def drain(self) -> list[InsertRecord]:
         records = list(self.records)

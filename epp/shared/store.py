@@ -57,12 +57,11 @@ class StoreConnection:
                 if self._writer is None:
                     await self._connect()
                 return await self._exchange(commands)
-        except StoreError:
-            await self.close()
+        except BaseException as exc:  # a reply left half read (cancelled too) would answer the next call
+            self._abort()
+            if isinstance(exc, OSError | TimeoutError | EOFError | hiredis.ProtocolError):
+                raise StoreError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
             raise
-        except (OSError, TimeoutError, EOFError, hiredis.ProtocolError) as exc:
-            await self.close()
-            raise StoreError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
     async def _connect(self) -> None:
         settings = self.settings
@@ -100,6 +99,11 @@ class StoreConnection:
                 raise StoreError(f"the store answered: {reply}")
             replies.append(reply)
         return replies
+
+    def _abort(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
