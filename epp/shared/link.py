@@ -3,10 +3,10 @@
 Every `interval` (10 ms) the task makes one round trip on one connection: it folds in endpoints added since,
 drops peers silent for `peer_ttl`, and sends what changed of this replica's own shared columns (everything
 every `heartbeat_interval`: the heartbeat) and the inserts waiting in the outboxes, followed by an XREAD of
-both streams from where it last read; the peers' records in the reply are applied at once. With nothing to
-send the XREAD blocks for up to `interval` (a peer's record wakes it). One round trip per step keeps the cost
-to about a hundred system calls a second whatever the request rate (each costs tens of microseconds of
-kernel time on a busy machine). Streams (not pub/sub) so that a replica that starts replays the pool's recent
+both streams from where it last read; the peers' records in the reply are applied at once. A record is thus
+at most two steps old when applied (plus the round trip). One round trip per step keeps the cost to about a
+hundred system calls a second whatever the request rate (each costs tens of microseconds of kernel time on
+a busy machine). Streams (not pub/sub) so that a replica that starts replays the pool's recent
 inserts and warms its prefix index.
 
 Faults: when a round trip fails the replica goes on with local state; one log line and
@@ -38,7 +38,7 @@ from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, deco
 from epp.shared.columns import SharedColumns
 from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
 from epp.shared.settings import SharedStateSettings
-from epp.shared.store import Argument, Command, StoreConnection, StoreError
+from epp.shared.store import Command, StoreConnection, StoreError
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
@@ -264,15 +264,12 @@ class SharedState:
             _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
             for stream, key, fields in entries
         ]
+        # Never BLOCK: the store times blocked reads out on its own clock (10 Hz by default), so a 10 ms block
+        # can last 100 ms and hold this replica's changes back as long.
         keys = list(positions)
-        block = 0.0 if entries else self.tuning.interval  # nothing to send: wait for the peers instead
-        read: list[Argument] = ["XREAD", "COUNT", 512, "BLOCK", int(block * 1000), "STREAMS", *keys]
-        if not block:
-            del read[3:5]
-        read += [positions[key] for key in keys]
-        commands.append(read)
+        commands.append(["XREAD", "COUNT", 512, "STREAMS", *keys, *(positions[key] for key in keys)])
         try:
-            replies = await client.call(*commands, timeout=self.tuning.socket_timeout + block)
+            replies = await client.call(*commands)
         except StoreError:
             lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
             if lost:
