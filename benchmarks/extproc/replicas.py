@@ -34,11 +34,26 @@ sys.path.insert(0, str(HERE))
 
 from run import LUA, RESULTS, body_of, cpu_seconds, run_wrk, start_nginx  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent / "routing"))
+from promtext import bucket_quantile, histogram_buckets, scrape  # noqa: E402
+
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap  # noqa: E402
 from epp.devstack.processes import EppProcess  # noqa: E402
 from epp.devstack.redis import RedisServer  # noqa: E402
 
 CONFIGS = ("one", "one-shared", "two-shared", "two-independent")
+
+
+def staleness_ms(page: str) -> dict[str, float]:
+    """p50/p99 of epp_shared_state_staleness_seconds per stream, in milliseconds."""
+    found: dict[str, float] = {}
+    for stream in ("load", "inserts"):
+        lines = "\n".join(line for line in page.splitlines() if f'stream="{stream}"' in line)
+        family = "epp_shared_state_staleness_seconds"
+        buckets = histogram_buckets(lines, family).get(family, [])
+        for q in (0.5, 0.99):
+            found[f"{stream}_p{round(q * 100)}"] = round(1000 * bucket_quantile(buckets, q), 1)
+    return found
 
 
 def main() -> int:
@@ -74,6 +89,7 @@ def main() -> int:
     idle_peer = EppProcess(shared_flags, env={"POD_NAME": "idle-peer"})
     envoys: dict[str, EnvoyProcess] = {}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    staleness: dict[str, dict[str, float]] = {}
     try:
         for replicas in [*groups.values(), [idle_peer]]:
             for replica in replicas:
@@ -114,6 +130,10 @@ def main() -> int:
                 samples[name].append(sample)
                 print(f"round {round_index + 1} {name}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
                       flush=True)  # fmt: skip
+        staleness = {
+            f"pair-{i}": staleness_ms(scrape(f"http://127.0.0.1:{replica.metrics_port}/metrics"))
+            for i, replica in enumerate(groups["two-shared"])
+        }
     finally:
         for envoy in envoys.values():
             envoy.stop()
@@ -139,11 +159,13 @@ def main() -> int:
         print(f"| {name} | {median['rps']:,.0f} | {median['p50_ms']:.2f} | {median['p99_ms']:.2f} | "
               f"{median['epp_cores']:.2f} | {median['epp_cpu_us_per_req']:.0f} | {median['cpu_ratio_to_one']:.3f} | "
               f"{median['redis_cpu_us_per_req']:.1f} | {median['errors']:.0f} |")  # fmt: skip
+    print(f"\nstaleness of shared state in two-shared (ms): {json.dumps(staleness)}")
     per_core = summary["one"]["rps"] / max(summary["one"]["epp_cores"], 1e-9)
     print(f"\none replica: {per_core:,.0f} req/s per core of epp CPU")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"replicas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "samples": samples, "summary": summary}, indent=1))
+    record = {"args": vars(args), "samples": samples, "summary": summary, "staleness_ms": staleness}
+    out.write_text(json.dumps(record, indent=1))
     print(f"raw results: {out}")
     return 0
 
