@@ -77,7 +77,7 @@ def render_bootstrap(
     epp_ports: list[int] | None = None,
 ) -> dict[str, Any]:
     """Load deploy/envoy/<name>.yaml and point it at the given local ports (`epp_ports`: every replica of the
-    `epp` cluster, for a bootstrap with several; `epp_port` is then the first)."""
+    `epp` cluster, for a bootstrap with several; `epp_port` is then not used)."""
     config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / f"{name}.yaml").read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     resources = config["static_resources"]
