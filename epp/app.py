@@ -35,8 +35,10 @@ from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
 from epp.observability import logging as epp_logging
+from epp.observability.debug import DebugPages, HoldsBlocks
+from epp.observability.decisions import DecisionLog
 from epp.observability.flowcontrol import FlowControlMetrics
-from epp.observability.server import start_metrics_server
+from epp.observability.server import server_tls_context, start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.scheduling.framework import build_scheduler
 from epp.tracing import RequestTracer, TracingConfigError
@@ -44,6 +46,7 @@ from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from epp.k8s.metrics_auth import TokenReviewGuard
     from epp.k8s.runtime import KubernetesRuntime
     from epp.shared.link import SharedState
 
@@ -128,6 +131,9 @@ async def _start_with(
         shed_sheddable=not flow_control,  # with flow control, saturation holds requests instead of shedding
         defer_hooks=True,  # the servicer runs them once the pick's response is written
     )
+    if settings.debug_decisions > 0:
+        director.decisions = DecisionLog(table, settings.debug_decisions)
+    scheduler.trace = director.decisions is not None or settings.emit_endpoint_scores
     parser = passthrough_parser if config.parser == "passthrough-parser" else openai_parser
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -149,7 +155,13 @@ async def _start_with(
     max_body = settings.max_request_body_bytes
     servicer = ExtProcServicer(
         lambda: ExtProcStream(
-            director, parser, metrics, tracer=tracer, flow_control=flow_control, max_body_bytes=max_body
+            director,
+            parser,
+            metrics,
+            tracer=tracer,
+            flow_control=flow_control,
+            max_body_bytes=max_body,
+            emit_scores=settings.emit_endpoint_scores,
         ),
         flow,
         idle_timeout=settings.stream_idle_timeout,
@@ -180,9 +192,29 @@ async def _start_with(
         settings.grpc_health_port,
         lambda: health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}"),
     )
+    debug = DebugPages(
+        table,
+        director.decisions,
+        observability.pool_name,
+        float(settings.metrics_staleness_threshold),
+        settings.values,
+        settings.explicit,
+        config.describe(),
+        [p for p in scheduler.plugins.values() if isinstance(p, HoldsBlocks)],
+        source=_source_of(settings),
+    )
+    guard = _metrics_guard(settings)
+    metrics_tls = None
+    if settings.metrics_cert_dir:
+        try:
+            metrics_tls = server_tls_context(settings.metrics_cert_dir, settings.metrics_client_ca_file)
+        except (OSError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
     # bound now, with the other ports, so a taken port fails before anything else has started
     metrics_server, _ = _bind(
-        "--metrics-port", settings.metrics_port, lambda: start_metrics_server(settings.metrics_port, registry)
+        "--metrics-port",
+        settings.metrics_port,
+        lambda: start_metrics_server(settings.metrics_port, registry, debug, guard, metrics_tls),
     )
     try:
         runtime = Runtime(settings, table, health, director, servicer, registry, server, health_server, tracer=tracer)
@@ -200,6 +232,8 @@ async def _start_with(
                 runtime.watcher.start()
             else:
                 runtime.kubernetes = await _start_kubernetes(settings, table, health, director)
+                if guard is not None:
+                    guard.attach(runtime.kubernetes.api)
         except EndpointSpecError as exc:
             raise StartupError(str(exc)) from None
 
@@ -227,11 +261,12 @@ async def _start_with(
         if runtime.shared is not None:
             await runtime.shared.start()
         log.info(
-            "epp serving: ext_proc :%d (%s), health :%d, metrics :%d, %d endpoints",
+            "epp serving: ext_proc :%d (%s), health :%d, metrics and /debug :%d (%s), %d endpoints",
             grpc_port,
             "TLS" if settings.secure_serving else "plaintext",
             health_port,
-            settings.metrics_port,
+            metrics_server.server_port,
+            "https" if metrics_tls is not None else "http",
             len(table),
         )
         return runtime
@@ -257,6 +292,42 @@ def _shared_state(
     registry.register(COLLECTOR)
     registry.register(PeerLoadCollector(shared.columns))
     return shared
+
+
+def _source_of(settings: Settings) -> str:
+    if settings.endpoints:
+        return "--endpoints"
+    if settings.endpoints_file:
+        return f"--endpoints-file {settings.endpoints_file}"
+    if settings.pool_name:
+        return f"InferencePool {settings.pool_namespace}/{settings.pool_name}"
+    return f"pods matching {settings.endpoint_selector} in {settings.pool_namespace}"
+
+
+def _metrics_guard(settings: Settings) -> TokenReviewGuard | None:
+    """What --metrics-endpoint-auth means for this process, said once at start-up."""
+    kubernetes = bool(settings.pool_name or settings.endpoint_selector)
+    if settings.metrics_endpoint_auth and kubernetes:
+        from epp.k8s.metrics_auth import TokenReviewGuard
+
+        log.info(
+            "metrics port: /metrics and /debug need a bearer token allowed by the Kubernetes API "
+            "(TokenReview, then SubjectAccessReview of the path with verb get)"
+        )
+        return TokenReviewGuard(asyncio.get_running_loop())
+    if settings.metrics_client_ca_file:
+        log.info("metrics port: clients need a certificate signed by %s", settings.metrics_client_ca_file)
+    elif settings.metrics_endpoint_auth:
+        log.warning(
+            "metrics port: --metrics-endpoint-auth checks tokens with the Kubernetes API, which standalone "
+            "discovery does not use: /metrics and /debug are served to anyone who reaches port %d. Give "
+            "--metrics-endpoint-auth=false to say that is intended, or --metrics-cert-dir with "
+            "--metrics-client-ca-file to require client certificates",
+            settings.metrics_port,
+        )
+    else:
+        log.info("metrics port: /metrics and /debug are served without authentication (--metrics-endpoint-auth=false)")
+    return None
 
 
 def _bind(flag: str, port: int, bind: Callable[[], T]) -> T:

@@ -92,7 +92,14 @@ FLAGS: tuple[_Flag, ...] = (
     ("grpc-port", 9002, parse_port, "ext_proc gRPC listen port"),
     ("grpc-health-port", 9003, parse_port, "gRPC health service port"),
     ("metrics-port", 9090, parse_port, "Prometheus /metrics port"),
-    ("metrics-endpoint-auth", True, parse_bool, "authenticate /metrics with Kubernetes TokenReview (Kubernetes only)"),
+    (
+        "metrics-endpoint-auth",
+        True,
+        parse_bool,
+        "Kubernetes mode: /metrics and /debug need a bearer token the API server authenticates (TokenReview) and"
+        " allows (SubjectAccessReview, nonResourceURL = the path, verb get); standalone there is no API server:"
+        " the default serves them openly with a warning and an explicit true is refused",
+    ),
     ("enable-pprof", True, parse_bool, "Go pprof endpoints (not available in the Python EPP)"),
     ("pool-name", "", str, "InferencePool name (Kubernetes discovery)"),
     ("pool-namespace", "", str, "InferencePool namespace (flag → NAMESPACE env → default)"),
@@ -146,13 +153,27 @@ FLAGS: tuple[_Flag, ...] = (
         "close an ext_proc stream that sends no message for this long, releasing its pick (0: never); keep it"
         " above the longest silence of a request, e.g. a non-streaming generation",
     ),
-    ("emit-endpoint-scores", False, parse_bool, "per-endpoint scores in dynamic metadata"),
+    (
+        "emit-endpoint-scores",
+        False,
+        parse_bool,
+        "every scored endpoint's total score in the envoy.lb dynamic metadata key"
+        " x-gateway-destination-endpoint-scores",
+    ),
     ("enable-grpc-stream-metrics", False, parse_bool, "ext_proc stream metrics"),
     ("tls-min-version", "", str, "minimum TLS version of the ext_proc server"),
     ("tls-cipher-suites", "", str, "TLS cipher suites of the ext_proc server"),
-    ("metrics-cert-dir", "", str, "serve /metrics over TLS with the certificate in this directory"),
-    ("metrics-client-ca-file", "", str, "require client certificates on /metrics signed by this CA"),
+    ("metrics-cert-dir", "", str, "serve the metrics port over TLS with tls.crt and tls.key of this directory"),
+    ("metrics-client-ca-file", "", str, "with --metrics-cert-dir: require client certificates signed by this CA"),
     ("allow-experimental-plugins", False, parse_bool, "allow Alpha-stability plugins"),
+    # Not in the reference (debugging):
+    (
+        "debug-decisions",
+        100,
+        int,
+        "routing decisions kept for /debug/decisions and the status page (0: none recorded); each keeps its"
+        " profiles' arrays: about 8 bytes x (filters + scorers + 1) per candidate",
+    ),
     # Standalone discovery (not in the reference):
     ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),
     ("endpoints-file", "", str, "YAML file of endpoints (address, port, name, labels); re-read on change"),
@@ -178,25 +199,19 @@ _DEPRECATED_METRIC_FLAGS = (
 
 #: flag → why it stops the process when given (features not built in this version)
 NOT_BUILT: dict[str, str] = {
-    "metrics-endpoint-auth": "/metrics authentication uses Kubernetes TokenReview, which is not built yet",
     "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
     "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
-    "emit-endpoint-scores": "per-endpoint scores in dynamic metadata are not built yet",
     "tls-min-version": "TLS version selection is not supported by the gRPC Python server",
     "tls-cipher-suites": "TLS cipher-suite selection is not supported by the gRPC Python server",
-    "metrics-cert-dir": "TLS on /metrics is not built yet",
-    "metrics-client-ca-file": "mTLS on /metrics is not built yet",
     "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
     "zap-stacktrace-level": "stack-trace level selection is not built yet",
     "zap-devel": "zap development mode has no equivalent in this build",
 }
 #: flags whose value is fine only when it is the (disabled) default
 _ONLY_FALSE = {
-    "metrics-endpoint-auth",
     "enable-pprof",
     "allow-experimental-plugins",
     "enable-grpc-stream-metrics",
-    "emit-endpoint-scores",
     "zap-devel",
 }
 
@@ -290,7 +305,28 @@ def validate(settings: Settings) -> list[str]:
         errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
     if settings.max_endpoints <= 0:
         errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
+    if not 0 <= settings.debug_decisions <= MAX_DEBUG_DECISIONS:
+        errors.append(f"--debug-decisions {settings.debug_decisions}: keep 0 (none) to {MAX_DEBUG_DECISIONS}")
+    errors.extend(_validate_metrics_port(settings))
     errors.extend(_validate_shared_state(settings))
+    return errors
+
+
+MAX_DEBUG_DECISIONS = 100_000
+
+
+def _validate_metrics_port(settings: Settings) -> list[str]:
+    errors: list[str] = []
+    kubernetes = bool(settings.pool_name or settings.endpoint_selector)
+    if "metrics_endpoint_auth" in settings.explicit and settings.metrics_endpoint_auth and not kubernetes:
+        errors.append(
+            "--metrics-endpoint-auth=true checks bearer tokens with the Kubernetes API (TokenReview and "
+            "SubjectAccessReview), which standalone discovery does not use; give --pool-name or "
+            "--endpoint-selector, or --metrics-endpoint-auth=false (with --metrics-cert-dir and "
+            "--metrics-client-ca-file to require client certificates instead)"
+        )
+    if settings.metrics_client_ca_file and not settings.metrics_cert_dir:
+        errors.append("--metrics-client-ca-file needs --metrics-cert-dir (client certificates are checked over TLS)")
     return errors
 
 

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -29,10 +29,14 @@ from epp.scheduling.types import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from epp.observability.decisions import DecisionLog
+
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 REWRITE_HEADER = "x-gateway-model-name-rewrite"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
+NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 #: predicted output tokens per input token for in-flight token accounting (reference inflight-load-producer)
 OUTPUT_TOKEN_RATIO = 1.5
 
@@ -112,6 +116,7 @@ class Director:
         on_release: Callable[[], None] | None = None,
         models: ModelRouting | None = None,
         defer_hooks: bool = False,
+        decisions: DecisionLog | None = None,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -133,6 +138,8 @@ class Director:
         #: which the ext_proc stream does once the pick's response is on its way (the reference runs them
         #: asynchronously too); off, they run inside the pick
         self.defer_hooks = defer_hooks
+        #: where each decision is recorded for /debug/decisions (None: not recorded)
+        self.decisions = decisions
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
         #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
@@ -199,9 +206,9 @@ class Director:
             and self.saturation is not None
             and self.saturation(candidates) >= 1.0
         ):
-            raise EppError("ResourceExhausted", "system saturated, sheddable request dropped")
+            raise self._refused(request, EppError("ResourceExhausted", "system saturated, sheddable request dropped"))
         if len(candidates) == 0 and not flow_control:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise self._refused(request, EppError("ServiceUnavailable", NO_CANDIDATES))
         new_body = rewrite_model(parsed.body, target) if parsed and target != model else None
         return Prepared(request, subset, new_body, candidates, self.table.generation)
 
@@ -211,17 +218,30 @@ class Director:
         if prepared.generation != self.table.generation:
             candidates = self._serving(prepared.request.target_model, self.candidates(prepared.subset))
         if len(candidates) == 0:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise self._refused(prepared.request, EppError("ServiceUnavailable", NO_CANDIDATES))
         started = time.perf_counter()
         try:
             result = self.scheduler.schedule(prepared.request, self.table, candidates)
         except SchedulingError as exc:
             record_scheduler_attempt("failure", prepared.request.target_model)
+            if self.decisions is not None:
+                self.decisions.record_failure(prepared.request, str(exc), exc.trace)
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
         record_scheduler_e2e(time.perf_counter() - started)
         picked = self.table.endpoint(int(result.primary[0]))
         record_scheduler_attempt("success", prepared.request.target_model, picked.key, self.namespace, str(picked.port))
-        return self._commit(prepared.request, result, prepared.new_body)
+        decision = self._commit(prepared.request, result, prepared.new_body)
+        if self.decisions is not None:
+            self.decisions.record(
+                decision.request, decision.destination, result.primary_profile, result.profile_results
+            )
+        return decision
+
+    def _refused(self, request: LLMRequest, error: EppError) -> EppError:
+        """`error`, recorded first for /debug/decisions (refused before any profile ran)."""
+        if self.decisions is not None:
+            self.decisions.record_failure(request, f"{error.code}: {error.message}", None, method="admission")
+        return error
 
     def decide_header_only(self, request_id: str, headers: Mapping[str, str], subset: Sequence[str] | None) -> Decision:
         """A request without a body (e.g. GET): a uniformly random endpoint, as the reference does."""
@@ -229,11 +249,14 @@ class Director:
             raise EppError("Internal", "no pods available in datastore")
         candidates = self.candidates(subset)
         if len(candidates) == 0:
-            raise EppError("ServiceUnavailable", "failed to find endpoint candidates for serving the request")
+            raise EppError("ServiceUnavailable", NO_CANDIDATES)
         slot = candidates[self._rng.randrange(len(candidates))]
         request = LLMRequest(request_id=request_id, model="", target_model="", headers=headers, api="")
         result = SchedulingResult({"default": ProfileResult(np.array([slot], dtype=np.intp))}, "default")
-        return self._commit(request, result, None, run_hooks=False)
+        decision = self._commit(request, result, None, run_hooks=False)
+        if self.decisions is not None:
+            self.decisions.record(request, decision.destination, "default", result.profile_results, method="random")
+        return decision
 
     def candidates(self, subset: Sequence[str] | None) -> SlotArray:
         live = self.table.live_slots()

@@ -1,5 +1,7 @@
 """kubesim's HTTP surface: the Kubernetes REST paths, discovery documents and watch streams over aiohttp.
 
+Reviews: POST `/apis/authentication.k8s.io/v1/tokenreviews` and
+`/apis/authorization.k8s.io/v1/subjectaccessreviews` (see kubesim.reviews).
 Paths: `/api/v1[/namespaces/NS]/PLURAL[/NAME[/status]]` and
 `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL[/NAME[/status]]`; discovery at `/api`, `/api/v1`, `/apis`,
 `/apis/GROUP`, `/apis/GROUP/VERSION` and `/version`. A GET with `?watch=1` (or `true`) answers a chunked
@@ -19,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from kubesim.certs import ServingCert, make_serving_cert
+from kubesim.reviews import AUTHENTICATION_GROUP, AUTHORIZATION_GROUP, User, subject_access_review, token_review
 from kubesim.store import ApiError, Object, Store
 
 log = logging.getLogger("kubesim")
@@ -56,10 +59,19 @@ class KubeSim:
         #: answer a watch from a too-old resourceVersion with HTTP 410 instead of a 200 + ERROR event
         self.gone_as_status = gone_as_status
         self.cert: ServingCert | None = make_serving_cert(host) if tls else None
+        #: bearer tokens a TokenReview authenticates (see add_user)
+        self.users: dict[str, User] = {}
         #: the last requests served (method, path and query), for tests to inspect
         self.requests: deque[tuple[str, str]] = deque(maxlen=10_000)
         self._runner: web.AppRunner | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
+
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = (), uid: str = "") -> User:
+        """Make TokenReview authenticate `token` as this user (a service account's user name is
+        `system:serviceaccount:NAMESPACE:NAME`)."""
+        user = User(username, tuple(groups), uid or f"uid-{username}")
+        self.users[token] = user
+        return user
 
     @property
     def url(self) -> str:
@@ -106,6 +118,11 @@ class KubeSim:
                 return _json(self._group_list())
             if len(parts) == 2 and parts[0] == "apis":
                 return _json(self._group(parts[1]))
+            if len(parts) == 4 and parts[0] == "apis" and parts[2] == "v1" and request.method == "POST":
+                if (parts[1], parts[3]) == (AUTHENTICATION_GROUP, "tokenreviews"):
+                    return _json(token_review(await self._body(request), self.users), 201)
+                if (parts[1], parts[3]) == (AUTHORIZATION_GROUP, "subjectaccessreviews"):
+                    return _json(subject_access_review(await self._body(request), self.store), 201)
             if parts[:1] == ["api"] and len(parts) >= 2:
                 group, version, rest = "", parts[1], parts[2:]
             elif parts[:1] == ["apis"] and len(parts) >= 3:

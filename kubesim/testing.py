@@ -63,6 +63,26 @@ def pod_status(ip: str, ready: bool) -> Object:
     }
 
 
+#: the token grant_metrics_reader registers by default, and the Authorization header that carries it
+METRICS_TOKEN = "kubesim-metrics-reader-token"
+METRICS_AUTH = f"Bearer {METRICS_TOKEN}"
+METRICS_READER_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: epp-metrics-reader}}
+rules:
+- nonResourceURLs: ["/metrics", "/debug", "/debug/*"]
+  verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: epp-metrics-reader-{name}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: epp-metrics-reader}}
+subjects:
+- {{kind: ServiceAccount, name: {name}, namespace: {namespace}}}
+"""
+
+
 class KubeSimThread:
     """`with KubeSimThread() as kube: kube.apply(yaml_text); kube.write_kubeconfig(path)`."""
 
@@ -178,6 +198,19 @@ class KubeSimThread:
     def open_watches(self) -> int:
         return self.call(lambda: len(self.sim.store.watches))
 
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+        """TokenReview authenticates `token` as `username` (see KubeSim.add_user)."""
+        self.call(self.sim.add_user, token, username, groups)
+
+    def grant_metrics_reader(
+        self, token: str = METRICS_TOKEN, namespace: str = "monitoring", name: str = "prometheus"
+    ) -> str:
+        """A scraper as a cluster has one: service account NAMESPACE/NAME whose token is `token`, bound to a
+        ClusterRole that may get /metrics and the /debug pages. Returns the Authorization header value."""
+        self.add_user(token, f"system:serviceaccount:{namespace}:{name}", ("system:serviceaccounts",))
+        self.apply(METRICS_READER_RBAC.format(namespace=namespace, name=name))
+        return f"Bearer {token}"
+
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         return write_kubeconfig(self.sim, path, namespace)
 
@@ -197,10 +230,12 @@ def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
-def prometheus_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """Samples of one metric on a Prometheus text page: [(labels, value), ...]."""
+def prometheus_samples(url: str, name: str, authorization: str = "") -> list[tuple[dict[str, str], float]]:
+    """Samples of one metric on a Prometheus text page: [(labels, value), ...]; `authorization` is sent as
+    the Authorization header when given."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
     try:
-        with _OPENER.open(url, timeout=5) as response:
+        with _OPENER.open(request, timeout=5) as response:
             text = response.read().decode()
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"GET {url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from None

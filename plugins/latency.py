@@ -21,6 +21,10 @@ miss factor (prompt tokens it really computed over those the index expected) sca
 requests the server reports waiting beyond this EPP's own count as typical prompts. Prompt tokens are
 estimated from bytes with a ratio learned from the same `usage` reports.
 
+The producer also prices what a pick costs other requests: the prefill the engine would spend recomputing
+requests it preempts if this one outgrew the endpoint's KV cache (`overflow`), and which part of the prompt
+is a common prefix that every endpoint should hold (`common`, `lift`; see plugins/prefix_demand.py).
+
 The scorer turns predictions into scores in (0, 1]: fastest / predicted, so the fastest candidate scores 1.
 """
 
@@ -40,15 +44,16 @@ from epp.scheduling.plugin import CycleState, DataProducer, Plugin, Scorer, Scor
 from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
 from plugins.prefix import STATE_KEY as PREFIX_KEY
 from plugins.prefix import ApproxPrefixCacheProducer, PrefixMatch
+from plugins.prefix_demand import PrefixDemand
 
 KEY = "predicted-ttft"
 DECODE_UNIT = 100.0
 PREFILL_UNIT = 10_000.0
 REQUEST_UNIT = 10.0
-#: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1)
-PRESSURE_ONSET = 0.5
-#: the least pressure affinity counts with (0: none while queues are short; 0.1 halved the loss on a
-#: prefix-heavy pool at twice its capacity but let one shared system prompt pile onto a few endpoints)
+#: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
+#: groups spread over three endpoints each at twice a prefix-heavy pool's capacity (its p90 4x the blend's)
+PRESSURE_ONSET = 0.2
+#: the least pressure affinity counts with (0: none while queues are short)
 AFFINITY_FLOOR = 0.0
 #: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response (the
 #: decode model's rate; the TTFT model's is the producer's slownessRate) ...
@@ -105,6 +110,18 @@ class Prediction:
     waiting: npt.NDArray[np.float64]
     #: the part of `seconds` spent behind the queue (the rest is this request's own prefill and one step)
     queueing: npt.NDArray[np.float64]
+    #: output tokens this request is expected to generate (its max_tokens, at most the mean seen so far)
+    output_tokens: float
+    #: seconds per uncached prompt token on each candidate
+    per_token: npt.NDArray[np.float64]
+    #: the fraction of the request's blocks that is a common prefix (see PrefixDemand): no candidate is preferred
+    #: for holding it ...
+    common: float
+    #: ... nor charged for lacking it: seconds to take off each candidate's prediction when scoring (None: none)
+    lift: npt.NDArray[np.float64] | None
+    #: seconds of recomputation this request would cause there by outgrowing the KV cache (not part of its own
+    #: TTFT: the engine preempts running requests and computes their context again)
+    overflow: npt.NDArray[np.float64] | None
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
@@ -120,6 +137,8 @@ class _Note:
         "decoding",
         "epoch",
         "first_at",
+        "kv_need",
+        "kv_released",
         "predicted",
         "prompt_bytes",
         "queued",
@@ -140,6 +159,7 @@ class _Note:
         waiting: float,
         predicted: float,
         size: int,
+        kv_need: float,
     ) -> None:
         self.slot = slot
         self.epoch = epoch
@@ -150,6 +170,8 @@ class _Note:
         self.predicted = predicted
         self.prompt_bytes = size
         self.released = False
+        self.kv_need = kv_need
+        self.kv_released = False
         self.ttft: float | None = None
         self.first_at = 0.0
 
@@ -311,6 +333,10 @@ class PredictedTTFTProducer(DataProducer):
         self.prompt_tokens = 1024.0
         self.queued_tokens = np.zeros(0)
         self.queued_requests = np.zeros(0)
+        self.demand = PrefixDemand()
+        #: KV tokens the requests this EPP sent to each endpoint will hold until they end (uncached prompt plus
+        #: expected output each), charged at the pick and released when the response ends
+        self.kv_tokens = np.zeros(0)
         #: per endpoint, prompt tokens it really computed over those the prefix index expected (>= 1 when it
         #: evicts what the index still believes it holds), learned from usage.cached_tokens
         self.miss_factor = np.ones(0)
@@ -330,6 +356,7 @@ class PredictedTTFTProducer(DataProducer):
         self.decode = decode_model(table.capacity, self.parameters)
         self.queued_tokens = np.zeros(table.capacity)
         self.queued_requests = np.zeros(table.capacity)
+        self.kv_tokens = np.zeros(table.capacity)
         self.miss_factor = np.ones(table.capacity)
 
         def on_change(kind: str, slot: int, endpoint: Endpoint) -> None:
@@ -337,6 +364,7 @@ class PredictedTTFTProducer(DataProducer):
                 return
             self.queued_tokens[slot] = 0.0
             self.queued_requests[slot] = 0.0
+            self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
             if kind == "add":
                 self.model.reset(slot)
@@ -353,10 +381,19 @@ class PredictedTTFTProducer(DataProducer):
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match: PrefixMatch | None = state.data.get(PREFIX_KEY)
+        common_blocks = 0
+        block_tokens = 0.0
+        blocks = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
             held = blocks / match.total_blocks
-            uncached = np.multiply(blocks, -(match.block_bytes / self.bytes_per_token), dtype=np.float64)
+            hashes = match.known_hashes()
+            self.demand.count(hashes, match.total_blocks)
+            common_blocks = self.demand.common_blocks(hashes, blocks)
+            if np.count_nonzero(blocks) * 2 >= len(blocks):  # at least half hold some of it: their median is common
+                common_blocks = max(common_blocks, int(_median(blocks)))
+            block_tokens = match.block_bytes / self.bytes_per_token
+            uncached = np.multiply(blocks, -block_tokens, dtype=np.float64)
             uncached += prompt_tokens
             if self.misses:  # some endpoint computes more than the index expects: scale up, up to the prompt
                 uncached *= self.miss_factor.take(candidates)
@@ -367,6 +404,9 @@ class PredictedTTFTProducer(DataProducer):
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
         table = state.table
+        base, per_decode, per_prefill, per_request = model.coefficients
+        slowness = model.slowness.take(candidates)
+        per_token = slowness * (per_prefill / PREFILL_UNIT)
         queued = self.queued_tokens.take(candidates)
         waiting = self.queued_requests.take(candidates)
         decoding = table.inflight_requests.take(candidates)
@@ -380,8 +420,6 @@ class PredictedTTFTProducer(DataProducer):
             np.maximum(external, 0.0, out=external)
             waiting = waiting + external
             queued = queued + external * self.prompt_tokens
-        base, per_decode, per_prefill, per_request = model.coefficients
-        slowness = model.slowness.take(candidates)
         queueing = queued * (per_prefill / PREFILL_UNIT)
         if per_request:
             queueing += waiting * (per_request / REQUEST_UNIT)
@@ -392,7 +430,60 @@ class PredictedTTFTProducer(DataProducer):
             seconds += decoding * (per_decode / DECODE_UNIT)
         seconds *= slowness
         seconds += queueing
-        state.data[KEY] = Prediction(candidates, seconds, uncached, queued, decoding, held, waiting, queueing)
+        limit = _max_tokens(state.request)
+        output = min(limit, self.output_tokens) if limit else self.output_tokens
+        overflow = self._overflow(table, candidates, uncached, output, per_token)
+        lift = None
+        common = 0.0
+        if common_blocks and match is not None and blocks is not None:
+            common = common_blocks / match.total_blocks
+            short = np.maximum(common_blocks - blocks, 0) * block_tokens
+            if short.max() > 0:
+                if self.misses:
+                    short *= self.miss_factor.take(candidates)
+                lift = np.minimum(short, uncached - 1.0)
+                np.maximum(lift, 0.0, out=lift)
+                lift *= per_token
+        state.data[KEY] = Prediction(
+            candidates,
+            seconds,
+            uncached,
+            queued,
+            decoding,
+            held,
+            waiting,
+            queueing,
+            output,
+            per_token,
+            common,
+            lift,
+            overflow,
+        )
+
+    def _overflow(
+        self,
+        table: EndpointTable,
+        candidates: SlotArray,
+        uncached: npt.NDArray[np.float64],
+        output: float,
+        per_token: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float64] | None:
+        """Seconds of prefill the engine would spend recomputing preempted requests if this one went there: the
+        part of its KV need (uncached prompt and expected output) beyond the endpoint's free KV once everything
+        in flight has grown to its expected length. None while no candidate would overflow."""
+        capacity = table.cache_num_blocks.take(candidates)
+        capacity *= table.cache_block_size.take(candidates)
+        held = self.kv_tokens.take(candidates)
+        # what the server reports holding, when above this EPP's own projection (another replica's requests)
+        np.maximum(held, table.kv_usage.take(candidates) * capacity, out=held)
+        held += uncached
+        held += output
+        held -= capacity
+        if capacity.min() <= 0 or held.max() <= 0:
+            return None
+        np.clip(held, 0.0, uncached + output, out=held)
+        held *= per_token
+        return held
 
     def _learn_misses(self, note: _Note, computed: float) -> None:
         """The endpoint computed `computed` prompt tokens where the index expected `note.uncached` (over the
@@ -425,6 +516,8 @@ class PredictedTTFTProducer(DataProducer):
         uncached = float(prediction.uncached[i])
         self.queued_tokens[slot] += uncached
         self.queued_requests[slot] += 1.0
+        kv_need = uncached + prediction.output_tokens
+        self.kv_tokens[slot] += kv_need
         note = _Note(
             slot,
             float(state.table.epoch[slot]),
@@ -434,6 +527,7 @@ class PredictedTTFTProducer(DataProducer):
             float(prediction.waiting[i]),
             float(prediction.seconds[i]),
             len(state.request.prompt_bytes),
+            kv_need,
         )
         result.notes[self.name] = note
 
@@ -447,6 +541,14 @@ class PredictedTTFTProducer(DataProducer):
         slot = note.slot
         self.queued_tokens[slot] = max(self.queued_tokens[slot] - note.uncached, 0.0)
         self.queued_requests[slot] = max(self.queued_requests[slot] - 1.0, 0.0)
+
+    def _release_kv(self, note: _Note) -> None:
+        if note.kv_released:
+            return
+        note.kv_released = True
+        table = self.table
+        if table is not None and table.epoch[note.slot] == note.epoch:
+            self.kv_tokens[note.slot] = max(self.kv_tokens[note.slot] - note.kv_need, 0.0)
 
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
         note: _Note | None = result.notes.get(self.name)
@@ -462,6 +564,7 @@ class PredictedTTFTProducer(DataProducer):
         if note is None:
             return
         self._release(note)
+        self._release_kv(note)
         ttft = note.ttft
         table = self.table
         if ttft is None or ttft <= 0 or usage is None or usage.prompt_tokens <= 0 or table is None:
@@ -482,10 +585,11 @@ class PredictedTTFTProducer(DataProducer):
         self.prompt_tokens += 0.05 * (usage.prompt_tokens - self.prompt_tokens)
         now = self.clock()
         self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)
+        if usage.completion_tokens > 0:
+            self.output_tokens += 0.05 * (usage.completion_tokens - self.output_tokens)
         if self.decode_used and usage.completion_tokens >= 2 and note.first_at > 0:
             per_token = (now - note.first_at) / (usage.completion_tokens - 1)
             self.decode.learn(note.slot, (1.0, (note.decoding + 1.0) / DECODE_UNIT), per_token, now)
-            self.output_tokens += 0.05 * (usage.completion_tokens - self.output_tokens)
 
 
 @dataclass
@@ -504,8 +608,9 @@ class ScorerParameters:
 
 
 class PredictedTTFTScorer(Scorer):
-    """fastest / this candidate's predicted TTFT (1 for the best, towards 0 for slower), where under pressure a
-    warm candidate's prediction is divided by 1 + prefixAffinity x pressure x max(0, held - median held).
+    """fastest / this candidate's predicted TTFT (1 for the best, towards 0 for slower), plus the recomputation a
+    KV overflow there would cause, minus what it would save by holding the common prefix it lacks; under
+    pressure a warm candidate's prediction is divided by 1 + prefixAffinity x pressure x max(0, held - common).
 
     The prediction already prices what the prefix saves this request; the affinity also prices what a miss
     costs later ones: the copy it makes takes cache from other prefixes, and a prefix spread over several
@@ -513,9 +618,10 @@ class PredictedTTFTScorer(Scorer):
     the candidates' predicted TTFT spent queueing, mapped from [PRESSURE_ONSET, 1] to [0, 1], at least
     AFFINITY_FLOOR. An idle or lightly loaded pool routes almost on the prediction alone; an overloaded one
     keeps a group of requests where its prefix is until that endpoint is clearly slower (a ratio holds under
-    overload, where a margin in seconds would not). Only what sets a candidate apart from the typical one
-    counts (held beyond the candidates' median): a prefix most candidates hold (one system prompt for all)
-    pulls nowhere, and an endpoint that has not got it yet is not shut out for lacking it."""
+    overload, where a margin in seconds would not). Only what sets a candidate apart counts (held beyond the
+    common prefix): a prefix most candidates hold, or that more traffic passes through than its holders can
+    carry (one system prompt for all), pulls nowhere, and an endpoint that has not got it yet is not shut out
+    for lacking it."""
 
     type_name = "predicted-ttft-scorer"
     Parameters = ScorerParameters
@@ -540,6 +646,10 @@ class PredictedTTFTScorer(Scorer):
         if prediction is None:
             return np.ones(len(candidates))
         seconds = prediction.at(candidates, prediction.seconds)  # > 0: every prediction has a prefill term
+        if prediction.overflow is not None:
+            seconds = seconds + prediction.at(candidates, prediction.overflow)
+        if prediction.lift is not None:
+            seconds = seconds - prediction.at(candidates, prediction.lift)
         if self.decode_weight > 0 and self.producer is not None:
             decode = self.producer.decode_seconds(state, prediction)
             seconds = seconds + self.decode_weight * prediction.at(candidates, decode)
@@ -549,7 +659,7 @@ class PredictedTTFTScorer(Scorer):
             pressure = max((pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET), AFFINITY_FLOOR)
             if pressure > 0:
                 held = prediction.at(candidates, prediction.held)
-                apart = np.maximum(held - _median(held), 0.0)
+                apart = np.maximum(held - prediction.common, 0.0)
                 discount = 1.0 + (self.affinity * pressure) * apart
                 seconds = seconds / discount
         result: Scores = seconds.min() / seconds
@@ -564,7 +674,7 @@ def _max_tokens(request: LLMRequest) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0.0
 
 
-def _median(values: npt.NDArray[np.float64]) -> float:
+def _median(values: npt.NDArray[np.float64] | npt.NDArray[np.int64]) -> float:
     """np.median without its overhead (it sorts a copy through several layers of Python)."""
     n = len(values)
     middle = n // 2

@@ -118,6 +118,11 @@ class PrefixMatch:
             positions.append(walk_positions)
         return np.concatenate(rows), np.concatenate(positions)
 
+    def known_hashes(self) -> list[int]:
+        """The hashes of the request's first blocks computed so far (at least the first walk's, more while every
+        block so far is held somewhere)."""
+        return self._hashes
+
     def hashes(self) -> list[int]:
         """Every block's hash, hashing the blocks the decision did not need."""
         hashes = self._hashes
@@ -225,6 +230,10 @@ class ApproxPrefixCacheProducer(DataProducer):
                 self.index.forget(slot)
 
         table.subscribe(on_change)
+
+    def blocks_held(self, slot: int) -> int:
+        """Prefix blocks the index believes the endpoint in `slot` holds (for /debug/endpoints)."""
+        return self.index.slot_size(slot)
 
     def _block_tokens(self, state: CycleState, candidates: SlotArray) -> int:
         if self.parameters.auto_tune and len(candidates):

@@ -30,7 +30,31 @@ def start_fleet(
     num_gpu_blocks: int = 0,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """`count` simulated servers with the calibrated defaults in one process; returns it and the first port.
-    `speeds` gives each server's speed factor, `num_gpu_blocks` (when > 0) each server's KV blocks."""
+    `speeds` gives each server's speed factor, `num_gpu_blocks` (when > 0) each server's KV blocks. A port
+    taken by another process between the check and the bind is retried on another range (three times)."""
+    for attempt in range(3):
+        try:
+            return _start_fleet(model, count, time_scale, stream_interval, adapters, max_loras, speeds, num_gpu_blocks)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The simulators could not bind a port of the range they were given."""
+
+
+def _start_fleet(
+    model: str,
+    count: int,
+    time_scale: float,
+    stream_interval: int,
+    adapters: list[str],
+    max_loras: int,
+    speeds: list[float] | None,
+    num_gpu_blocks: int,
+) -> tuple[subprocess.Popen[bytes], int]:
     base = free_port_range(count)
     command = [
         sys.executable, "-m", "vllmsim.cli", "--model", model, "--port", str(base), "--count", str(count),
@@ -45,14 +69,16 @@ def start_fleet(
     # the simulators' stderr goes to a file: a peer probing them (sglang-router tries HTTP/2 first) is noise
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed below; the child keeps its own descriptor)
     process = subprocess.Popen(command, env=env_without_proxies(), stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     for port in range(base, base + count):
         while not _healthy(port):
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 process.wait()
                 log.seek(0)
-                raise RuntimeError(f"simulated fleet did not start: {log.read()[-2000:].decode(errors='replace')}")
+                text = log.read()[-2000:].decode(errors="replace")
+                error = PortTaken if "address already in use" in text else RuntimeError
+                raise error(f"simulated fleet did not start: {text}")
             time.sleep(0.1)
     log.close()  # the child keeps its own descriptor
     return process, base

@@ -2,7 +2,7 @@
 
     python benchmarks/scheduler/run.py [--config FILE] [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
                                        [--shapes chat,conversation] [--picks 2000]
-                                       [--index-endpoints 1000] [--index-entries 31250]
+                                       [--index-endpoints 1000] [--index-entries 31250] [--recording]
 
 Per (shape, endpoints, prompt size): metrics columns get random load, the index is warmed with each
 shared prefix once, then `--picks` decisions are timed one by one (produce + filters + scorers + picker);
@@ -13,6 +13,9 @@ conversation of all but its last 200 characters (every block up to the new turn 
 reuse the remembered hashes, the rest is hashed, and the whole prompt is walked before the pick).
 Then the prefix index alone is filled to --index-endpoints x --index-entries (block, endpoint) entries and
 its resident bytes per entry are reported, with the insert cost per request.
+With --recording: per (shape, endpoints, prompt size), picks alternate between plain and traced + recorded
+in the /debug/decisions ring, and the medians of both are printed with the cost of filling the
+--emit-endpoint-scores metadata from the traced pick.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
 from epp.config.schema import EndpointPickerConfig, default_config, load_config_file
 from epp.datastore.table import Endpoint, EndpointTable
-from epp.scheduling.framework import build_scheduler
+from epp.extproc.core import set_endpoint_scores
+from epp.observability.decisions import DecisionLog
+from epp.scheduling.framework import SchedulerRuntime, build_scheduler
 from epp.scheduling.types import LLMRequest
+from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from plugins.prefix import ApproxPrefixCacheProducer, block_hashes
 from plugins.prefix_index import PrefixIndex, as_keys
 
@@ -50,14 +57,10 @@ def request(i: int, prompt: str) -> LLMRequest:
     return LLMRequest(f"r{i}", MODEL, MODEL, {}, prompt_bytes=prompt.encode())
 
 
-def time_picks(
-    endpoints: int,
-    prompt_chars: int,
-    picks: int,
-    seed: int,
-    shape: str = "chat",
-    config: EndpointPickerConfig | None = None,
-) -> tuple[float, float, float, float]:
+def warmed(
+    endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
+) -> tuple[EndpointTable, SchedulerRuntime, list[str]]:
+    """A table of `endpoints` with random load, its scheduler with the index warmed, and the shared prefixes."""
     rng = np.random.default_rng(seed)
     table = make_table(endpoints, rng)
     scheduler = build_scheduler(config or default_config(), table)
@@ -74,11 +77,28 @@ def time_picks(
         warm = request(-k - 1, prefix + "hello")
         result = scheduler.schedule(warm, table, candidates)
         scheduler.pre_request(warm, result, table)
+    return table, scheduler, shared
+
+
+def timed_requests(shared: list[str], prompt_chars: int, count: int, first: int = 0) -> Iterator[LLMRequest]:
+    """Request i re-sends a shared prefix (round robin) with a fresh tail, cut to `prompt_chars`."""
     tail = "x" * prompt_chars
+    for i in range(first, first + count):
+        yield request(i, (shared[i % len(shared)] + f"{i:08d}" + tail)[:prompt_chars])
+
+
+def time_picks(
+    endpoints: int,
+    prompt_chars: int,
+    picks: int,
+    seed: int,
+    shape: str = "chat",
+    config: EndpointPickerConfig | None = None,
+) -> tuple[float, float, float, float]:
+    table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
+    candidates = table.live_slots()
     samples, inserts = [], []
-    for i in range(picks):
-        prompt = shared[i % len(shared)] + f"{i:08d}" + tail
-        req = request(i, prompt[:prompt_chars])
+    for req in timed_requests(shared, prompt_chars, picks):
         started = time.perf_counter()
         result = scheduler.schedule(req, table, candidates)
         decided = time.perf_counter()
@@ -88,6 +108,43 @@ def time_picks(
     samples.sort()
     p50, p99, worst = (statistics.median(samples), samples[int(len(samples) * 0.99)], samples[-1])
     return p50 * 1e3, p99 * 1e3, worst * 1e3, statistics.median(inserts) * 1e3
+
+
+def time_recording(
+    endpoints: int,
+    prompt_chars: int,
+    picks: int,
+    seed: int,
+    shape: str = "chat",
+    config: EndpointPickerConfig | None = None,
+) -> tuple[float, float, float]:
+    """Median µs of a pick without tracing, of a pick traced and recorded for /debug/decisions (the two
+    interleaved pick by pick on one scheduler), and of filling the --emit-endpoint-scores metadata."""
+    table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
+    candidates = table.live_slots()
+    log = DecisionLog(table)
+    plain, recorded, emitted = [], [], []
+    gc.collect()
+    for i, req in enumerate(timed_requests(shared, prompt_chars, picks)):
+        record = i % 2 == 1
+        scheduler.trace = record
+        started = time.perf_counter()
+        result = scheduler.schedule(req, table, candidates)
+        if record:
+            log.record(req, table.hostports[int(result.primary[0])], result.primary_profile, result.profile_results)
+        (recorded if record else plain).append(time.perf_counter() - started)
+        scheduler.pre_request(req, result, table)
+    # the metadata apart: its garbage would land in the next pick's timing
+    scheduler.trace = True
+    gc.collect()
+    for req in timed_requests(shared, prompt_chars, max(picks // 4, 1), first=picks):
+        result = scheduler.schedule(req, table, candidates)
+        response = pb.ProcessingResponse()
+        started = time.perf_counter()
+        set_endpoint_scores(response.dynamic_metadata.fields["envoy.lb"].struct_value.fields, result, table.hostports)
+        emitted.append(time.perf_counter() - started)
+        scheduler.pre_request(req, result, table)
+    return (statistics.median(plain) * 1e6, statistics.median(recorded) * 1e6, statistics.median(emitted) * 1e6)
 
 
 def rss_bytes() -> int:
@@ -135,9 +192,18 @@ def main() -> None:
     parser.add_argument("--index-entries", type=int, default=31_250)
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--config", help="an EndpointPickerConfig file instead of the built-in default")
+    parser.add_argument(
+        "--recording",
+        action="store_true",
+        help="instead: the cost of tracing and recording each pick for /debug/decisions and of the endpoint-scores "
+        "metadata (picks with and without interleaved)",
+    )
     args = parser.parse_args()
     config = load_config_file(args.config) if args.config else None
     print(f"config: {args.config or 'built-in default'}")
+    if args.recording:
+        report_recording(args, config)
+        return
     print(f"hash blocks of an 8k prompt: {len(block_hashes(b'x' * 8000, b'm', 64, 256))}")
     header = ("shape", "endpoints", "prompt", "p50 ms", "p99 ms", "max ms", "insert p50 ms")
     print(" ".join(f"{name:>{width}}" for name, width in zip(header, (12, 9, 7, 8, 8, 8, 14), strict=True)))
@@ -157,6 +223,23 @@ def main() -> None:
             f"prefix index: {held:,} (block, endpoint) entries at {args.index_endpoints} endpoints: "
             f"{per_entry:.1f} bytes/entry; insert of a 256-block request: median {insert_us:.1f} µs"
         )
+
+
+def report_recording(args: argparse.Namespace, config: EndpointPickerConfig | None) -> None:
+    header = ("shape", "endpoints", "prompt", "plain µs", "recorded µs", "overhead µs", "overhead", "scores µs")
+    widths = (12, 9, 7, 9, 12, 12, 9, 10)
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths, strict=True)))
+    for shape in args.shapes.split(","):
+        for endpoints in (int(x) for x in args.endpoints.split(",")):
+            for chars in (int(x) for x in args.prompts.split(",")):
+                plain, recorded, emitted = time_recording(
+                    endpoints, chars, args.picks, endpoints + chars, shape, config
+                )
+                print(
+                    f"{shape:>12} {endpoints:>9} {chars:>7} {plain:>9.1f} {recorded:>12.1f} "
+                    f"{recorded - plain:>12.1f} {(recorded / plain - 1) * 100:>8.1f}% {emitted:>10.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

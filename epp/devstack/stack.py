@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     simulators = start_simulators(args.servers, base_port, args.time_scale)
     endpoints = ",".join(f"127.0.0.1:{base_port + i}" for i in range(args.servers))
     store: RedisServer | None = None
-    flags = ["--endpoints", endpoints, "--v", "2"]
+    # a stack on this machine: the metrics port and /debug need no token (there is no Kubernetes API to ask)
+    flags = ["--endpoints", endpoints, "--v", "2", "--metrics-endpoint-auth=false"]
     replicas: list[EppProcess] = []
     envoys: list[EnvoyProcess] = []
     try:
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             epp.start()
             print(
                 f"epp{f' replica {i}' if args.replicas > 1 else ''} serving ext_proc on :{epp.grpc_port} (TLS), "
-                f"health :{epp.health_port}, metrics http://127.0.0.1:{epp.metrics_port}/metrics",
+                f"health :{epp.health_port}, metrics http://127.0.0.1:{epp.metrics_port}/metrics, "
+                f"status page http://127.0.0.1:{epp.metrics_port}/debug",
                 flush=True,
             )
         if args.replicas > 1:
@@ -131,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"You are assistant {t} for tenant {t}; answer questions about inference routing. " * 4 for t in "ABC"
         ]
         hits: Counter[str] = Counter()
-        # With replicas, consecutive requests of a tenant go through different replicas: each tenant still lands
-        # on one server, because what one replica learns the others know within milliseconds.
+        # With replicas, consecutive requests of a tenant go through different replicas: the second replica sends
+        # a tenant where the first one did, because what one replica learns the others know within milliseconds.
         routes = envoys[1:] or envoys
         for i in range(args.requests):
             prompt = f"{systems[i % 3]}Question {i}: which endpoint serves this request?"

@@ -27,13 +27,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from epp.director import Decision, Director, Prepared
 from epp.errors import EppError
+from epp.observability.decisions import endpoint_scores
 from epp.requests.openai import ParsedBody, parse_openai_body, request_path
 from epp.requests.usage import SSEUsageScanner, usage_from_json
-from epp.scheduling.types import Usage
+from epp.scheduling.types import SchedulingResult, Usage
 from epp.tracing import RequestTrace, RequestTracer
 from epp_pb.envoy.config.core.v3 import base_pb2 as core_pb
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
@@ -48,6 +49,8 @@ LB_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 SERVED_KEY = "x-gateway-destination-endpoint-served"
+#: with --emit-endpoint-scores: `envoy.lb` struct of every scored candidate's `ip:port` → its total score
+SCORES_KEY = "x-gateway-destination-endpoint-scores"
 REQUEST_ID_HEADER = "x-request-id"
 #: non-streaming response bodies are kept (for usage) up to this size; larger ones are not parsed
 MAX_USAGE_BODY = 8 * 1024 * 1024
@@ -120,6 +123,7 @@ class ExtProcStream:
         "_buffer_response",
         "_decision",
         "_director",
+        "_emit_scores",
         "_ended_with_trailers",
         "_flow_control",
         "_headers",
@@ -156,8 +160,11 @@ class ExtProcStream:
         flow_control: bool = False,
         tracer: RequestTracer | None = None,
         max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY,
+        emit_scores: bool = False,
     ) -> None:
         self._director = director
+        #: add the primary profile's scores to the envoy.lb metadata (the scheduler must trace its runs)
+        self._emit_scores = emit_scores
         self._max_body = max_body_bytes
         self._phase = Phase.REQUEST_HEADERS
         self._tracer = tracer
@@ -441,9 +448,10 @@ class ExtProcStream:
         if decision.headers:
             for key, value in decision.headers.items():
                 _set_header(mutation, key, value)
-        response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields[
-            DESTINATION_HEADER
-        ].string_value = decision.destination
+        metadata = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+        metadata[DESTINATION_HEADER].string_value = decision.destination
+        if self._emit_scores:
+            set_endpoint_scores(metadata, decision.result, self._director.table.hostports)
         return response
 
     def _immediate(self, error: EppError) -> pb.ProcessingResponse:
@@ -560,6 +568,18 @@ class ExtProcStream:
             )
         if self._observer is not None:
             self._observer.completed(decision, usage, self._response_bytes, time.perf_counter() - self._started)
+
+
+def set_endpoint_scores(metadata: Any, result: SchedulingResult, hostports: list[str]) -> None:
+    """Into the `envoy.lb` struct's fields: the primary profile's total score of every candidate it scored (a
+    request without a body, picked at random, has none and gets no key)."""
+    profile = result.profile_results.get(result.primary_profile)
+    trace = profile.trace if profile is not None else None
+    if trace is None or trace.total is None:
+        return
+    scores = metadata[SCORES_KEY].struct_value.fields
+    for hostport, score in endpoint_scores(trace, hostports):
+        scores[hostport].number_value = score
 
 
 def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:

@@ -53,9 +53,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """zap's console layout: time, level, logger and message separated by tabs, then the `extra` fields
+    (x-request-id, model, destination, ...) as one JSON object; a traceback, if any, on the lines after."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s")
         self.converter = time.gmtime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = {k: v for k, v in record.__dict__.items() if k not in JsonFormatter._RESERVED}
+        return f"{line}\t{orjson.dumps(fields, default=str).decode()}" if fields else line
 
 
 def configure(v: int, encoder: str) -> None:

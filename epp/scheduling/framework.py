@@ -25,7 +25,15 @@ from epp.observability.extension import plugin_duration
 from epp.observability.fast import Distribution
 from epp.scheduling.plugin import CycleState, DataProducer, Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.registry import plugin_types
-from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
+from epp.scheduling.types import (
+    LLMRequest,
+    ProfilePlan,
+    ProfileResult,
+    ProfileTrace,
+    SchedulingError,
+    SchedulingResult,
+    Usage,
+)
 
 NO_ENDPOINTS = "no endpoints available for the given request"
 
@@ -43,29 +51,44 @@ class _Profile:
         self.scorers = [(s, float(w), s.bounded, _timer("Scorer", s)) for s, w in scorers]
         self.picker = picker
         self.picker_timer = _timer("Picker", picker)
+        self.plan = ProfilePlan(
+            name,
+            tuple((f.name, f.type_name) for f in filters),
+            tuple((s.name, s.type_name, float(w)) for s, w in scorers),
+            (picker.name, picker.type_name),
+        )
 
-    def run(self, state: CycleState, candidates: SlotArray) -> ProfileResult:
+    def run(self, state: CycleState, candidates: SlotArray, trace: bool = False) -> ProfileResult:
+        """Filter, score, pick; with `trace`, the result (or the SchedulingError) carries the arrays it
+        computed, by reference."""
         clock = time.perf_counter
         started = clock()
+        record = ProfileTrace(self.plan, candidates, [], candidates) if trace else None
         for plugin, timer in self.filters:
             candidates = plugin.filter(state, candidates)
             now = clock()
             timer.observe(now - started)
             started = now
+            if record is not None:
+                record.kept.append(candidates)
             if len(candidates) == 0:
-                raise SchedulingError(NO_ENDPOINTS)
+                raise SchedulingError(NO_ENDPOINTS, record)
         total = np.zeros(len(candidates))
         for scorer, weight, bounded, timer in self.scorers:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
             total += weight * scores
+            if record is not None:
+                record.scores.append(scores)
             now = clock()
             timer.observe(now - started)
             started = now
         picked = self.picker.pick(state, candidates, total)
         self.picker_timer.observe(clock() - started)
-        return ProfileResult(picked)
+        if record is not None:
+            record.candidates, record.total = candidates, total
+        return ProfileResult(picked, trace=record)
 
 
 def _consumed_first(producers: list[DataProducer]) -> list[DataProducer]:
@@ -140,6 +163,8 @@ class SchedulerRuntime:
             raise ValueError(f"{len(self.profiles)} scheduling profiles need a profile handler")
         detector = plugins.get(config.saturation_detector)
         self._detector = detector.plugin if detector is not None else None
+        #: keep each profile run's arrays on its result (for /debug/decisions and --emit-endpoint-scores)
+        self.trace = False
 
     # --- Scheduler ----------------------------------------------------------------------------
 
@@ -152,7 +177,7 @@ class SchedulerRuntime:
             timer.observe(clock() - started)
         profile = self.profile
         if profile is not None:
-            result = SchedulingResult({profile.name: profile.run(state, candidates)}, profile.name)
+            result = SchedulingResult({profile.name: profile.run(state, candidates, self.trace)}, profile.name)
         else:
             result = self._run_profiles(state, candidates)
         for picked in self._picked:
@@ -176,7 +201,7 @@ class SchedulerRuntime:
                 if profile is None:
                     raise SchedulingError(f"profile handler {handler.name} asked for unknown profile {name!r}")
                 try:
-                    results[name] = profile.run(state, candidates)
+                    results[name] = profile.run(state, candidates, self.trace)
                 except SchedulingError:
                     results[name] = None
         return handler.process_results(state, results)

@@ -83,6 +83,8 @@ class Plugin:
 
 
 class Filter(Plugin):
+    """`filter` returns the kept candidates as an array it never writes again (kept for /debug/decisions)."""
+
     role = "filter"
 
     def filter(self, state: CycleState, candidates: SlotArray) -> SlotArray:
@@ -90,6 +92,9 @@ class Filter(Plugin):
 
 
 class Scorer(Plugin):
+    """`score` returns one float per candidate in a new array (or one it never writes again): the framework
+    keeps it with the pick for /debug/decisions."""
+
     role = "scorer"
     #: True when every score is in [0, 1] by construction, so the framework need not clamp it
     bounded = False
@@ -99,6 +104,8 @@ class Scorer(Plugin):
 
 
 class Picker(Plugin):
+    """`pick` reads `scores` without changing them (/debug/decisions shows them as the picker got them)."""
+
     role = "picker"
 
     def pick(self, state: CycleState, candidates: SlotArray, scores: Scores) -> SlotArray:

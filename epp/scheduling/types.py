@@ -48,12 +48,42 @@ class LLMRequest:
         return max(self.body_size // 4, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class ProfilePlan:
+    """A profile's plugins as a decision record names them: (name, type) of each filter and of the picker,
+    (name, type, weight) of each scorer. Built once per profile."""
+
+    name: str
+    filters: tuple[tuple[str, str], ...]
+    scorers: tuple[tuple[str, str, float], ...]
+    picker: tuple[str, str]
+
+
+@dataclass(slots=True)
+class ProfileTrace:
+    """What one run of a profile computed, kept by reference (no copy, no per-endpoint Python work on the
+    hot path); /debug/decisions and the endpoint-scores metadata are built from it only when asked.
+
+    `kept[i]` is the candidate array filter i returned (the input was `considered`); `candidates` the
+    array the scorers scored; `scores[j]` scorer j's array after clamping to [0, 1], aligned with
+    `candidates`; `total` Σ weight · score, the array the picker received."""
+
+    plan: ProfilePlan
+    considered: SlotArray
+    kept: list[SlotArray]
+    candidates: SlotArray
+    scores: list[np.ndarray[Any, np.dtype[np.float64]]] = field(default_factory=list)
+    total: np.ndarray[Any, np.dtype[np.float64]] | None = None
+
+
 @dataclass
 class ProfileResult:
     #: picked slots, best first (length = the picker's maxNumOfEndpoints, or fewer)
     slots: SlotArray
     #: final scores of the picked slots, aligned with `slots`
     scores: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    #: how the pick was made, when the scheduler traces (see SchedulerRuntime.trace)
+    trace: ProfileTrace | None = None
 
 
 @dataclass
@@ -78,6 +108,11 @@ class SchedulingResult:
 
 class SchedulingError(Exception):
     """No endpoint could be picked (all filtered out); the director answers 429."""
+
+    def __init__(self, message: str, trace: ProfileTrace | None = None) -> None:
+        super().__init__(message)
+        #: the run that found nothing (which filter emptied the candidates), when the scheduler traces
+        self.trace = trace
 
 
 class Scheduler(Protocol):

@@ -90,9 +90,36 @@ def test_every_rendered_object_validates(variant: tuple[str, list[dict[str, Any]
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding")
+
+
 def test_everything_lands_in_one_namespace(variant: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = variant
-    assert {o["metadata"].get("namespace") for o in objects} == {"inference-model-server"}
+    namespaced = [o for o in objects if o["kind"] not in CLUSTER_SCOPED]
+    assert {o["metadata"].get("namespace") for o in namespaced} == {"inference-model-server"}
+    assert all("namespace" not in o["metadata"] for o in objects if o["kind"] in CLUSTER_SCOPED)
+
+
+def test_metrics_auth_rbac(variant: tuple[str, list[dict[str, Any]]]) -> None:
+    """--metrics-endpoint-auth is on: the EPP's account may create token and access reviews, and a
+    ClusterRole lets a scraper read /metrics and /debug."""
+    _, objects = variant
+    assert parse_epp_args(objects).metrics_endpoint_auth
+    account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole"}
+    granted: set[tuple[str, str, str]] = set()
+    for binding in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "inference-model-server"}
+        ]
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == {
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    }
+    reader = roles["inference-epp-metrics-reader"]["rules"]
+    assert reader == [{"nonResourceURLs": ["/metrics", "/debug", "/debug/*"], "verbs": ["get"]}]
 
 
 def test_args_parse_and_name_the_pool(variant: tuple[str, list[dict[str, Any]]]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet, SimPod
-from kubesim.testing import KubeSimThread, prometheus_samples, wait_until
+from kubesim.testing import METRICS_AUTH, KubeSimThread, prometheus_samples, wait_until
 from tests.e2e.http import post
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +85,7 @@ def counted(pods: list[SimPod], action: Callable[[], object]) -> list[float]:
 
 def unavailable(epp: EppProcess) -> float | None:
     url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
-    for labels, value in prometheus_samples(url, "inference_extension_model_rewrite_target_unavailable"):
+    for labels, value in prometheus_samples(url, "inference_extension_model_rewrite_target_unavailable", METRICS_AUTH):
         if labels.get("target_model") == "food-review-v2":
             return value
     return None
@@ -93,6 +93,7 @@ def unavailable(epp: EppProcess) -> float | None:
 
 def test_canary_split_promote_rollback_pin_and_unhealthy_target(tmp_path: Path) -> None:
     with KubeSimThread() as kube, Kubelet(kube) as kubelet:
+        kube.grant_metrics_reader()
         labels = {"app": "vllm-food-review"}
         v1 = kubelet.start_pods(
             ["v1-a", "v1-b"], labels, sim_args=["--model", BASE, "--lora-modules", "food-review-v1"]

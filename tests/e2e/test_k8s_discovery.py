@@ -1,12 +1,14 @@
 """Kubernetes discovery end to end: an `epp` process with --pool-name against kubesim, its endpoint set read
-from its own /metrics (`inference_pool_per_pod_queue_size` lists every endpoint it holds) after each change:
+from its own /debug/endpoints (with a metrics reader's token, --metrics-endpoint-auth being on) after each change:
 pods coming and going, readiness flips, a terminating pod, pool edits (ports, selector), the active-ports
 annotation, watch streams cut (with changes while disconnected, and a compaction that forces 410 Gone),
 the pool deleted and re-created. No endpoint may be lost and none kept after it left."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet
-from kubesim.testing import KubeSimThread, pod_manifest, pod_status, prometheus_samples, wait_until
+from kubesim.testing import METRICS_AUTH, KubeSimThread, pod_manifest, pod_status, prometheus_samples, wait_until
 
 pytestmark = pytest.mark.e2e
 POOL_V1 = "inference.networking.k8s.io/v1"
@@ -30,8 +32,11 @@ def pool(selector: dict[str, str], ports: list[int]) -> dict[str, object]:
 
 
 def endpoints(epp: EppProcess) -> set[str]:
-    url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
-    return {labels["model_server_pod"] for labels, _ in prometheus_samples(url, "inference_pool_per_pod_queue_size")}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{epp.metrics_port}/debug/endpoints", headers={"Authorization": METRICS_AUTH}
+    )
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as response:
+        return {row["name"] for row in json.load(response)["endpoints"]}
 
 
 def expect(epp: EppProcess, wanted: set[str], what: str, timeout: float = 5.0) -> float:
@@ -45,6 +50,7 @@ def expect(epp: EppProcess, wanted: set[str], what: str, timeout: float = 5.0) -
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[KubeSimThread, Kubelet, Path]]:
     with KubeSimThread(bookmark_interval=0.5) as kube, Kubelet(kube) as kubelet:
+        kube.grant_metrics_reader()
         path = tmp_path / "kubeconfig"
         kube.write_kubeconfig(path)
         yield kube, kubelet, path
@@ -151,6 +157,7 @@ def test_pods_readiness_pool_edits_and_watch_drops(cluster: tuple[KubeSimThread,
 
 def test_selector_mode_without_the_pool_crd(tmp_path: Path) -> None:
     with KubeSimThread(inference_crds=False) as kube, Kubelet(kube) as kubelet:
+        kube.grant_metrics_reader()
         kubelet.start_pods(["s1", "s2"], {"app": "vllm", "tier": "gpu"}, (8000, 8001))
         kubelet.start_pods(["s3"], {"app": "vllm", "tier": "cpu"})
         kubeconfig = tmp_path / "kubeconfig"
@@ -164,7 +171,9 @@ def test_selector_mode_without_the_pool_crd(tmp_path: Path) -> None:
             expect(epp, {"s1-rank-0", "s1-rank-1", "s2-rank-0", "s2-rank-1"}, "selector mode")
             # the pool gauges are named after the EPP's Deployment, as the pool is
             url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
-            assert {labels["name"] for labels, _ in prometheus_samples(url, "inference_pool_ready_pods")} == {"epp"}
+            assert {
+                labels["name"] for labels, _ in prometheus_samples(url, "inference_pool_ready_pods", METRICS_AUTH)
+            } == {"epp"}
             kube.set_pod_ready("s2", False)
             expect(epp, {"s1-rank-0", "s1-rank-1"}, "s2 unready")
         finally:

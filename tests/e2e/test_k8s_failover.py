@@ -25,7 +25,7 @@ import pytest
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet
-from kubesim.testing import KubeSimThread, prometheus_samples, wait_until
+from kubesim.testing import METRICS_AUTH, KubeSimThread, prometheus_samples, wait_until
 from tests.e2e.http import post
 
 pytestmark = pytest.mark.e2e
@@ -65,18 +65,23 @@ def envoy_for(epps: list[EppProcess]) -> dict[str, Any]:
 
 def routed(epp: EppProcess) -> float:
     url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
-    return sum(v for _, v in prometheus_samples(url, "inference_objective_request_total"))
+    return sum(v for _, v in prometheus_samples(url, "inference_objective_request_total", METRICS_AUTH))
 
 
 def warm(epp: EppProcess) -> bool:
     """Both pods known and freshly scraped."""
     url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
     try:
-        prometheus_samples(url, "inference_pool_ready_pods")
+        prometheus_samples(url, "inference_pool_ready_pods", METRICS_AUTH)
     except OSError:
         return False  # not listening yet
-    pods = {labels["model_server_pod"] for labels, _ in prometheus_samples(url, "inference_pool_per_pod_queue_size")}
-    ready = sum(v for _, v in prometheus_samples(url, "inference_pool_ready_pods"))
+    except RuntimeError as error:  # 503 until its Kubernetes client, which reviews tokens, is connected
+        if "HTTP 503" in str(error):
+            return False
+        raise
+    per_pod = prometheus_samples(url, "inference_pool_per_pod_queue_size", METRICS_AUTH)
+    pods = {labels["model_server_pod"] for labels, _ in per_pod}
+    ready = sum(v for _, v in prometheus_samples(url, "inference_pool_ready_pods", METRICS_AUTH))
     return pods == {"vllm-a-rank-0", "vllm-b-rank-0"} and ready == 2
 
 
@@ -121,6 +126,7 @@ def leader_of(kube: KubeSimThread) -> str:
 
 def test_leader_failover_keeps_routing_without_a_cold_start(tmp_path: Path) -> None:
     with KubeSimThread() as kube, Kubelet(kube) as kubelet:
+        kube.grant_metrics_reader()
         kubelet.start_pods(["vllm-a", "vllm-b"], {"app": "vllm"}, sim_args=["--model", MODEL])
         kube.apply(POOL)
         kubeconfig = tmp_path / "kubeconfig"

@@ -295,6 +295,8 @@ def served(pod_ip: str) -> float:
 
 def test_istio_guide_deployment_routes_through_envoy_to_the_pods(tmp_path: Path) -> None:
     with KubeSimThread() as kube, Kubelet(kube) as kubelet:
+        # the guide's Deployment keeps --metrics-endpoint-auth on (the default): a scraper needs a token
+        auth = kube.grant_metrics_reader()
         kube.apply(ISTIO_INGRESS)
         kube.apply(STEP_1)
         kube.apply(STEP_2)
@@ -317,7 +319,10 @@ def test_istio_guide_deployment_routes_through_envoy_to_the_pods(tmp_path: Path)
             wanted = {f"{pod.name}-rank-0" for pod in pods}
             wait_until(
                 lambda: (
-                    {s[0]["model_server_pod"] for s in prometheus_samples(url, "inference_pool_per_pod_queue_size")}
+                    {
+                        s[0]["model_server_pod"]
+                        for s in prometheus_samples(url, "inference_pool_per_pod_queue_size", auth)
+                    }
                     == wanted
                 ),
                 5,

@@ -18,7 +18,7 @@ import pytest
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet
-from kubesim.testing import KubeSimThread, prometheus_samples, wait_until
+from kubesim.testing import METRICS_AUTH, KubeSimThread, prometheus_samples, wait_until
 from tests.e2e.http import post
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +119,7 @@ def requests_seen(epp: EppProcess) -> dict[tuple[str, str, str], float]:
     url = f"http://127.0.0.1:{epp.metrics_port}/metrics"
     return {
         (labels["model_name"], labels["target_model_name"], labels["priority"]): value
-        for labels, value in prometheus_samples(url, "inference_objective_request_total")
+        for labels, value in prometheus_samples(url, "inference_objective_request_total", METRICS_AUTH)
     }
 
 
@@ -133,6 +133,7 @@ def send(envoy: EnvoyProcess, count: int, objective: str) -> None:
 
 def test_v1alpha2_and_v1_pools_side_by_side_then_v1_only(tmp_path: Path) -> None:
     with KubeSimThread() as kube, Kubelet(kube) as kubelet:
+        kube.grant_metrics_reader()
         pods = kubelet.start_pods(
             ["vllm-0", "vllm-1"],
             {"app": "vllm-llama3-8b-instruct"},

@@ -172,7 +172,7 @@ def test_a_replica_killed_leaves_the_view_within_ten_seconds_and_the_other_serve
     print(f"the killed replica's load left the other's view after {gone:.1f}s")
 
 
-def test_the_local_stack_with_two_replicas_routes_each_tenant_to_one_server() -> None:
+def test_the_local_stack_with_two_replicas_routes_a_tenants_prefix_to_one_server() -> None:
     store_binary()
     done = subprocess.run(
         [sys.executable, "-m", "epp.devstack.stack", "--replicas", "2", "--exit", "--listener-port", str(free_port())],
@@ -182,9 +182,11 @@ def test_the_local_stack_with_two_replicas_routes_each_tenant_to_one_server() ->
     lines = re.findall(r"\(tenant (\w)\) via replica (\d) → HTTP 200, served by 127\.0\.0\.1:(\d+)", done.stdout)
     assert len(lines) == 12, done.stdout
     for tenant in "ABC":
-        replicas = {replica for t, replica, _ in lines if t == tenant}
-        servers = {server for t, _, server in lines if t == tenant}
-        assert replicas == {"0", "1"} and len(servers) == 1, done.stdout
+        routed = [(replica, server) for t, replica, server in lines if t == tenant]
+        # the tenant's first request goes through replica 0, its next through replica 1: to the same server
+        # (later ones may move when that server's queue makes another faster)
+        assert [replica for replica, _ in routed[:2]] == ["0", "1"], done.stdout
+        assert routed[1][1] == routed[0][1], done.stdout
 
 
 def test_a_store_unreachable_at_start_leaves_the_replica_serving_and_it_joins_when_the_store_comes() -> None:

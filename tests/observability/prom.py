@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,52 +16,27 @@ import yaml
 
 from epp.devstack.envoy import env_without_proxies, free_port
 from epp.devstack.lifecycle import stop_process
+from tests.system_packages import PackageMissing, PackageNotInstallable, ensure_debian_package, install_command
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "observability" / "alerts.yaml"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class PrometheusMissing(RuntimeError):
-    pass
-
-
-class PrometheusNotInstallable(PrometheusMissing):
-    """This user cannot install the package: the tests that need it are skipped, saying how to install it."""
-
-
-INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends prometheus  (as root)"
+PrometheusMissing = PackageMissing
+PrometheusNotInstallable = PackageNotInstallable
+INSTALL_COMMAND = install_command("prometheus")
 
 
 def ensure_installed(timeout: float = 600.0) -> tuple[str, str]:
     """Paths of prometheus and promtool, installing the `prometheus` Debian package if needed."""
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if found[0] and found[1]:
-        return found[0], found[1]
-    if not shutil.which("apt-get"):
-        raise PrometheusNotInstallable(
-            "prometheus/promtool are not installed and there is no apt-get to install them; put prometheus and "
-            "promtool (https://prometheus.io/download) on PATH"
-        )
-    sudo: list[str] = []
-    if os.geteuid() != 0:
-        if not shutil.which("sudo") or subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
-            raise PrometheusNotInstallable(
-                f"prometheus/promtool are not installed and this user cannot install them; run: {INSTALL_COMMAND}"
-            )
-        sudo = ["sudo", "-n", "env", "DEBIAN_FRONTEND=noninteractive"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [*sudo, "apt-get", "update", "-qq"],
-        [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-    ):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        if done.returncode != 0:
-            raise PrometheusMissing(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if not (found[0] and found[1]):
-        raise PrometheusMissing("the prometheus package installed no prometheus/promtool binaries")
-    return found[0], found[1]
+    prometheus, promtool = ensure_debian_package(
+        "prometheus",
+        ("prometheus", "promtool"),
+        "put prometheus and promtool (https://prometheus.io/download) on PATH",
+        timeout,
+    )
+    return prometheus, promtool
 
 
 class Prometheus:

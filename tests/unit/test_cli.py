@@ -87,3 +87,25 @@ def test_request_body_limit_and_idle_timeout_flags(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parse_settings(["--endpoints", "10.0.0.1:8000", "--max-request-body-bytes", "0"])
     assert "--max-request-body-bytes 0: must be positive" in capsys.readouterr().err
+
+
+def test_metrics_port_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = parse_settings(BASE)
+    assert defaults.metrics_endpoint_auth is True and defaults.debug_decisions == 100
+    assert defaults.emit_endpoint_scores is False
+    given = parse_settings(
+        [*BASE, "--emit-endpoint-scores", "--debug-decisions", "0", "--metrics-endpoint-auth=false",
+         "--metrics-cert-dir", "/certs", "--metrics-client-ca-file", "/certs/ca.crt"]
+    )  # fmt: skip
+    assert given.emit_endpoint_scores and given.debug_decisions == 0 and given.metrics_client_ca_file
+    kubernetes = parse_settings(["--pool-name", "pool", "--metrics-endpoint-auth=true"])
+    assert kubernetes.metrics_endpoint_auth is True
+    for args, message in (
+        (["--metrics-endpoint-auth=true"], "--metrics-endpoint-auth=true checks bearer tokens with the Kubernetes API"),
+        (["--metrics-client-ca-file", "ca.crt"], "--metrics-client-ca-file needs --metrics-cert-dir"),
+        (["--debug-decisions", "-1"], "--debug-decisions -1: keep 0 (none) to 100000"),
+        (["--debug-decisions", "100001"], "--debug-decisions 100001"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings([*BASE, *args])
+        assert message in capsys.readouterr().err, args

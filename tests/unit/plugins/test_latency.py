@@ -150,10 +150,12 @@ def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidat
     cycle = state(table)
     candidates = slots(0, 1, 2)
 
-    def predict(seconds: list[float], queueing: list[float], held: list[float]) -> None:
+    def predict(seconds: list[float], queueing: list[float], held: list[float], common: float = 0.0) -> None:
         zeros = np.zeros(3)
         arrays = np.array(seconds), np.array(held), np.array(queueing)
-        cycle.data[KEY] = Prediction(candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, arrays[2])
+        cycle.data[KEY] = Prediction(
+            candidates, arrays[0], zeros, zeros, zeros, arrays[1], zeros, arrays[2], 0.0, zeros, common, None, None
+        )
 
     scorer = make(PredictedTTFTScorer, {"prefixAffinity": 2})
     # idle pool (nothing queued): the prediction alone decides, the warm endpoint 0 loses
@@ -164,9 +166,11 @@ def test_prefix_affinity_counts_under_pressure_and_only_for_what_sets_a_candidat
     np.testing.assert_allclose(scorer.score(cycle, candidates), [1.0, 2.5 / 3, 2.5 / 3 / 1.2])
     predict([3.5, 1.0, 1.2], [3.5, 1.0, 1.2], [1.0, 0.0, 0.0])
     assert scorer.score(cycle, candidates).argmax() == 1
-    # a prefix every candidate holds sets none apart
-    predict([1.5, 1.0, 1.2], [1.5, 1.0, 1.2], [0.5, 0.5, 0.5])
+    # a common prefix (held by most candidates, or by fewer than its traffic needs) sets none apart
+    predict([2.5, 1.0, 1.2], [2.5, 1.0, 1.2], [1.0, 0.0, 0.0], common=1.0)
     assert scorer.score(cycle, candidates).argmax() == 1
+    predict([2.5, 1.0, 1.2], [2.5, 1.0, 1.2], [1.0, 0.0, 0.0], common=0.5)  # beyond the common part it does
+    np.testing.assert_allclose(scorer.score(cycle, candidates), [1.0 / (2.5 / 2), 1.0, 1.0 / 1.2])  # 1 + 2 x 0.5
 
 
 def test_decode_weight_adds_the_predicted_decode_time() -> None:
@@ -203,3 +207,63 @@ def test_a_server_that_does_not_report_cached_tokens_teaches_no_miss_factor() ->
     director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
     director.complete(decision, told)  # type: ignore[arg-type]
     assert producer.misses  # the server said it computed all 1,000 tokens the index thought were held
+
+
+def _serve(director: Director, decision: object) -> None:
+    """The response starts and ends; the prefix index learns the prompt."""
+    director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
+    director.run_deferred_hooks(decision)  # type: ignore[arg-type]
+    director.complete(decision, None)  # type: ignore[arg-type]
+
+
+def test_a_prefix_all_traffic_shares_is_common_and_leaves_no_endpoint_idle() -> None:
+    """One system prompt for every conversation: the endpoint that held it first is not preferred for it, and the
+    others are not charged for lacking it, so new conversations spread instead of queueing on the first one."""
+    director, producer = _setup(4)
+    system = "s" * 8192  # 2,048 tokens in 128 blocks of 64 bytes
+    first = _decide(director, system + "u0" * 50)
+    _serve(director, first)
+    warm = first.charged_slot  # type: ignore[attr-defined]
+    held = [_decide(director, system + f"u{i}" * 50, f"r{i}") for i in range(1, 9)]  # all in flight at once
+    # without it the warm endpoint takes all eight: it saves 2,000 prompt tokens each, and 8 x 25 queue there
+    assert {d.charged_slot for d in held[:3]} == {0, 1, 2, 3} - {warm}  # type: ignore[attr-defined]
+    hashes = producer.demand.counts
+    assert max(count for count, _ in hashes.values()) > 8.9  # the system prompt's checkpoints saw every request
+
+
+def test_a_group_prefix_with_a_small_share_keeps_its_affinity() -> None:
+    from plugins.prefix_demand import PrefixDemand
+
+    demand = PrefixDemand()
+    groups = [[g * 1000 + i for i in range(64)] for g in range(50)]  # 50 groups' block hashes, 64 blocks each
+    for _ in range(20):
+        for hashes in groups:
+            demand.count(hashes, 64)
+    assert demand.share(groups[0][63]) == pytest.approx(1 / 50, rel=0.05)
+    blocks = np.array([64, 0, 0, 0, 0, 0, 0, 0])  # held by one endpoint of eight: 8 / 50 < 1 holder needed
+    assert demand.common_blocks(groups[0], blocks) == 0
+    shared = list(range(10**6, 10**6 + 64))
+    for _ in range(200):
+        demand.count([*shared, 7], 65)  # one prefix most traffic passes through
+    assert demand.common_blocks(shared, blocks) == 64  # needs more holders than one: common
+    assert demand.common_blocks(shared, np.full(8, 64)) == 0  # every endpoint holds it: nothing to spread
+
+
+def test_an_endpoint_whose_kv_cache_would_overflow_is_charged_the_recomputation() -> None:
+    director, producer = _setup(2)
+    table = producer.table
+    assert table is not None
+    table.cache_num_blocks[:2] = 100
+    table.cache_block_size[:2] = 16  # 1,600 tokens each
+    raw = orjson.dumps({"model": "m", "prompt": "a" * 4000, "max_tokens": 200})  # 1,000 + 200 tokens
+    first = director.decide("r1", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+    slot = first.charged_slot
+    assert producer.kv_tokens[slot] == pytest.approx(1200)
+    director.first_chunk(first, streamed=True)  # its queue is gone, its KV stays until it ends
+    raw = orjson.dumps({"model": "m", "prompt": "b" * 4000, "max_tokens": 200})
+    second = director.decide("r2", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+    assert second.charged_slot != slot  # 1,200 more would not fit beside the first
+    assert second.result.notes[producer.name].kv_need == pytest.approx(1200)
+    for decision in (first, second):
+        director.complete(decision, None)
+    assert not producer.kv_tokens.any()

@@ -1,0 +1,87 @@
+"""How much of the traffic passes through a prefix, and so how many endpoints should hold it.
+
+Affinity (keeping a prefix's requests where the prefix is cached) saves prefill and KV space as long as the
+endpoints that hold the prefix can carry its traffic. A prefix that a large share of all requests starts with
+(one application's system prompt, a chat template) is the opposite case: pulling its requests towards the few
+endpoints that happen to hold it first piles the pool's traffic onto them, and the others never get the
+requests that would let them hold it too. Such a prefix is *common*: every endpoint should hold it, so none is
+preferred for holding it and none is charged for lacking it.
+
+PrefixDemand counts, per prefix, the requests that pass through it: the prefix of a request's first 4, 8, 16, ...
+256 blocks (its checkpoints), each count decaying by half every HALF_LIFE requests. A prefix is common when its
+share of the traffic times the number of candidates exceeds the candidates that hold it: with a share `f` of
+the traffic, a pool of `n` endpoints needs about `f x n` of them to serve it. The common part then reaches as
+far as every holder of that checkpoint holds the request (a system prompt ends between two checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+#: block depths at which a request's prefix is counted
+CHECKPOINTS = (256, 128, 64, 32, 16, 8, 4)
+#: requests after which a count has halved
+HALF_LIFE = 1000.0
+#: prefixes remembered before the ones seen about once are dropped
+MAX_PREFIXES = 65_536
+
+
+class PrefixDemand:
+    """Decayed request counts per checkpoint prefix (keyed by the chained hash of its last block)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        #: hash -> (count at `seen`, request number when last counted)
+        self.counts: dict[int, tuple[float, int]] = {}
+        #: the decayed count of all requests (the denominator of a share)
+        self.total = 0.0
+        self._decay = math.log(2.0) / HALF_LIFE
+
+    def count(self, hashes: list[int], total_blocks: int) -> None:
+        """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
+        self.requests += 1
+        now = self.requests
+        self.total = self.total * math.exp(-self._decay) + 1.0
+        counts = self.counts
+        for depth in CHECKPOINTS:
+            if depth <= len(hashes) and depth <= total_blocks:
+                key = hashes[depth - 1]
+                previous = counts.get(key)
+                if previous is None:
+                    counts[key] = (1.0, now)
+                else:
+                    counts[key] = (previous[0] * math.exp(-self._decay * (now - previous[1])) + 1.0, now)
+        if len(counts) > MAX_PREFIXES:
+            self._forget()
+
+    def share(self, key: int) -> float:
+        """The share of recent requests that passed through the prefix whose last block hash is `key`."""
+        entry = self.counts.get(key)
+        if entry is None or self.total <= 0:
+            return 0.0
+        return entry[0] * math.exp(-self._decay * (self.requests - entry[1])) / self.total
+
+    def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
+        """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
+        request's blocks each candidate holds); 0 when there is none."""
+        deepest = int(blocks.max()) if len(blocks) else 0
+        n = len(blocks)
+        for depth in CHECKPOINTS:
+            if depth > deepest or depth > len(hashes):
+                continue
+            needed = self.share(hashes[depth - 1]) * n
+            if needed <= 1.0:  # one holder is enough, and this checkpoint has one
+                continue
+            holding = blocks >= depth
+            holders = int(np.count_nonzero(holding))
+            if needed > holders:
+                return max(depth, int(blocks[holding].min())) if holders > 1 else depth
+        return 0
+
+    def _forget(self) -> None:
+        now = self.requests
+        decay = self._decay
+        self.counts = {k: v for k, v in self.counts.items() if v[0] * math.exp(-decay * (now - v[1])) >= 1.5}
