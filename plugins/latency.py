@@ -53,8 +53,9 @@ REQUEST_UNIT = 10.0
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
 #: groups spread over three endpoints each at twice a prefix-heavy pool's capacity (its p90 4x the blend's)
 PRESSURE_ONSET = 0.2
-#: the least pressure affinity counts with (0: none while queues are short)
-AFFINITY_FLOOR = 0.0
+#: the least pressure affinity counts with, so a group stays together while queues are short too (it was 0 while
+#: one popular system prompt would pile onto its first holders; such a prefix is common now and pulls nowhere)
+AFFINITY_FLOOR = 0.1
 #: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response (the
 #: decode model's rate; the TTFT model's is the producer's slownessRate) ...
 SLOWNESS_RATE = 0.2
