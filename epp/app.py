@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -46,6 +46,7 @@ from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_g
 if TYPE_CHECKING:
     from epp.k8s.metrics_auth import TokenReviewGuard
     from epp.k8s.runtime import KubernetesRuntime
+    from epp.shared.link import SharedState
 
 log = logging.getLogger("epp")
 
@@ -68,6 +69,7 @@ class Runtime:
     health_port: int = 0
     flow: FlowController[list[pb.ProcessingResponse]] | None = None
     kubernetes: KubernetesRuntime | None = None
+    shared: SharedState | None = None
 
 
 async def _start_kubernetes(
@@ -219,8 +221,12 @@ async def _start_with(
         if flow is not None:
             flow.start()
             runtime.flow = flow
+        if settings.values.get("shared_state"):
+            runtime.shared = _shared_state(settings, table, scheduler.plugins, observability.pool_name, registry)
         await server.start()
         await health_server.start()
+        if runtime.shared is not None:
+            await runtime.shared.start()
         log.info(
             "epp serving: ext_proc :%d (%s), health :%d, metrics and /debug :%d (%s), %d endpoints",
             grpc_port,
@@ -235,6 +241,24 @@ async def _start_with(
         metrics_server.shutdown()
         metrics_server.server_close()
         raise
+
+
+def _shared_state(
+    settings: Settings, table: EndpointTable, plugins: dict[str, Any], pool_name: str, registry: CollectorRegistry
+) -> SharedState:
+    """Active-active sharing through Redis/Valkey (imported only when asked for)."""
+    from epp.shared.link import COLLECTOR, PeerLoadCollector, SharedState
+    from epp.shared.settings import SharedStateError, parse_shared_state
+
+    try:
+        store = parse_shared_state(settings.shared_state, settings.values.get("shared_state_password_file", ""))
+    except SharedStateError as exc:
+        raise StartupError(str(exc)) from None
+    scope = f"{settings.values.get('pool_namespace') or 'default'}/{pool_name}"
+    shared = SharedState(store, table, plugins, scope)
+    registry.register(COLLECTOR)
+    registry.register(PeerLoadCollector(shared.columns))
+    return shared
 
 
 def _source_of(settings: Settings) -> str:
@@ -311,6 +335,8 @@ async def stop(runtime: Runtime) -> None:
     if runtime.watcher is not None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
+    if runtime.shared is not None:
+        await runtime.shared.stop()
     if runtime.flow is not None:
         await runtime.flow.stop()
     await runtime.health_server.stop(grace=None)

@@ -181,6 +181,15 @@ FLAGS: tuple[_Flag, ...] = (
     ("endpoints", "", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)"),
     ("endpoints-file", "", str, "YAML file of endpoints (address, port, name, labels); re-read on change"),
     ("max-endpoints", 16384, int, "capacity of the endpoint table"),
+    # Active-active replicas (not in the reference):
+    (
+        "shared-state",
+        "",
+        str,
+        "Redis or Valkey URL redis://[user:password@]host:port[/db] (rediss:// for TLS): replicas share in-flight"
+        " load and prefix learning and route as one (empty: this replica routes on its own state)",
+    ),
+    ("shared-state-password-file", "", str, "file holding the --shared-state password (instead of the URL's)"),
 )
 
 _DEPRECATED_METRIC_FLAGS = (
@@ -319,6 +328,7 @@ def validate(settings: Settings) -> list[str]:
     if not 0 <= settings.debug_decisions <= MAX_DEBUG_DECISIONS:
         errors.append(f"--debug-decisions {settings.debug_decisions}: keep 0 (none) to {MAX_DEBUG_DECISIONS}")
     errors.extend(_validate_metrics_port(settings))
+    errors.extend(_validate_shared_state(settings))
     return errors
 
 
@@ -338,6 +348,20 @@ def _validate_metrics_port(settings: Settings) -> list[str]:
     if settings.metrics_client_ca_file and not settings.metrics_cert_dir:
         errors.append("--metrics-client-ca-file needs --metrics-cert-dir (client certificates are checked over TLS)")
     return errors
+
+
+def _validate_shared_state(settings: Settings) -> list[str]:
+    if not settings.shared_state:
+        if settings.shared_state_password_file:
+            return ["--shared-state-password-file applies to --shared-state; give the store's URL too"]
+        return []
+    from epp.shared.settings import SharedStateError, parse_shared_state
+
+    try:
+        parse_shared_state(settings.shared_state, settings.shared_state_password_file)
+    except SharedStateError as exc:
+        return [str(exc)]
+    return []
 
 
 _POOL_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")

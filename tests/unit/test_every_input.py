@@ -130,6 +130,10 @@ EPP_FLAGS: dict[str, Evidence] = {
         "tests/e2e/test_debug_pages.py::test_endpoint_scores_reach_envoy_and_match_debug_decisions"
     ),
     "debug-decisions": Covered("tests/unit/test_debug_pages.py::test_queries_ring_bound_and_failures"),
+    "shared-state": Covered(
+        "tests/e2e/test_replicas.py::test_a_store_unreachable_at_start_leaves_the_replica_serving_and_it_joins_when_the_store_comes"
+    ),
+    "shared-state-password-file": Covered("tests/unit/shared/test_codec_settings.py::test_the_flags_are_validated"),
     "enable-grpc-stream-metrics": Refused(),
     "tls-min-version": Refused("1.3"),
     "tls-cipher-suites": Refused("TLS_AES_128_GCM_SHA256"),
