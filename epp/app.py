@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import uvloop
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from epp import tls
+from epp.config.datalayer import NO_OP_GATES, flag_conflicts
 from epp.config.schema import (
     ConfigError,
     EndpointPickerConfig,
@@ -24,7 +20,7 @@ from epp.config.schema import (
     load_config_file,
     load_config_text,
 )
-from epp.datalayer.params import CoreMetricsExtractorParams, MetricsDataSourceParams
+from epp.datalayer.params import MetricsDataSourceParams
 from epp.datalayer.scraper import ScrapePlane, create_shared_table
 from epp.datastore.table import EndpointTable
 from epp.director import Director
@@ -33,14 +29,16 @@ from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
-from epp.observability import logging as epp_logging
 from epp.observability.debug import DebugPages, HoldsBlocks
 from epp.observability.decisions import DecisionLog
 from epp.observability.flowcontrol import FlowControlMetrics
+from epp.observability.pool import PoolGauges
 from epp.observability.server import server_tls_context, start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.requests.parsers import openai_parser, passthrough_parser
 from epp.scheduling.framework import build_scheduler
+from epp.servers import StartupError, add_extproc_port, bind, run_server
+from epp.servers import health_server as start_health_server
 from epp.settings import Settings, flag_values
 from epp.tracing import RequestTracer, TracingConfigError
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -49,15 +47,9 @@ from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_g
 if TYPE_CHECKING:
     from epp.k8s.metrics_auth import TokenReviewGuard
     from epp.k8s.runtime import KubernetesRuntime
+    from epp.shared.link import SharedState
 
 log = logging.getLogger("epp")
-
-
-class StartupError(Exception):
-    pass
-
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -70,7 +62,6 @@ class Runtime:
     registry: CollectorRegistry
     grpc_server: grpc.aio.Server
     health_server: grpc.aio.Server
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: EndpointsFileWatcher | None = None
     tracer: RequestTracer | None = None
     scrape_plane: ScrapePlane | None = None
@@ -79,6 +70,7 @@ class Runtime:
     health_port: int = 0
     flow: FlowController[list[pb.ProcessingResponse]] | None = None
     kubernetes: KubernetesRuntime | None = None
+    shared: SharedState | None = None
 
 
 async def _start_kubernetes(
@@ -107,6 +99,9 @@ async def start(settings: Settings) -> Runtime:
             config = default_config()
     except ConfigError as exc:
         raise StartupError("invalid EndpointPickerConfig:\n  " + "\n  ".join(exc.errors)) from None
+    ignored = flag_conflicts(config.data_layer, {name.replace("_", "-") for name in settings.explicit})
+    if ignored:
+        raise StartupError("\n".join(ignored))
     table, shared_memory = create_shared_table(settings.max_endpoints)
     try:
         return await _start_with(settings, config, table, shared_memory)
@@ -175,22 +170,8 @@ async def _start_with(
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if settings.health_checking:
         add_health(server, health)
-    address = f"[::]:{settings.grpc_port}"
-    if settings.secure_serving:
-        try:
-            credentials = tls.server_credentials(settings.cert_path, settings.enable_cert_reload)
-        except (OSError, ValueError) as exc:
-            raise StartupError(str(exc)) from None
-        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_secure_port(address, credentials))
-    else:
-        grpc_port = _bind("--grpc-port", settings.grpc_port, lambda: server.add_insecure_port(address))
-    health_server = grpc.aio.server()
-    add_health(health_server, health)
-    health_port = _bind(
-        "--grpc-health-port",
-        settings.grpc_health_port,
-        lambda: health_server.add_insecure_port(f"[::]:{settings.grpc_health_port}"),
-    )
+    grpc_port = add_extproc_port(server, settings)
+    health_server, health_port = start_health_server(settings, health)
     debug = DebugPages(
         table,
         director.decisions,
@@ -210,7 +191,7 @@ async def _start_with(
         except (OSError, ValueError) as exc:
             raise StartupError(str(exc)) from None
     # bound now, with the other ports, so a taken port fails before anything else has started
-    metrics_server, _ = _bind(
+    metrics_server, _ = bind(
         "--metrics-port",
         settings.metrics_port,
         lambda: start_metrics_server(settings.metrics_port, registry, debug, guard, metrics_tls),
@@ -237,25 +218,16 @@ async def _start_with(
             raise StartupError(str(exc)) from None
 
         runtime.shared_memory = shared_memory
-        runtime.scrape_plane = ScrapePlane()
-        source = MetricsDataSourceParams(
-            scheme=settings.model_server_metrics_scheme,
-            path=settings.model_server_metrics_path,
-            insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
-        )
-        extractor = CoreMetricsExtractorParams()
-        for instance in config.plugins.values():  # a declared data source / extractor overrides the flags
-            parameters = instance.plugin.parameters
-            if isinstance(parameters, MetricsDataSourceParams):
-                source = parameters
-            elif isinstance(parameters, CoreMetricsExtractorParams):
-                extractor = parameters
-        runtime.scrape_plane.start(table, source, extractor, settings.refresh_metrics_interval)
+        _start_data_layer(runtime, config, observability.pool)
         if flow is not None:
             flow.start()
             runtime.flow = flow
+        if settings.shared_state:
+            runtime.shared = _shared_state(settings, table, scheduler.plugins, observability.pool_name, registry)
         await server.start()
         await health_server.start()
+        if runtime.shared is not None:
+            await runtime.shared.start()
         log.info(
             "epp serving: ext_proc :%d (%s), health :%d, metrics and /debug :%d (%s), %d endpoints",
             grpc_port,
@@ -270,6 +242,24 @@ async def _start_with(
         metrics_server.shutdown()
         metrics_server.server_close()
         raise
+
+
+def _shared_state(
+    settings: Settings, table: EndpointTable, plugins: dict[str, Any], pool_name: str, registry: CollectorRegistry
+) -> SharedState:
+    """Active-active sharing through Redis/Valkey (imported only when asked for)."""
+    from epp.shared.link import COLLECTOR, PeerLoadCollector, SharedState
+    from epp.shared.settings import SharedStateError, parse_shared_state
+
+    try:
+        store = parse_shared_state(settings.shared_state, settings.shared_state_password_file)
+    except SharedStateError as exc:
+        raise StartupError(str(exc)) from None
+    scope = f"{settings.pool_namespace or 'default'}/{pool_name}"
+    shared = SharedState(store, table, plugins, scope)
+    registry.register(COLLECTOR)
+    registry.register(PeerLoadCollector(shared.columns))
+    return shared
 
 
 def _source_of(settings: Settings) -> str:
@@ -308,13 +298,29 @@ def _metrics_guard(settings: Settings) -> TokenReviewGuard | None:
     return None
 
 
-def _bind(flag: str, port: int, bind: Callable[[], T]) -> T:
-    try:
-        return bind()
-    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
-        raise StartupError(
-            f"{flag} {port}: cannot listen there ({exc}); another process holds the port: stop it or pick another"
-        ) from None
+def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig, pool: PoolGauges) -> None:
+    """Scrape the model servers as the config's data layer says (or not at all)."""
+    settings = runtime.settings
+    for gate in config.feature_gates:
+        if gate in NO_OP_GATES:
+            log.warning("%s", NO_OP_GATES[gate])
+    data_layer = config.data_layer
+    if not data_layer.scrapes:
+        log.warning(
+            "model-server metrics are not scraped: the config's dataLayer section lists no source; scorers see "
+            "only the load this EPP routed"
+        )
+        return
+    flags_source = MetricsDataSourceParams(
+        scheme=settings.model_server_metrics_scheme,
+        path=settings.model_server_metrics_path,
+        insecure_skip_verify=settings.model_server_metrics_https_insecure_skip_verify,
+    )
+    log.info("model-server metrics: %s", data_layer.mode.value)
+    plane = runtime.scrape_plane = ScrapePlane()
+    source = data_layer.source_or(flags_source)
+    plane.start(runtime.table, source, data_layer.extractor, settings.refresh_metrics_interval)
+    pool.scrape_errors_total = lambda: float(plane.errors_total)
 
 
 async def stop(runtime: Runtime) -> None:
@@ -330,6 +336,8 @@ async def stop(runtime: Runtime) -> None:
     if runtime.watcher is not None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)
+    if runtime.shared is not None:
+        await runtime.shared.stop()
     if runtime.flow is not None:
         await runtime.flow.stop()
     await runtime.health_server.stop(grace=None)
@@ -344,21 +352,5 @@ async def stop(runtime: Runtime) -> None:
     log.info("stopped")
 
 
-async def serve(settings: Settings) -> None:
-    runtime = await start(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stopping.set)
-    await runtime.stopping.wait()
-    await stop(runtime)
-
-
 def run(settings: Settings) -> int:
-    epp_logging.configure(settings.v, settings.zap_encoder)
-    try:
-        uvloop.run(serve(settings))
-    except StartupError as exc:
-        log.error("%s", exc)
-        print(f"epp: {exc}", flush=True, file=sys.stderr)
-        return 1
-    return 0
+    return run_server("epp", settings, start, stop)

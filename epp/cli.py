@@ -1,8 +1,8 @@
 """`epp` command line: the reference EPP's flags (same names, forms and defaults) plus standalone discovery.
 
-Forms accepted as pflag does: `--flag value`, `--flag=value`, bare `--bool-flag` (= true) and
-`--bool-flag=false`. A flag whose feature is not built yet stops the process with a message naming it.
-Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 manifests).
+Forms accepted, and flags of features not built, as epp/flags.py says.
+Sub-commands: `epp config check FILE`, `epp migrate PATH...` (v1alpha2 → v1 manifests), `epp bbr` (body-based
+routing, its own ext_proc server).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from epp.settings import Settings, flag_specs
+from epp import flags
+from epp.flags import NOT_BUILT, validate_serving
+from epp.settings import Settings
 
 _DEPRECATED_METRIC_FLAGS = (
     "total-queued-requests-metric",
@@ -23,98 +25,39 @@ _DEPRECATED_METRIC_FLAGS = (
     "cache-info-metric",
 )
 
-#: flag → why it stops the process when given (features not built in this version)
-NOT_BUILT: dict[str, str] = {
-    "enable-pprof": "pprof is a Go runtime feature; profile the Python EPP with py-spy instead",
-    "enable-grpc-stream-metrics": "ext_proc stream metrics are not built yet",
-    "tls-min-version": "TLS version selection is not supported by the gRPC Python server",
-    "tls-cipher-suites": "TLS cipher-suite selection is not supported by the gRPC Python server",
-    "allow-experimental-plugins": "there are no experimental (Alpha) plugins to allow in this build",
-    "zap-stacktrace-level": "stack-trace level selection is not built yet",
-    "zap-devel": "zap development mode has no equivalent in this build",
-}
-#: flags whose value is fine only when it is the (disabled) default
-_ONLY_FALSE = {
-    "enable-pprof",
-    "allow-experimental-plugins",
-    "enable-grpc-stream-metrics",
-    "zap-devel",
-}
-
-
-def _dest(flag: str) -> str:
-    return flag.replace("-", "_")
-
-
-class _Recorder(argparse.Action):
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[object] | None,
-        option: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        namespace._explicit.add(self.dest)
+_DESCRIPTION = (
+    "Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
+    "Sub-commands: 'epp config check FILE', 'epp migrate PATH...', 'epp bbr --help' (body-based routing)."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="epp",
-        description="Endpoint Picker for the Gateway API Inference Extension (Envoy ext_proc). "
-        "Sub-commands: 'epp config check FILE', 'epp migrate PATH...'.",
-        allow_abbrev=False,
-    )
-    for spec in flag_specs():
-        boolean = {"nargs": "?", "const": True, "metavar": "BOOL"} if spec.boolean else {}
-        parser.add_argument(
-            f"--{spec.name}",
-            dest=spec.dest,
-            default=spec.default,
-            type=spec.parse,
-            action=_Recorder,
-            help=f"{spec.help} (default {spec.default!r})",
-            **boolean,  # type: ignore[arg-type]
-        )
-    return parser
+    return flags.build_parser(Settings, "epp", _DESCRIPTION)
 
 
 def read_flags(argv: Sequence[str]) -> Settings:
-    """The settings the flags give (argparse exits on a value that does not parse); not yet validated."""
-    namespace = argparse.Namespace(_explicit=set())
-    build_parser().parse_args(list(argv), namespace=namespace)
-    given = {spec.dest: getattr(namespace, spec.dest) for spec in flag_specs()}
-    return Settings(**given, explicit=frozenset(namespace._explicit))
+    """`epp`'s settings the flags give (argparse exits on a value that does not parse); not yet validated."""
+    return flags.read_flags(argv, Settings, build_parser())
 
 
 def parse_settings(argv: Sequence[str]) -> Settings:
-    settings = read_flags(argv)
-    errors = validate(settings)
-    if errors:
-        build_parser().exit(2, "".join(f"epp: {e}\n" for e in errors))
-    return settings
+    return flags.parse_flags(argv, Settings, build_parser(), validate)
 
 
 def validate(settings: Settings) -> list[str]:
     errors: list[str] = []
     given = settings.explicit
     for flag in _DEPRECATED_METRIC_FLAGS:
-        if _dest(flag) in given:
+        if flags.dest(flag) in given:
             errors.append(
                 f"--{flag} is no longer supported; configure metric names via engineConfigs of the "
                 "core-metrics-extractor in the EndpointPickerConfig"
             )
-    for flag, why in NOT_BUILT.items():
-        dest = _dest(flag)
-        if dest not in given:
-            continue
-        if flag in _ONLY_FALSE and getattr(settings, dest) is False:
-            continue
-        errors.append(f"--{flag}: {why}")
+    errors.extend(validate_serving(settings, NOT_BUILT))
     if settings.config_file and settings.config_text:
         errors.append("--config-file and --config-text are mutually exclusive; give one")
     sources = [
-        f for f in ("pool-name", "endpoint-selector", "endpoints", "endpoints-file") if getattr(settings, _dest(f))
+        f for f in ("pool-name", "endpoint-selector", "endpoints", "endpoints-file") if getattr(settings, flags.dest(f))
     ]
     if len(sources) != 1:
         errors.append(
@@ -122,23 +65,14 @@ def validate(settings: Settings) -> list[str]:
             f"--endpoint-selector (got {', '.join('--' + s for s in sources) or 'none'})"
         )
     errors.extend(_validate_kubernetes(settings))
-    if settings.v < 0:
-        errors.append(f"--v {settings.v}: verbosity must be 0 or more")
-    if settings.zap_encoder not in ("json", "console"):
-        errors.append(f"--zap-encoder {settings.zap_encoder!r}: use json or console")
     if settings.model_server_metrics_scheme not in ("http", "https"):
         errors.append(f"--model-server-metrics-scheme {settings.model_server_metrics_scheme!r}: use http or https")
-    if settings.enable_cert_reload and not settings.cert_path:
-        errors.append("--enable-cert-reload needs --cert-path")
-    if settings.max_request_body_bytes <= 0:
-        errors.append(f"--max-request-body-bytes {settings.max_request_body_bytes}: must be positive")
-    if settings.stream_idle_timeout < 0:
-        errors.append(f"--stream-idle-timeout {settings.stream_idle_timeout}s: must be 0 (never) or more")
     if settings.max_endpoints <= 0:
         errors.append(f"--max-endpoints {settings.max_endpoints}: must be positive")
     if not 0 <= settings.debug_decisions <= MAX_DEBUG_DECISIONS:
         errors.append(f"--debug-decisions {settings.debug_decisions}: keep 0 (none) to {MAX_DEBUG_DECISIONS}")
     errors.extend(_validate_metrics_port(settings))
+    errors.extend(_validate_shared_state(settings))
     return errors
 
 
@@ -158,6 +92,20 @@ def _validate_metrics_port(settings: Settings) -> list[str]:
     if settings.metrics_client_ca_file and not settings.metrics_cert_dir:
         errors.append("--metrics-client-ca-file needs --metrics-cert-dir (client certificates are checked over TLS)")
     return errors
+
+
+def _validate_shared_state(settings: Settings) -> list[str]:
+    if not settings.shared_state:
+        if settings.shared_state_password_file:
+            return ["--shared-state-password-file applies to --shared-state; give the store's URL too"]
+        return []
+    from epp.shared.settings import SharedStateError, parse_shared_state
+
+    try:
+        parse_shared_state(settings.shared_state, settings.shared_state_password_file)
+    except SharedStateError as exc:
+        return [str(exc)]
+    return []
 
 
 _POOL_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")
@@ -192,7 +140,7 @@ def _validate_kubernetes(settings: Settings) -> list[str]:
             "the pool after the EPP's Deployment"
         )
     for flag in _KUBERNETES_ONLY:
-        if _dest(flag) in given and getattr(settings, _dest(flag)) and not kubernetes:
+        if flags.dest(flag) in given and getattr(settings, flags.dest(flag)) and not kubernetes:
             errors.append(f"--{flag} applies to Kubernetes discovery; give --pool-name or --endpoint-selector")
     if settings.ha_enable_leader_election and not (
         settings.ha_lease_duration > settings.ha_renew_deadline > settings.ha_retry_period > 0
@@ -217,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from epp.migrate.cli import main as migrate
 
         return migrate(args[1:])
+    if args and args[0] == "bbr":
+        from epp.bbr.cli import main as bbr
+
+        return bbr(args[1:])
     settings = parse_settings(args)
     if not settings.pool_namespace:
         settings = dataclasses.replace(settings, pool_namespace=os.environ.get("NAMESPACE", "default"))

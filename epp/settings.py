@@ -43,7 +43,9 @@ def flag(default: T, parse: Callable[[str], T], help: str) -> T:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class ServingSettings:
+    """The flags every ext_proc server here has (`epp` and `epp bbr`): ports, TLS, logging, limits."""
+
     grpc_port: int = flag(9002, parse_port, "ext_proc gRPC listen port")
     grpc_health_port: int = flag(9003, parse_port, "gRPC health service port")
     metrics_port: int = flag(9090, parse_port, "Prometheus /metrics port")
@@ -55,47 +57,21 @@ class Settings:
         " the default serves them openly with a warning and an explicit true is refused",
     )
     enable_pprof: bool = flag(True, parse_bool, "Go pprof endpoints (not available in the Python EPP)")
-    pool_name: str = flag("", str, "InferencePool name (Kubernetes discovery)")
-    pool_namespace: str = flag("", str, "InferencePool namespace (flag → NAMESPACE env → default)")
-    pool_group: str = flag("inference.networking.k8s.io", str, "InferencePool API group")
-    endpoint_selector: str = flag("", str, "pod label selector k=v,k2=v2 (Kubernetes without the InferencePool CRD)")
-    endpoint_target_ports: tuple[int, ...] = flag(
-        (), parse_ports, "target ports for --endpoint-selector, comma separated"
-    )
-    disable_endpoint_subset_filter: bool = flag(False, parse_bool, "ignore the envoy.lb.subset_hint metadata")
-    refresh_metrics_interval: float = flag(0.05, parse_duration, "model-server /metrics scrape interval")
-    refresh_prometheus_metrics_interval: float = flag(5.0, parse_duration, "refresh interval of the pool gauges")
-    metrics_staleness_threshold: float = flag(2.0, parse_duration, "age after which an endpoint's metrics are stale")
     secure_serving: bool = flag(True, parse_bool, "serve ext_proc over TLS")
     cert_path: str = flag("", str, "directory with tls.crt and tls.key (empty: self-signed)")
     enable_cert_reload: bool = flag(False, parse_bool, "reload --cert-path files when they change")
-    health_checking: bool = flag(False, parse_bool, "also serve gRPC health on the ext_proc port")
-    ha_enable_leader_election: bool = flag(False, parse_bool, "leader election through a coordination.k8s.io Lease")
-    ha_lease_duration: float = flag(15.0, parse_duration, "leader election: how long a lease not renewed stays held")
-    ha_renew_deadline: float = flag(
-        10.0, parse_duration, "leader election: the leader steps down if it cannot renew this long"
-    )
-    ha_retry_period: float = flag(2.0, parse_duration, "leader election: interval between acquire / renew attempts")
-    tracing: bool = flag(True, parse_bool, "OpenTelemetry tracing")
-    config_file: str = flag("", str, "EndpointPickerConfig file")
-    config_text: str = flag("", str, "EndpointPickerConfig as text")
     v: int = flag(2, int, "log verbosity: 1 quiet, 2 default, 3 verbose, 4 debug, 5 trace")
-    zap_encoder: str = flag("console", str, "log encoding: json or console")
-    zap_log_level: str = flag("", str, "log level (debug, info, error or an integer); derived from --v when unset")
-    zap_devel: bool = flag(True, parse_bool, "development logging defaults")
-    zap_stacktrace_level: str = flag("error", str, "level from which stack traces are logged")
-    zap_time_encoding: str = flag("epoch", str, "time encoding: epoch, millis, nano, iso8601, rfc3339, rfc3339nano")
-    model_server_metrics_scheme: str = flag("http", str, "deprecated: scheme of model-server metrics")
-    model_server_metrics_path: str = flag("/metrics", str, "deprecated: path of model-server metrics")
-    model_server_metrics_https_insecure_skip_verify: bool = flag(True, parse_bool, "deprecated: skip TLS verification")
-    model_server_metrics_port: int = flag(
-        0, parse_port, "deprecated: scrape this port when the pool has one target port"
+    zap_encoder: str = flag("", str, "log encoding: json or console (unset: console with --zap-devel, else json)")
+    zap_log_level: str = flag(
+        "", str, "log level: debug, info, error, panic or a verbosity > 0; wins over --v when set"
     )
-    total_queued_requests_metric: str = flag("", str, "deprecated: configure via engineConfigs")
-    total_running_requests_metric: str = flag("", str, "deprecated: configure via engineConfigs")
-    kv_cache_usage_percentage_metric: str = flag("", str, "deprecated: configure via engineConfigs")
-    lora_info_metric: str = flag("", str, "deprecated: configure via engineConfigs")
-    cache_info_metric: str = flag("", str, "deprecated: configure via engineConfigs")
+    zap_devel: bool = flag(
+        True, parse_bool, "development defaults (console, stack traces from warn); false: production"
+    )
+    zap_stacktrace_level: str = flag(
+        "", str, "info, error or panic: lines from it carry a stack trace (unset: warn/error)"
+    )
+    zap_time_encoding: str = flag("", str, "epoch, millis, nano, iso8601, rfc3339 or rfc3339nano (unset: rfc3339)")
     drain_timeout: float = flag(30.0, parse_duration, "on SIGTERM, how long in-flight streams may take to finish")
     grpc_max_recv_msg_size: int = flag(16 * 1024 * 1024, parse_quantity, "largest gRPC message accepted (e.g. 25MiB)")
     grpc_max_send_msg_size: int = flag(16 * 1024 * 1024, parse_quantity, "largest gRPC message sent")
@@ -111,6 +87,47 @@ class Settings:
         "close an ext_proc stream that sends no message for this long, releasing its pick (0: never); keep it"
         " above the longest silence of a request, e.g. a non-streaming generation",
     )
+
+    #: the flags the user gave (field names), as opposed to defaults
+    explicit: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings(ServingSettings):
+    """`epp`'s flags."""
+
+    pool_name: str = flag("", str, "InferencePool name (Kubernetes discovery)")
+    pool_namespace: str = flag("", str, "InferencePool namespace (flag → NAMESPACE env → default)")
+    pool_group: str = flag("inference.networking.k8s.io", str, "InferencePool API group")
+    endpoint_selector: str = flag("", str, "pod label selector k=v,k2=v2 (Kubernetes without the InferencePool CRD)")
+    endpoint_target_ports: tuple[int, ...] = flag(
+        (), parse_ports, "target ports for --endpoint-selector, comma separated"
+    )
+    disable_endpoint_subset_filter: bool = flag(False, parse_bool, "ignore the envoy.lb.subset_hint metadata")
+    refresh_metrics_interval: float = flag(0.05, parse_duration, "model-server /metrics scrape interval")
+    refresh_prometheus_metrics_interval: float = flag(5.0, parse_duration, "refresh interval of the pool gauges")
+    metrics_staleness_threshold: float = flag(2.0, parse_duration, "age after which an endpoint's metrics are stale")
+    health_checking: bool = flag(False, parse_bool, "also serve gRPC health on the ext_proc port")
+    ha_enable_leader_election: bool = flag(False, parse_bool, "leader election through a coordination.k8s.io Lease")
+    ha_lease_duration: float = flag(15.0, parse_duration, "leader election: how long a lease not renewed stays held")
+    ha_renew_deadline: float = flag(
+        10.0, parse_duration, "leader election: the leader steps down if it cannot renew this long"
+    )
+    ha_retry_period: float = flag(2.0, parse_duration, "leader election: interval between acquire / renew attempts")
+    tracing: bool = flag(True, parse_bool, "OpenTelemetry tracing")
+    config_file: str = flag("", str, "EndpointPickerConfig file")
+    config_text: str = flag("", str, "EndpointPickerConfig as text")
+    model_server_metrics_scheme: str = flag("http", str, "deprecated: scheme of model-server metrics")
+    model_server_metrics_path: str = flag("/metrics", str, "deprecated: path of model-server metrics")
+    model_server_metrics_https_insecure_skip_verify: bool = flag(True, parse_bool, "deprecated: skip TLS verification")
+    model_server_metrics_port: int = flag(
+        0, parse_port, "deprecated: scrape this port when the pool has one target port"
+    )
+    total_queued_requests_metric: str = flag("", str, "deprecated: configure via engineConfigs")
+    total_running_requests_metric: str = flag("", str, "deprecated: configure via engineConfigs")
+    kv_cache_usage_percentage_metric: str = flag("", str, "deprecated: configure via engineConfigs")
+    lora_info_metric: str = flag("", str, "deprecated: configure via engineConfigs")
+    cache_info_metric: str = flag("", str, "deprecated: configure via engineConfigs")
     emit_endpoint_scores: bool = flag(
         False,
         parse_bool,
@@ -136,19 +153,24 @@ class Settings:
     endpoints: str = flag("", str, "static endpoints ip:port[,ip:port...] (standalone, no Kubernetes)")
     endpoints_file: str = flag("", str, "YAML file of endpoints (address, port, name, labels); re-read on change")
     max_endpoints: int = flag(16384, int, "capacity of the endpoint table")
+    # Active-active replicas (not in the reference):
+    shared_state: str = flag(
+        "",
+        str,
+        "Redis or Valkey URL redis://[user:password@]host:port[/db] (rediss:// for TLS): replicas share in-flight"
+        " load and prefix learning and route as one (empty: this replica routes on its own state)",
+    )
+    shared_state_password_file: str = flag("", str, "file holding the --shared-state password (instead of the URL's)")
 
-    #: the flags the user gave (field names), as opposed to defaults
-    explicit: frozenset[str] = frozenset()
 
-
-def flag_specs() -> Iterator[FlagSpec]:
-    """Every flag, in declaration order."""
-    for spec in dataclasses.fields(Settings):
+def flag_specs(settings_type: type[ServingSettings] = Settings) -> Iterator[FlagSpec]:
+    """Every flag of a program's settings (`epp`'s by default), the shared serving flags first."""
+    for spec in dataclasses.fields(settings_type):
         if _SPEC in spec.metadata:
             parse, help_text = spec.metadata[_SPEC]
             yield FlagSpec(spec.name.replace("_", "-"), spec.default, parse, help_text)
 
 
-def flag_values(settings: Settings) -> dict[str, object]:
+def flag_values(settings: ServingSettings) -> dict[str, object]:
     """Every flag's value by field name (what /debug/config shows)."""
-    return {spec.dest: getattr(settings, spec.dest) for spec in flag_specs()}
+    return {spec.dest: getattr(settings, spec.dest) for spec in flag_specs(type(settings))}

@@ -374,6 +374,11 @@ class PredictedTTFTProducer(DataProducer):
 
         table.subscribe(on_change)
 
+    def shared_columns(self) -> dict[str, npt.NDArray[np.float64]]:
+        """With --shared-state, other replicas' queued prefill at the same endpoint is added into these arrays
+        (epp.shared.columns): charge and release only this replica's own, and never rebind them after bind()."""
+        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
+
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)

@@ -20,17 +20,31 @@ from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
 from epp.scheduling.plugin import CycleState, Scorer, Scores
 from epp.scheduling.types import SchedulingResult, StateKey
 
+#: the reference's prefix plugin type, and this build's producer of the match
+_PREFIX_TYPES = ("prefix-cache-scorer", "approx-prefix-cache-producer")
+
 
 @dataclass
 class NoHitLRUParameters:
     lru_size: int = 1024
-    #: accepted for configs written for the reference; the match always comes from the prefix producer
+    #: the reference's way to name the prefix plugin whose match is read; here the match always comes from the
+    #: config's one approx-prefix-cache-producer, so only the values that say so are accepted
     prefix_plugin_type: str = "prefix-cache-scorer"
     prefix_plugin_name: str = "prefix-cache-scorer"
 
     def validate(self) -> None:
         if self.lru_size <= 0:
             raise ValueError(f"lruSize must be positive, got {self.lru_size}")
+        if self.prefix_plugin_type not in _PREFIX_TYPES:
+            raise ValueError(
+                f"prefixPluginType {self.prefix_plugin_type!r}: the cold/warm decision reads the prefix match of the "
+                f"approx-prefix-cache-producer; give {' or '.join(_PREFIX_TYPES)}, or omit it"
+            )
+        if self.prefix_plugin_name not in _PREFIX_TYPES:
+            raise ValueError(
+                f"prefixPluginName {self.prefix_plugin_name!r}: the match comes from the config's one "
+                "approx-prefix-cache-producer whatever its name; omit prefixPluginName"
+            )
 
 
 class ColdLRU:

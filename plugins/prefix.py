@@ -12,6 +12,7 @@ the number of walked hashes it holds over the request's hash count.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,8 +218,13 @@ class ApproxPrefixCacheProducer(DataProducer):
         self.index = PrefixIndex(parameters.lru_capacity_per_server)
         self._seeds = _SeedCache()
         self._recent = _RecentPrompts()
+        self.table: EndpointTable | None = None
+        #: with --shared-state: hands (slots, keys) of every insert to the other replicas (see epp.shared)
+        self.replicate: Callable[[Sequence[int], Keys], None] | None = None
 
     def bind(self, table: EndpointTable) -> None:
+        self.table = table
+
         def on_change(kind: str, slot: int, endpoint: Endpoint) -> None:
             if kind == "remove":
                 self.index.forget(slot)
@@ -282,12 +288,22 @@ class ApproxPrefixCacheProducer(DataProducer):
         if prefill is not None:
             targets.append(int(prefill.slots[0]))
         for slot in targets:
-            capacity = None
-            if self.parameters.auto_tune and state.table.cache_num_blocks[slot] > 0:
-                capacity = int(state.table.cache_num_blocks[slot])
-            self.index.insert(slot, match.keys(), capacity, match.seen_entries())
+            self.index.insert(slot, match.keys(), self._capacity(state.table, slot), match.seen_entries())
+        if self.replicate is not None:
+            self.replicate(targets, match.keys())
         self._recent.remember(state.request.prompt_bytes, match.block_bytes, match.hashes())
         set_prefix_indexer_size(len(self.index))
+
+    def learn_replicated(self, slot: int, keys: Keys) -> None:
+        """Another replica sent these block hashes to the endpoint in `slot`."""
+        if self.table is not None:
+            self.index.insert(slot, keys, self._capacity(self.table, slot))
+            set_prefix_indexer_size(len(self.index))
+
+    def _capacity(self, table: EndpointTable, slot: int) -> int | None:
+        if self.parameters.auto_tune and table.cache_num_blocks[slot] > 0:
+            return int(table.cache_num_blocks[slot])
+        return None
 
 
 class PrefixCacheScorer(Scorer):

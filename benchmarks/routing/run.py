@@ -18,6 +18,11 @@ estimated in-process from the same engine model before the run (see capacity.py)
 `python benchmarks/routing/run.py --workloads unique,mixed --configs random,default,vllm-router:cache_aware,\
     sglang-router:cache_aware --loads 1.0,2.0 --servers 4 --num-gpu-blocks 4800 --seeds 1,2`
 `python benchmarks/routing/run.py --quick --servers 2 --workloads low --configs random,vllm-router:round_robin`
+
+An epp configuration may name replicas: `recommended+2` runs two epp replicas sharing state through a local
+redis-server (`--shared-state`), `recommended+2i` two independent ones (each routing on its own state), both
+behind one Envoy spreading streams over them (deploy/envoy/envoy-replicas.yaml):
+`python benchmarks/routing/run.py --workloads high,chat --configs recommended,recommended+2,recommended+2i`
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from capacity import fleet_capacity  # noqa: E402
 from fleet import CpuMeter, fleet_counters, set_speed, start_fleet  # noqa: E402
 from loadgen import Result, on_off_arrivals, poisson_arrivals, run_schedule  # noqa: E402
 from peers import PeerRouter, PeerUnavailable, is_peer, parse_spec  # noqa: E402
-from promtext import family_median, scrape  # noqa: E402
+from promtext import bucket_quantile, family_median, histogram_buckets, scrape  # noqa: E402
 from report import HEADER, PREDICTION_ERROR, plot, row, summarise, verdict  # noqa: E402
 from workloads import (  # noqa: E402
     Request,
@@ -54,6 +59,7 @@ from workloads import (  # noqa: E402
 from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap  # noqa: E402
 from epp.devstack.lifecycle import stop_process  # noqa: E402
 from epp.devstack.processes import EppProcess  # noqa: E402
+from epp.devstack.redis import RedisServer  # noqa: E402
 from vllmsim.engine import EngineConfig  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -179,9 +185,12 @@ def run_one(
     ports = [base + i for i in range(servers)]
     slowdown = (schedule[-1] / 2, ports[0], workload.slowdown) if workload.slowdown else None
     epp: EppProcess | None = None
+    epps: list[EppProcess] = []
+    store: RedisServer | None = None
     envoy: EnvoyProcess | None = None
     peer: PeerRouter | None = None
     pred_err: float | None = None
+    staleness: list[dict[str, float]] = []
     try:
         if is_peer(config):
             peer = PeerRouter(config, [f"http://127.0.0.1:{p}" for p in ports])
@@ -191,15 +200,35 @@ def run_one(
         else:
             refresh = f"{max(args.refresh_ms / scale, 5):.0f}ms"  # the reference's 50 ms, in model time
             endpoints = ",".join(f"127.0.0.1:{p}" for p in ports)
+            name, count, shared = replicas_of(config)
             epp_args = ["--endpoints", endpoints, "--v", "1", "--tracing=false", "--refresh-metrics-interval",
-                        refresh, "--config-file", str(HERE / "configs" / f"{config}.yaml")]  # fmt: skip
-            epp = EppProcess(epp_args)
-            epp.start()
-            envoy = EnvoyProcess(long_streams(render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port)))
+                        refresh, "--config-file", str(HERE / "configs" / f"{name}.yaml")]  # fmt: skip
+            roots = {}
+            if count > 1:
+                epp_args.append("--health-checking")  # the replicas' Envoy cluster checks each one
+            if shared:
+                store = RedisServer()
+                store.start()
+                assert store.process is not None
+                epp_args += ["--shared-state", store.url]
+                roots["redis"] = store.process.pid
+            epps = [EppProcess(epp_args, env={"POD_NAME": f"epp-{i}"}) for i in range(count)]
+            for replica in epps:
+                replica.start()
+            epp = epps[0]
+            if count > 1:
+                ports_of = [replica.grpc_port for replica in epps]
+                bootstrap = render_bootstrap("envoy-replicas", free_port(), free_port(), 0, epp_ports=ports_of)
+            else:
+                bootstrap = render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port)
+            envoy = EnvoyProcess(long_streams(bootstrap))
             envoy.start()
-            assert epp.process is not None and envoy.process is not None
+            assert envoy.process is not None
             url = f"http://127.0.0.1:{envoy.listener_port}"
-            roots = {"epp": epp.process.pid, "envoy": envoy.process.pid}
+            for i, replica in enumerate(epps):
+                assert replica.process is not None
+                roots["epp" if count == 1 else f"epp{i}"] = replica.process.pid
+            roots["envoy"] = envoy.process.pid
         meter = CpuMeter({**roots, "simulators": fleet.pid})
         meter.start()
         own = time.process_time()
@@ -208,19 +237,51 @@ def run_one(
         cores["loadgen"] = (time.process_time() - own) / wall
         summary = summarise(results, wall, scale, fleet_counters(base, servers), ports)
         if epp is not None:
-            pred_err = family_median(scrape(f"http://127.0.0.1:{epp.metrics_port}/metrics"), PREDICTION_ERROR)
+            pages = [scrape(f"http://127.0.0.1:{replica.metrics_port}/metrics") for replica in epps]
+            pred_err = family_median(pages[0], PREDICTION_ERROR)
+            staleness = [staleness_p99(page) for page in pages] if store is not None else []
     finally:
         if envoy is not None:
             envoy.stop()
-        if epp is not None:
-            epp.stop()
+        for replica in epps:
+            replica.stop()
+        if store is not None:
+            store.close()
         if peer is not None:
             peer.stop()
         stop_process(fleet)
     summary.update(workload=workload.name, config=config, cores=cores, pred_err_p50=pred_err)
+    if staleness:
+        summary["shared_staleness_p99_ms"] = staleness
     if slowdown:
         summary["slowdown"] = {"server": 0, "factor": slowdown[2], "at_model_s": [t * scale for t in changed]}
     return summary
+
+
+def replicas_of(config: str) -> tuple[str, int, bool]:
+    """`recommended` → (recommended, 1, False); `recommended+2` → 2 sharing replicas; `recommended+2i` → 2
+    independent ones."""
+    name, _, replicas = config.partition("+")
+    if not replicas:
+        return name, 1, False
+    independent = replicas.endswith("i")
+    count = int(replicas.removesuffix("i"))
+    if count < 1:
+        raise SystemExit(f"{config}: replicas must be 1 or more")
+    return name, count, count > 1 and not independent
+
+
+def staleness_p99(page: str) -> dict[str, float]:
+    """p50/p90/p99 of epp_shared_state_staleness_seconds per stream (load, inserts), in milliseconds."""
+    found: dict[str, float] = {}
+    for stream in ("load", "inserts"):
+        lines = "\n".join(line for line in page.splitlines() if f'stream="{stream}"' in line)
+        buckets = histogram_buckets(lines, "epp_shared_state_staleness_seconds").get(
+            "epp_shared_state_staleness_seconds", []
+        )
+        for q in (0.5, 0.9, 0.99):
+            found[f"{stream}_p{round(q * 100)}"] = round(1000 * bucket_quantile(buckets, q), 1)
+    return found
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -276,7 +337,7 @@ def main() -> int:
     for config in configs:
         if is_peer(config):
             parse_spec(config)  # an unknown peer or policy is an error before anything starts
-        elif not (HERE / "configs" / f"{config}.yaml").is_file():
+        elif not (HERE / "configs" / f"{replicas_of(config)[0]}.yaml").is_file():
             raise SystemExit(f"no epp config {config!r} in {HERE / 'configs'} and not a peer (name:policy)")
     seeds = [int(s) for s in args.seeds.split(",")]
     loads = [float(v) for v in args.loads.split(",")] if args.loads else []

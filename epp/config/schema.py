@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from epp.config.datalayer import DataLayerConfig, parse_data_layer
 from epp.config.flowcontrol import describe_flow_control, parse_flow_control
 from epp.flowcontrol.queue import QueueSettings
 from epp.scheduling.plugin import ParameterError, Plugin, ProfileHandler
@@ -77,10 +78,11 @@ class EndpointPickerConfig:
     saturation_detector: str = "utilization-detector"
     source: str = "<default>"
     flow_control: QueueSettings = field(default_factory=QueueSettings)
+    data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration after defaulting, as a YAML-able document."""
-        return {
+        document: dict[str, Any] = {
             "apiVersion": API_VERSIONS[0],
             "kind": KIND,
             "featureGates": list(self.feature_gates),
@@ -96,6 +98,10 @@ class EndpointPickerConfig:
             "saturationDetector": {"pluginRef": self.saturation_detector},
             "flowControl": describe_flow_control(self.flow_control),
         }
+        data_layer = self.data_layer.describe()
+        if data_layer is not None:
+            document["dataLayer"] = data_layer
+        return document
 
 
 def _check_profile_handler(
@@ -301,6 +307,13 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
     flow_control = parse_flow_control(document.get("flowControl"), {n: p.type for n, p in plugins.items()}, error)
     if document.get("flowControl") is not None and "flowControl" not in gates:
         error("flowControl", "has no effect while the flowControl feature gate is off; add featureGates: [flowControl]")
-    if errors or flow_control is None:
+    data_layer = parse_data_layer(
+        document,
+        gates,
+        {n: p.type for n, p in plugins.items()},
+        {n: p.plugin.parameters for n, p in plugins.items()},
+        error,
+    )
+    if errors or flow_control is None or data_layer is None:
         return None
-    return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source, flow_control)
+    return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source, flow_control, data_layer)

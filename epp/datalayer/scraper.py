@@ -14,6 +14,7 @@ import contextlib
 import gc
 import multiprocessing as mp
 import os
+import secrets
 import ssl
 import threading
 import weakref
@@ -30,6 +31,7 @@ from epp.datastore.table import Endpoint, EndpointTable
 
 Mode = Literal["process", "inline"]
 
+TABLE_MEMORY_PREFIX = "epp-table-"
 _shm_of: weakref.WeakKeyDictionary[EndpointTable, SharedMemory] = weakref.WeakKeyDictionary()
 
 
@@ -43,8 +45,10 @@ class _TableMemory(SharedMemory):
 
 
 def create_shared_table(capacity: int) -> tuple[EndpointTable, SharedMemory]:
-    """An EndpointTable whose numeric columns live in a new shared-memory block (caller unlinks it)."""
-    shm = _TableMemory(create=True, size=EndpointTable.buffer_size(capacity))
+    """An EndpointTable whose numeric columns live in a new shared-memory block (caller unlinks it), named
+    `epp-table-<pid>-<random>` so that a leak can be traced to its process."""
+    name = f"{TABLE_MEMORY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    shm = _TableMemory(name=name, create=True, size=EndpointTable.buffer_size(capacity))
     table = EndpointTable(capacity, buffer=shm.buf)
     _shm_of[table] = shm
     return table, shm

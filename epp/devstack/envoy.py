@@ -74,8 +74,10 @@ def render_bootstrap(
     epp_tls: bool = True,
     request_body_mode: str | None = None,
     response_body_mode: str | None = None,
+    epp_ports: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Load deploy/envoy/<name>.yaml and point it at the given local ports."""
+    """Load deploy/envoy/<name>.yaml and point it at the given local ports (`epp_ports`: every replica of the
+    `epp` cluster, for a bootstrap with several; `epp_port` is then not used)."""
     config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / f"{name}.yaml").read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     resources = config["static_resources"]
@@ -94,8 +96,10 @@ def render_bootstrap(
             mode["response_trailer_mode"] = "SKIP"
     for cluster in resources["clusters"]:
         if cluster["name"] == "epp":
-            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            endpoint["address"]["socket_address"]["port_value"] = epp_port
+            replicas = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            ports = epp_ports or [epp_port]
+            template = replicas[0]["endpoint"]["address"]["socket_address"]
+            replicas[:] = [{"endpoint": {"address": {"socket_address": {**template, "port_value": p}}}} for p in ports]
             if not epp_tls:
                 del cluster["transport_socket"]
         elif cluster["name"] == "pool":
@@ -103,6 +107,20 @@ def render_bootstrap(
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
                 for p in pool_ports or []
             ]
+    return config
+
+
+def render_bbr_bootstrap(listener_port: int, admin_port: int, ext_proc_ports: dict[str, int]) -> dict[str, Any]:
+    """Load deploy/envoy/envoy-bbr.yaml and point its ext_proc clusters (`bbr`, `epp-a`, `epp-b`) at the given
+    local ports."""
+    config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / "envoy-bbr.yaml").read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    resources = config["static_resources"]
+    resources["listeners"][0]["address"]["socket_address"]["port_value"] = listener_port
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    for name, port in ext_proc_ports.items():
+        endpoint = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"]["port_value"] = port
     return config
 
 

@@ -10,19 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from epp.errors import EppError
 from epp.extproc.core import ExtProcStream
-from epp.extproc.phases import Responses, Wait
+from epp.extproc.phases import Phase, Responses, Wait
 from epp.flowcontrol.controller import FlowController
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("epp.extproc")
+
+
+class ProcessingStream(Protocol):
+    """One stream's protocol state machine: the EPP's `ExtProcStream`, or body-based routing's."""
+
+    @property
+    def phase(self) -> Phase: ...
+
+    def process(self, message: pb.ProcessingRequest) -> Responses | Wait: ...
+
+    def after_send(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class IdleWatch:
@@ -61,7 +74,7 @@ class IdleWatch:
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
-        new_stream: Callable[[], ExtProcStream],
+        new_stream: Callable[[], ProcessingStream],
         flow: FlowController[list[pb.ProcessingResponse]] | None = None,
         idle_timeout: float = 0.0,
     ) -> None:
@@ -107,9 +120,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.streams_in_flight -= 1
             stream.close()
 
-    async def _wait_turn(self, stream: ExtProcStream, wait: Wait, watch: IdleWatch | None) -> Responses:
+    async def _wait_turn(self, stream: ProcessingStream, wait: Wait, watch: IdleWatch | None) -> Responses:
         if self._flow is None:
             raise RuntimeError("an ext_proc stream asked to wait in flow control, but flow control is not configured")
+        if not isinstance(stream, ExtProcStream):
+            raise RuntimeError("only the EPP's ext_proc streams wait in flow control")
         if watch is not None:
             watch.paused = True  # the queue has its own time limits
         try:

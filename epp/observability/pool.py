@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.datastore.table import EndpointTable
@@ -40,7 +40,6 @@ class PoolSnapshot:
     average_running_requests: float | None
     #: age in seconds of the oldest scraped endpoint's metrics (None: nothing scraped yet)
     max_metrics_age: float | None
-    scrape_errors: float
 
 
 class PoolGauges(Collector):
@@ -59,6 +58,8 @@ class PoolGauges(Collector):
         self.clock = clock
         self._snapshot: PoolSnapshot | None = None
         self._snapshot_time = 0.0
+        #: failed scrapes since start (the scrape plane's counter, monotonic across endpoint churn); read live
+        self.scrape_errors_total: Callable[[], float] = lambda: 0.0
 
     def snapshot(self) -> PoolSnapshot:
         """The pool figures, recomputed when the cached ones are older than `refresh_s`."""
@@ -76,9 +77,8 @@ class PoolGauges(Collector):
         fresh = scraped & (now - scraped_at <= self.staleness_s)
         count = int(np.count_nonzero(fresh))
         max_age = float(now - scraped_at[scraped].min()) if scraped.any() else None
-        errors = float(table.scrape_errors[slots].sum())
         if count == 0:
-            return PoolSnapshot(len(slots), 0, None, None, None, max_age, errors)
+            return PoolSnapshot(len(slots), 0, None, None, None, max_age)
         fresh_slots = slots[fresh]
         return PoolSnapshot(
             endpoints=len(slots),
@@ -87,7 +87,6 @@ class PoolGauges(Collector):
             average_queue_size=float(table.waiting_queue[fresh_slots].mean()),
             average_running_requests=float(table.running_requests[fresh_slots].mean()),
             max_metrics_age=max_age,
-            scrape_errors=errors,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -125,12 +124,11 @@ class PoolGauges(Collector):
             name,
             snap.max_metrics_age,
         )
-        yield _gauge(
-            "scrape_errors",
-            "Sum of the endpoints' model-server scrape error counters.",
-            name,
-            snap.scrape_errors,
+        errors = CounterMetricFamily(
+            POOL + "scrape_errors", "Failed model-server metrics scrapes since start, all endpoints.", labels=["name"]
         )
+        errors.add_metric(name, self.scrape_errors_total())
+        yield errors
         yield self._per_pod_queue_size()
 
     def _per_pod_queue_size(self) -> Metric:

@@ -344,6 +344,27 @@ def test_more_than_one_replica_elects_a_leader() -> None:
     assert binding["subjects"][0]["name"] == one(objects, "ServiceAccount")["metadata"]["name"]
 
 
+def test_shared_state_runs_replicas_active_active() -> None:
+    url = "redis://epp-shared-state:6379/0"
+    sets = (MATCH, "inferenceExtension.replicas=3", f"inferenceExtension.sharedState.url={url}",
+            "inferenceExtension.sharedState.passwordSecret=epp-store")  # fmt: skip
+    objects = template(sets=sets)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = epp_container(objects)
+    args = container["args"]
+    assert args[args.index("--shared-state") + 1] == url and "--health-checking" in args
+    assert "--ha-enable-leader-election" not in args
+    assert container["readinessProbe"]["grpc"]["service"] == "inference-extension"
+    password = args[args.index("--shared-state-password-file") + 1]
+    mount = next(m for m in container["volumeMounts"] if password.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "epp-store"
+    assert volume["secret"]["items"] == [{"key": "password", "path": password.rsplit("/", 1)[1]}]
+    assert not [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-epp-leader-election"]
+
+
 def test_istio_destination_rule() -> None:
     objects = template(sets=(*sets_of("istio"),), namespace=NAMESPACE)
     rule = one(objects, "DestinationRule")

@@ -17,9 +17,10 @@ import pytest
 
 from epp.cli import NOT_BUILT, main, read_flags, validate
 from epp.settings import Settings
+from epp.shared.settings import parse_shared_state
 from tests.deploy.render import BASE, OVERLAYS, render
 from tests.deploy.validation import object_errors
-from tests.support.manifests import epp_container, one
+from tests.support.manifests import epp_container, named, one
 
 VARIANTS = {"base": BASE, **OVERLAYS}
 POD_NAME = "inference-endpoint-picker-7d9f8c6b5-x2k4p"
@@ -156,8 +157,9 @@ def test_config_map_passes_epp_config_check(
 
 def test_service_and_pool_point_at_the_epp(variant: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = variant
-    deployment, service = one(objects, "Deployment"), one(objects, "Service")
+    deployment = one(objects, "Deployment")
     pool = one(objects, "InferencePool", "inference.networking.k8s.io/v1")
+    service = named(objects, "Service", pool["spec"]["endpointPickerRef"]["name"])
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -240,6 +242,27 @@ def test_ha_overlay_runs_three_replicas_with_leader_election() -> None:
     base = render(BASE)
     assert one(base, "Deployment")["spec"]["replicas"] == 1
     assert parse_epp_args(base).ha_enable_leader_election is False
+
+
+def test_active_active_overlay_runs_two_sharing_replicas_and_the_store_they_share() -> None:
+    objects = render(OVERLAYS["active-active"])
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0  # all replicas stay ready
+    settings = parse_epp_args(objects)
+    assert settings.ha_enable_leader_election is False and settings.health_checking is True
+    store = parse_shared_state(settings.shared_state)
+    valkey = named(objects, "Service", store.host)
+    assert store.port in {p["port"] for p in valkey["spec"]["ports"]}
+    server = one(objects, "StatefulSet")
+    assert valkey["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["redis"] == 6379
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    replicas = named(objects, "Service", "endpoint-picker-replicas")
+    assert replicas["spec"]["clusterIP"] == "None"  # a DNS name per replica: streams spread over them
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert replicas["spec"]["selector"].items() <= labels.items()
 
 
 def test_overlays_only_add_to_the_base() -> None:

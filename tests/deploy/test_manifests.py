@@ -108,6 +108,6 @@ def test_kustomization_uses_every_file_beside_it(directory: Path) -> None:
 def test_overlays_build_on_the_base() -> None:
     base = (KUSTOMIZE_DIR / "base").resolve()
     overlays = [k for k in kustomizations() if k.parent.name == "overlays"]
-    assert {k.name for k in overlays} == {"istio", "gke", "ha"}
+    assert {k.name for k in overlays} == {"istio", "gke", "ha", "active-active"}
     for overlay in overlays:
         assert base in referenced_files(overlay)[0], f"{overlay.name} does not build on base"

@@ -60,11 +60,13 @@ def headless(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+#: the flags of the epp whose scores reach Envoy
+SCORING_FLAGS = ["--emit-endpoint-scores", "--metrics-endpoint-auth=false"]
+
+
 @pytest.fixture(scope="module")
 def scoring_epp(backends: EchoBackends) -> Iterator[EppProcess]:
-    process = EppProcess(
-        ["--endpoints", endpoints_arg(backends), "--emit-endpoint-scores", "--metrics-endpoint-auth=false"]
-    )
+    process = EppProcess(["--endpoints", endpoints_arg(backends), *SCORING_FLAGS])
     process.start()
     yield process
     process.stop()

@@ -44,6 +44,7 @@ def test_tokens_are_reviewed_by_the_api_server_over_tls(tmp_path: Path) -> None:
         reader = kube.grant_metrics_reader()
         kube.add_user("alice-token", "alice", ("developers",))
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        # --metrics-endpoint-auth is left at its default, true (as the reference)
         epp = EppProcess(
             ["--pool-name", "pool", "--tracing=false", "--metrics-cert-dir", str(tmp_path)],
             env={"KUBECONFIG": str(kubeconfig)},

@@ -160,7 +160,7 @@ def test_pool_gauges_average_fresh_endpoints_only_and_refresh_on_interval() -> N
     table.waiting_queue[:3] = [1, 3, 100]
     table.running_requests[:3] = [2, 4, 6]
     table.metrics_time[:3] = [99.5, 99.0, 90.0]  # the third is 10 s old: stale
-    table.scrape_errors[:3] = [0, 0, 7]
+    gauges.scrape_errors_total = lambda: 7.0
     got = pool_samples(gauges)
     assert got[("inference_pool_ready_pods", name)] == 0  # cached until the refresh interval passes
     clock.now = 105.0
@@ -173,7 +173,7 @@ def test_pool_gauges_average_fresh_endpoints_only_and_refresh_on_interval() -> N
     assert got[("inference_pool_stale_endpoints", name)] == 1
     assert got[("inference_pool_endpoints", name)] == 3
     assert got[("inference_pool_metrics_max_age_seconds", name)] == 15.0
-    assert got[("inference_pool_scrape_errors", name)] == 7
+    assert got[("inference_pool_scrape_errors_total", name)] == 7  # a counter, read live
     # per-pod queue size is live, for every known endpoint
     table.waiting_queue[0] = 42
     got = pool_samples(gauges)

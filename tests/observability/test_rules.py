@@ -28,8 +28,8 @@ def test_promtool_check_rules(prometheus_binaries: tuple[str, str]) -> None:
     assert "SUCCESS: 4 rules found" in done.stdout
 
 
-def exported_series() -> list[Series]:
-    """Every series a wired-up epp exports after one good request for m→m2, one error, and a fresh pool."""
+def exported_registry() -> CollectorRegistry:
+    """A wired-up epp's registry after one good request for m→m2, one error, and a fresh pool."""
 
     table = EndpointTable(8)
     table.replace_all([Endpoint("10.0.0.1", 8000, name="pod-0")])
@@ -46,7 +46,12 @@ def exported_series() -> list[Series]:
         metrics.picked(d)
         metrics.completed(d, Usage(prompt_tokens=3, completion_tokens=2), 100, 0.5)
         metrics.failed(EppError("ServiceUnavailable", "x"), model, target)
-    text = generate_latest(registry).decode()
+    return registry
+
+
+def exported_series() -> list[Series]:
+    """Every series of `exported_registry()`."""
+    text = generate_latest(exported_registry()).decode()
     return [(s.name, dict(s.labels)) for family in text_string_to_metric_families(text) for s in family.samples]
 
 

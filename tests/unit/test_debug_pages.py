@@ -156,7 +156,7 @@ def test_decisions_show_the_scores_the_picker_was_handed(stack: Stack) -> None:
 
 
 def test_queries_ring_bound_and_failures() -> None:
-    stack = Stack(capacity=5)
+    stack = Stack(capacity=5)  # the ring's size, what --debug-decisions sets
     try:
         for i in range(12):
             stack.decide(f"r{i}", f"hello {i}")

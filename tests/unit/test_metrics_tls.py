@@ -57,6 +57,7 @@ def get(url: str, context: ssl.SSLContext) -> int:
 
 
 def test_metrics_over_tls_and_with_client_certificates(tmp_path: Path) -> None:
+    # the server app.py builds from --metrics-cert-dir and --metrics-client-ca-file
     serving = make_serving_cert("127.0.0.1")
     (tmp_path / "tls.crt").write_bytes(serving.cert_pem)
     (tmp_path / "tls.key").write_bytes(serving.key_pem)

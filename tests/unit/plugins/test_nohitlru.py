@@ -9,6 +9,7 @@ from epp.config.schema import ConfigError, load_config_text
 from epp.datastore.table import EndpointTable
 from epp.plugins.nohitlru import NoHitLRUScorer
 from epp.scheduling.framework import build_scheduler
+from epp.scheduling.plugin import ParameterError
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.support.plugins import make, pool, request, slots, state, with_match
 
@@ -89,3 +90,17 @@ def test_cold_requests_spread_over_the_pool() -> None:
 def test_lru_size_must_be_positive() -> None:
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.parameters: lruSize must be positive"):
         load_config_text("plugins: [{type: no-hit-lru-scorer, parameters: {lruSize: 0}}]", "t")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "needle"),
+    [
+        ({"prefixPluginType": "session-affinity-scorer"}, "prefixPluginType 'session-affinity-scorer'"),
+        ({"prefixPluginName": "my-prefix"}, "prefixPluginName 'my-prefix'"),
+    ],
+)
+def test_prefix_plugin_references_other_than_the_producer_are_refused(parameters: dict[str, str], needle: str) -> None:
+    with pytest.raises(ParameterError, match=needle):
+        NoHitLRUScorer.parse_parameters(parameters, "plugins[0].parameters")
+    accepted = {"prefixPluginType": "approx-prefix-cache-producer", "prefixPluginName": "prefix-cache-scorer"}
+    assert NoHitLRUScorer.parse_parameters(accepted, "p").prefix_plugin_type == "approx-prefix-cache-producer"

@@ -47,9 +47,14 @@ inferencepool: {{ include "inferencepool.epp.name" . }}
 {{- end -}}
 {{- end -}}
 
-{{/* True ("true") when leader election is on: more than one replica. */}}
+{{/* True ("true") when leader election is on: more than one replica that do not share state. */}}
 {{- define "inferencepool.ha" -}}
-{{- if gt (int .Values.inferenceExtension.replicas) 1 }}true{{ end -}}
+{{- if and (gt (int .Values.inferenceExtension.replicas) 1) (not (include "inferencepool.shared" .)) }}true{{ end -}}
+{{- end -}}
+
+{{/* True ("true") when the replicas share state (active-active): inferenceExtension.sharedState.url is set. */}}
+{{- define "inferencepool.shared" -}}
+{{- if (.Values.inferenceExtension.sharedState | default dict).url }}true{{ end -}}
 {{- end -}}
 
 {{/* The ports of a v1 pool, as a list of numbers. */}}
@@ -94,7 +99,7 @@ name) or a list of {name, value}. A flag without a value (null) is passed bare.
 {{- else -}}
 {{- fail "inferenceExtension.flags: a map of flag → value, or a list of {name, value}" -}}
 {{- end -}}
-{{- $managed := dict "pool-name" "the release name" "pool-namespace" "the release namespace" "pool-group" "inferencePool.apiVersion" "grpc-port" "inferenceExtension.extProcPort" "config-file" "inferenceExtension.pluginsConfigFile" "config-text" "inferenceExtension.pluginsConfigFile" -}}
+{{- $managed := dict "pool-name" "the release name" "pool-namespace" "the release namespace" "pool-group" "inferencePool.apiVersion" "grpc-port" "inferenceExtension.extProcPort" "config-file" "inferenceExtension.pluginsConfigFile" "config-text" "inferenceExtension.pluginsConfigFile" "shared-state" "inferenceExtension.sharedState.url" "shared-state-password-file" "inferenceExtension.sharedState.passwordSecret" -}}
 {{- range $pairs }}
 {{- $name := trimPrefix "--" (toString (index . 0)) -}}
 {{- if hasKey $managed $name }}{{ fail (printf "inferenceExtension.flags: --%s is set by the chart from %s" $name (get $managed $name)) }}{{ end -}}

@@ -1,0 +1,87 @@
+"""Ports every ext_proc server here opens (`epp` and `epp bbr`): the ext_proc gRPC port with the reference's
+TLS flags, and the gRPC health port; a port that cannot be bound stops startup with a message naming its flag."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import uvloop
+
+from epp import tls
+from epp.flags import log_options
+from epp.health import HealthState, add_health
+from epp.observability import logging as epp_logging
+from epp.settings import ServingSettings
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S", bound=ServingSettings)
+
+
+class StartupError(Exception):
+    pass
+
+
+def bind(flag: str, port: int, opener: Callable[[], T]) -> T:
+    try:
+        return opener()
+    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise StartupError(
+            f"{flag} {port}: cannot listen there ({exc}); another process holds the port: stop it or pick another"
+        ) from None
+
+
+def add_extproc_port(server: grpc.aio.Server, settings: ServingSettings) -> int:
+    """Bind --grpc-port: TLS unless --secure-serving=false (--cert-path, --enable-cert-reload); the bound port."""
+    address = f"[::]:{settings.grpc_port}"
+    if not settings.secure_serving:
+        return bind("--grpc-port", settings.grpc_port, lambda: server.add_insecure_port(address))
+    try:
+        credentials = tls.server_credentials(settings.cert_path, settings.enable_cert_reload)
+    except (OSError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    return bind("--grpc-port", settings.grpc_port, lambda: server.add_secure_port(address, credentials))
+
+
+def health_server(settings: ServingSettings, health: HealthState) -> tuple[grpc.aio.Server, int]:
+    """The gRPC health service on --grpc-health-port (not started yet); the bound port."""
+    server = grpc.aio.server()
+    add_health(server, health)
+    port = bind(
+        "--grpc-health-port",
+        settings.grpc_health_port,
+        lambda: server.add_insecure_port(f"[::]:{settings.grpc_health_port}"),
+    )
+    return server, port
+
+
+async def serve_until_signal(
+    settings: S, start: Callable[[S], Awaitable[R]], stop: Callable[[R], Awaitable[None]]
+) -> None:
+    runtime = await start(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await stop(runtime)
+
+
+def run_server(
+    program: str, settings: S, start: Callable[[S], Awaitable[R]], stop: Callable[[R], Awaitable[None]]
+) -> int:
+    """Log as the flags say, start, serve until SIGTERM / SIGINT, stop; 1 when startup fails (said on stderr)."""
+    epp_logging.configure_options(log_options(settings))
+    try:
+        uvloop.run(serve_until_signal(settings, start, stop))
+    except StartupError as exc:
+        logging.getLogger(program.replace(" ", ".")).error("%s", exc)
+        print(f"{program}: {exc}", flush=True, file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,90 @@
+"""Prefix-index inserts shared between replicas.
+
+A plugin that learns from its own picks (the approximate prefix producer: "endpoint E was sent these block
+hashes") implements `LearnsInserts`: after each local insert it hands the endpoints and keys to `replicate`,
+and `learn_replicated` applies another replica's insert to its own index. The request path only appends to a
+bounded outbox here (a full outbox drops the record and counts it); the link drains it in the background.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from epp.datastore.table import EndpointTable
+
+Keys = npt.NDArray[np.uint64]
+Replicate = Callable[[Sequence[int], Keys], None]
+
+
+@runtime_checkable
+class LearnsInserts(Protocol):
+    """A plugin whose per-endpoint learning other replicas can replay."""
+
+    #: set by epp.shared when --shared-state is on: called with (slots, keys) after each local insert
+    replicate: Replicate | None
+
+    def learn_replicated(self, slot: int, keys: Keys) -> None:
+        """Apply another replica's insert of `keys` for the endpoint now in `slot`."""
+
+
+@runtime_checkable
+class SharesColumns(Protocol):
+    """A plugin that keeps additive per-endpoint counts (e.g. queued prefill): other replicas' counts for the
+    same endpoint are added into these arrays (see epp.shared.columns)."""
+
+    def shared_columns(self) -> Mapping[str, npt.NDArray[np.float64]]:
+        """name → float array indexed by table slot, owned (charged and released) by the plugin."""
+
+
+@dataclass(slots=True)
+class InsertRecord:
+    hostports: tuple[str, ...]
+    keys: Keys
+    #: wall-clock time the insert was made here (peers measure staleness from it)
+    made_at: float
+
+
+class InsertOutbox:
+    """Bounded queue of one plugin's inserts waiting to be sent."""
+
+    def __init__(self, plugin: str, table: EndpointTable, capacity: int, on_drop: Callable[[int], None]) -> None:
+        self.plugin = plugin
+        self.table = table
+        self.capacity = capacity
+        self.on_drop = on_drop
+        self.records: deque[InsertRecord] = deque()
+
+    def __call__(self, slots: Sequence[int], keys: Keys) -> None:
+        records = self.records
+        if len(records) >= self.capacity:
+            self.on_drop(1)
+            return
+        hostports = self.table.hostports
+        records.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
+
+    def drain(self) -> list[InsertRecord]:
+        records = list(self.records)
+        self.records.clear()
+        return records
+
+
+def apply_inserts(
+    plugin: LearnsInserts, table: EndpointTable, hostports: Sequence[tuple[str, ...]], keys: Sequence[Keys]
+) -> int:
+    """Apply another replica's inserts; endpoints this replica does not know (yet) are skipped. Returns the
+    number of (endpoint, insert) pairs applied."""
+    applied = 0
+    for targets, record_keys in zip(hostports, keys, strict=True):
+        for hostport in targets:
+            slot = table.slot_of_hostport(hostport)
+            if slot is not None:
+                plugin.learn_replicated(slot, record_keys)
+                applied += 1
+    return applied

@@ -1,0 +1,389 @@
+"""The replica's connection to Redis/Valkey: one background task beside the request path.
+
+Every `interval` (10 ms) the task makes one round trip on one connection: it folds in endpoints added since,
+drops peers silent for `peer_ttl`, and sends what changed of this replica's own shared columns (everything
+every `heartbeat_interval`: the heartbeat) and the inserts waiting in the outboxes, followed by an XREAD of
+both streams from where it last read; the peers' records in the reply are applied at once. A record is thus
+at most two steps old when applied (plus the round trip). One round trip per step keeps the cost to about a
+hundred system calls a second whatever the request rate (each costs tens of microseconds of kernel time on
+a busy machine). Streams (not pub/sub) so that a replica that starts replays the pool's recent
+inserts and warms its prefix index.
+
+Faults: when a round trip fails the replica goes on with local state; one log line and
+`epp_shared_state_connected 0` say so, inserts made meanwhile are dropped (counted), peers drop out after
+`peer_ttl`, and the next round trip that succeeds (tried every `retry_interval`) rejoins with a full report.
+Nothing here is awaited by a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from epp import tasks
+from epp.datastore.table import EndpointTable
+from epp.observability.families import FamiliesCollector, Family
+from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
+from epp.shared.columns import SharedColumns
+from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.settings import SharedStateSettings
+from epp.shared.store import Command, StoreConnection, StoreError
+
+log = logging.getLogger("epp.shared")
+R = TypeVar("R")
+
+STALENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+CONNECTED = Family("gauge", "epp_shared_state_connected", "1 while this replica reaches the --shared-state store.")
+PEERS = Family("gauge", "epp_shared_state_peers", "Other replicas whose reports this replica currently adds in.")
+RECORDS = Family(
+    "counter",
+    "epp_shared_state_records_total",
+    "Records exchanged with other replicas, by stream (load, inserts) and direction (sent, received).",
+    ["stream", "direction"],
+)
+DROPPED = Family(
+    "counter",
+    "epp_shared_state_dropped_total",
+    "Prefix inserts not shared (outbox_full, disconnected) and records not applied (malformed).",
+    ["reason"],
+)
+STALENESS = Family(
+    "histogram",
+    "epp_shared_state_staleness_seconds",
+    "Time from a peer's record (its oldest insert, or its load report) to its application here, by stream.",
+    ["stream"],
+    buckets=STALENESS_BUCKETS,
+)
+COLLECTOR = FamiliesCollector([CONNECTED, PEERS, RECORDS, DROPPED, STALENESS])
+
+
+class PeerLoadCollector(Collector):
+    """`epp_shared_state_peer_inflight_requests{endpoint}`: the other replicas' in-flight requests this replica
+    adds in, per endpoint (read when /metrics is scraped)."""
+
+    def __init__(self, columns: SharedColumns) -> None:
+        self.columns = columns
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "epp_shared_state_peer_inflight_requests",
+            "In-flight requests other replicas report per endpoint (added into this replica's view).",
+            labels=["endpoint"],
+        )
+        column = self.columns.names.index("inflight/requests")
+        table = self.columns.table
+        for slot in table.live_slots().tolist():
+            hostport = table.hostports[slot]
+            if hostport:
+                gauge.add_metric([hostport], float(self.columns.applied[slot, column]))
+        yield gauge
+
+
+#: the director's in-flight columns, shared under these names
+INFLIGHT_COLUMNS = {
+    "inflight/requests": "inflight_requests",
+    "inflight/tokens": "inflight_tokens",
+    "inflight/prompt-tokens": "inflight_prompt_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    #: one round trip per step, at most one step per interval
+    interval: float = 0.01
+    heartbeat_interval: float = 1.0
+    #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
+    peer_ttl: float = 3.0
+    retry_interval: float = 0.5
+    #: inserts waiting to be sent, per plugin
+    outbox_capacity: int = 8192
+    #: insert batches kept in the stream and replayed by a starting replica
+    inserts_kept: int = 4096
+    load_kept: int = 1024
+    socket_timeout: float = 2.0
+
+
+def replica_name() -> str:
+    """Pod name (or host name) plus a random suffix: unique even for a restarted pod."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+class SharedState:
+    def __init__(
+        self,
+        settings: SharedStateSettings,
+        table: EndpointTable,
+        plugins: Mapping[str, Any],
+        scope: str,
+        replica: str | None = None,
+        tuning: Tuning | None = None,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.tuning = tuning or Tuning()
+        self.replica = replica or replica_name()
+        self.load_key = f"epp:{scope}:load"
+        self.inserts_key = f"epp:{scope}:inserts"
+        self.columns = SharedColumns(table)
+        for name, attribute in INFLIGHT_COLUMNS.items():
+            self.columns.register(name, getattr(table, attribute))
+        self.learners: dict[str, LearnsInserts] = {}
+        self.outboxes: list[InsertOutbox] = []
+        for name, plugin in plugins.items():
+            if isinstance(plugin, SharesColumns):
+                self.columns.register_all(name, plugin.shared_columns())
+            if isinstance(plugin, LearnsInserts):
+                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, DROPPED.value("outbox_full").inc)
+                plugin.replicate = outbox
+                self.learners[name] = plugin
+                self.outboxes.append(outbox)
+        #: None until the first command answers or fails
+        self.connected: bool | None = None
+        self._retry_at = 0.0
+        self._next_full = 0.0
+        #: pipelines sent
+        self.publish_count = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: StoreConnection | None = None
+        CONNECTED.value().set(0.0)
+
+    async def start(self) -> None:
+        """Start the background task; returns at once (an unreachable store is a fault, not a startup error)."""
+        self._client = StoreConnection(self.settings, self.tuning.socket_timeout, f"epp-{self.replica}")
+        self._tasks = [tasks.spawn(self._run(self._client), "shared-state")]
+        log.info(
+            "shared state %s: replica %s shares %d columns and %d prefix indexes",
+            self.settings.url,
+            self.replica,
+            len(self.columns.names),
+            len(self.learners),
+        )
+
+    async def stop(self) -> None:
+        await self.halt()
+        client = self._client
+        if client is not None and self.connected:
+            try:  # peers take this replica's load out now rather than after peer_ttl
+                bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
+                await client.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
+            except StoreError:
+                pass
+        if client is not None:
+            await client.close()
+        self.columns.forget_all()
+        PEERS.value().set(0.0)
+
+    async def halt(self) -> None:
+        """Stop the background tasks (without a goodbye: what a crash looks like to the peers). A task cancelled
+        inside a blocking read may take a moment to unwind; it is not waited for beyond a second."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        self._tasks = []
+
+    # --- connection state -------------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if self.connected is not True:
+            again = self.connected is False
+            log.info("shared state %s %s: routing with %s", self.settings.url, "back" if again else "reached", "peers")
+        self.connected = True
+        CONNECTED.value().set(1.0)
+
+    def _down(self, error: BaseException) -> None:
+        if self.connected is not False:
+            log.warning(
+                "shared state %s unreachable (%s: %s): routing on this replica's own state; retrying every %gs",
+                self.settings.url,
+                type(error).__name__,
+                error,
+                self.tuning.retry_interval,
+            )
+        self.connected = False
+        CONNECTED.value().set(0.0)
+        self._retry_at = time.monotonic() + self.tuning.retry_interval
+        self._next_full = 0.0  # the first report after the fault is a full one
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def _run(self, client: StoreConnection) -> None:
+        positions: dict[str, str] = {}
+        interval = self.tuning.interval
+        while True:
+            try:
+                if not positions:
+                    positions = await self._catch_up(client)
+                elif self.connected is False:
+                    await self._check_positions(client, positions)
+                while True:
+                    started = time.monotonic()
+                    await self.step(client, positions)
+                    await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))
+            except StoreError as exc:
+                self._down(exc)
+                while time.monotonic() < self._retry_at:  # local upkeep until the next attempt
+                    self._upkeep(time.monotonic())
+                    self._drop_waiting("disconnected")
+                    await asyncio.sleep(interval)
+
+    def _upkeep(self, now: float) -> None:
+        self.columns.settle()
+        for peer in self.columns.expire(now, self.tuning.peer_ttl):
+            log.info("replica %s left the shared view (silent for %gs)", peer, self.tuning.peer_ttl)
+        PEERS.value().set(float(self.columns.peers))
+
+    async def step(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """One round trip: this replica's changes out, the peers' records in."""
+        now = time.monotonic()
+        self._upkeep(now)
+        full = now >= self._next_full
+        hostports, values = self.columns.changes(full=full)
+        entries: list[tuple[str, str, dict[bytes, bytes]]] = []
+        if full or hostports:
+            kind = FULL if full else DELTA
+            fields = encode_load(self.replica, time.time(), kind, self.columns.names, hostports, values)
+            entries.append(("load", self.load_key, fields))
+        for outbox in self.outboxes:
+            records = outbox.drain()
+            if records:
+                entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
+        commands: list[Command] = [
+            _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
+            for stream, key, fields in entries
+        ]
+        # Never BLOCK: the store times blocked reads out on its own clock (10 Hz by default), so a 10 ms block
+        # can last 100 ms and hold this replica's changes back as long.
+        keys = list(positions)
+        commands.append(["XREAD", "COUNT", 512, "STREAMS", *keys, *(positions[key] for key in keys)])
+        try:
+            replies = await client.call(*commands)
+        except StoreError:
+            lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
+            if lost:
+                DROPPED.value("disconnected").inc(lost)
+            raise
+        self._up()
+        if entries:
+            self.publish_count += 1
+        if full:
+            self._next_full = now + self.tuning.heartbeat_interval
+        for stream, _, _ in entries:
+            RECORDS.value(stream, "sent").inc()
+        self.receive(replies[-1], positions)
+
+    def _drop_waiting(self, reason: str) -> None:
+        for outbox in self.outboxes:
+            lost = len(outbox.drain())
+            if lost:
+                DROPPED.value(reason).inc(lost)
+
+    async def _catch_up(self, client: StoreConnection) -> dict[str, str]:
+        """Replay the pool's recent inserts (a starting replica's index is warm at once) and return where each
+        stream ends."""
+        inserts, load = await client.call(
+            ["XREVRANGE", self.inserts_key, "+", "-", "COUNT", self.tuning.inserts_kept],
+            ["XREVRANGE", self.load_key, "+", "-", "COUNT", 1],
+        )
+        replay, last_load = _entries(inserts), _entries(load)
+        self._up()
+        for applied, (_, fields) in enumerate(reversed(replay)):
+            self._apply_inserts(fields, wall=None)
+            if applied % 32 == 31:
+                await asyncio.sleep(0)  # requests arriving meanwhile are served between chunks
+        if replay:
+            log.info("replayed %d insert batches from the shared state", len(replay))
+        return {
+            self.load_key: last_load[0][0] if last_load else "0-0",
+            self.inserts_key: replay[0][0] if replay else "0-0",
+        }
+
+    async def _check_positions(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """After a fault: a store that restarted empty numbers its entries from scratch; read from its start."""
+        for key in list(positions):
+            [reply] = await client.call(["XREVRANGE", key, "+", "-", "COUNT", 1])
+            last = _entries(reply)
+            if not last or _id_order(last[0][0]) < _id_order(positions[key]):
+                positions[key] = "0-0"
+
+    def receive(self, response: Any, positions: dict[str, str]) -> None:
+        """Apply an XREAD response and move the read positions past it."""
+        wall = time.time()
+        now = time.monotonic()
+        for stream, entries in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
+            key = stream.decode() if isinstance(stream, bytes) else str(stream)
+            for entry_id, fields in _entries(entries):
+                positions[key] = entry_id
+                if key == self.load_key:
+                    self._apply_load(fields, wall, now)
+                else:
+                    self._apply_inserts(fields, wall)
+
+    def _peer_record(self, fields: Mapping[bytes, bytes], decode: Callable[[Mapping[bytes, bytes]], R]) -> R | None:
+        """The decoded record, or None for this replica's own records and malformed ones (counted)."""
+        if fields.get(b"r", b"").decode(errors="replace") == self.replica:
+            return None
+        try:
+            return decode(fields)
+        except RecordError as exc:
+            DROPPED.value("malformed").inc()
+            log.debug("ignored a record: %s", exc)
+            return None
+
+    def _apply_load(self, fields: Mapping[bytes, bytes], wall: float, now: float) -> None:
+        report = self._peer_record(fields, decode_load)
+        if report is None:
+            return
+        RECORDS.value("load", "received").inc()
+        if report.kind == BYE:
+            self.columns.forget(report.replica)
+            log.info("replica %s left the shared view (stopped)", report.replica)
+        else:
+            full = report.kind == FULL
+            self.columns.receive(report.replica, report.names, report.hostports, report.values, full, now)
+            STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
+        PEERS.value().set(float(self.columns.peers))
+
+    def _apply_inserts(self, fields: Mapping[bytes, bytes], wall: float | None) -> None:
+        batch = self._peer_record(fields, decode_inserts)
+        if batch is None:
+            return
+        learner = self.learners.get(batch.plugin)
+        if learner is None:
+            return  # a plugin this replica's configuration does not have
+        apply_inserts(learner, self.table, batch.hostports, batch.keys)
+        if wall is not None:
+            RECORDS.value("inserts", "received").inc()
+            STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+
+
+def _xadd(key: str, fields: Mapping[bytes, bytes], kept: int) -> Command:
+    """XADD key MAXLEN ~ kept * field value ... (the stream is trimmed to about `kept` entries)."""
+    return ["XADD", key, "MAXLEN", "~", kept, "*", *(item for pair in fields.items() for item in pair)]
+
+
+def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Stream entries of a reply as (id, fields); an entry deleted under a reader comes back without fields."""
+    found: list[tuple[str, dict[bytes, bytes]]] = []
+    for entry_id, flat in raw or ():
+        if entry_id is not None and flat is not None:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            found.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
+    return found
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)

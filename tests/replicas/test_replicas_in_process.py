@@ -1,0 +1,157 @@
+"""Two replicas in one process (each its own table, scheduler and director, the built-in default profile) sharing
+through a real redis-server: prefix learning, in-flight load, a crashed peer, a store that dies and returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import pytest
+
+from epp.config.schema import default_config
+from epp.datastore.table import Endpoint, EndpointTable
+from epp.devstack.redis import RedisServer
+from epp.director import Decision, Director
+from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
+from epp.plugins.prefix_index import as_keys
+from epp.requests.openai import parse_openai_body
+from epp.scheduling.framework import build_scheduler
+from epp.shared.link import SharedState, Tuning
+from epp.shared.settings import parse_shared_state
+
+TUNING = Tuning(peer_ttl=1.0, heartbeat_interval=0.2, retry_interval=0.1)
+
+
+class Replica:
+    def __init__(self, name: str, url: str, servers: int) -> None:
+        self.table = EndpointTable(16)
+        for i in range(servers):
+            self.table.add(Endpoint("127.0.0.1", 9000 + i, name=f"server-{i}"))
+        scheduler = build_scheduler(default_config(), self.table)
+        self.director = Director(self.table, scheduler, hooks=scheduler)
+        self.prefix = next(p for p in scheduler.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
+        self.shared = SharedState(parse_shared_state(url), self.table, scheduler.plugins, "test/pool", name, TUNING)
+        self.count = 0
+
+    def decide(self, prompt: str) -> Decision:
+        self.count += 1
+        raw = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 4})
+        return self.director.decide(f"r{self.count}", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+
+    def port(self, decision: Decision) -> int:
+        return self.table.endpoint(decision.charged_slot).port
+
+    def complete(self, decision: Decision) -> None:
+        self.director.run_deferred_hooks(decision)
+        self.director.complete(decision, None)
+
+
+@pytest.fixture
+async def replicas(store: RedisServer) -> AsyncIterator[tuple[Replica, Replica]]:
+    a, b = Replica("a", store.url, 4), Replica("b", store.url, 4)
+    await a.shared.start()
+    await b.shared.start()
+    await until(lambda: a.shared.connected is True and b.shared.connected is True)
+    yield a, b
+    await a.shared.stop()
+    await b.shared.stop()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until `condition` held (fails after `timeout`)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def learned(replica: Replica, prompt: str, port: int) -> bool:
+    """Whether `replica`'s prefix index has all of `prompt`'s blocks at the server on `port`."""
+    slot = replica.table.slot_of_hostport(f"127.0.0.1:{port}")
+    assert slot is not None
+    data = prompt.encode()
+    keys = as_keys(block_hashes(data[: len(data) // 64 * 64], b"m", 64, 256))  # its full 64-byte blocks
+    return bool(replica.prefix.index.holds(slot, keys).all())
+
+
+async def test_a_prefix_routed_by_one_replica_is_routed_to_the_same_server_by_the_other(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    for tenant in range(3):
+        system = f"You are the assistant of tenant {tenant}; answer briefly and precisely. " * 40
+        first = a.decide(system + "First question?")
+        a.complete(first)
+        await until(lambda first=first, prompt=system: learned(b, prompt, a.port(first)), timeout=1.0)
+        second = b.decide(system + "Second question, asked through the other replica?")
+        assert b.port(second) == a.port(first)
+        b.director.complete(second, None)
+
+
+async def test_in_flight_requests_held_through_one_replica_steer_the_others_picks(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    held = a.decide("x" * 8000)  # 2,000 prompt tokens queued at one server, not released
+    busy = a.port(held)
+    slot = b.table.slot_of_hostport(held.destination)
+    assert slot is not None
+    seconds = await until(lambda: b.table.inflight_requests[slot] == 1.0, timeout=1.0)
+    assert seconds < 0.25
+    for i in range(8):  # the other replica sends each new request elsewhere (without sharing: 1 in 4 would land)
+        decision = b.decide(f"request {i} " + "y" * 400)
+        assert b.port(decision) != busy
+        b.director.complete(decision, None)
+    a.director.complete(held, None)
+    await until(lambda: b.table.inflight_requests[slot] == 0.0, timeout=1.0)
+
+
+async def test_a_crashed_replica_leaves_the_others_view_within_its_ttl(replicas: tuple[Replica, Replica]) -> None:
+    a, b = replicas
+    held = [a.decide(f"held {i} " + "z" * 2000) for i in range(3)]
+    slots = {b.table.slot_of_hostport(d.destination) for d in held}
+    await until(lambda: sum(b.table.inflight_requests[s] for s in slots if s is not None) == 3.0, timeout=1.0)
+    await a.shared.halt()  # no goodbye, as after SIGKILL
+    seconds = await until(lambda: not b.table.inflight_requests.any(), timeout=5.0)
+    assert seconds <= TUNING.peer_ttl + 0.5
+    assert b.shared.columns.peers == 0
+
+
+async def test_routing_goes_on_while_the_store_is_down_and_sharing_resumes_when_it_returns(
+    replicas: tuple[Replica, Replica], store: RedisServer
+) -> None:
+    a, b = replicas
+    store.kill()
+    await until(lambda: a.shared.connected is False and b.shared.connected is False, timeout=5.0)
+    for i in range(20):  # every pick still succeeds, on local state
+        a.complete(a.decide(f"while down {i} " + "w" * 500))
+    store.start()
+    await until(lambda: a.shared.connected is True and b.shared.connected is True, timeout=5.0)
+    system = "A prompt first seen after the store came back. " * 40
+    first = a.decide(system + "one")
+    a.complete(first)
+    await until(lambda: learned(b, system, a.port(first)), timeout=2.0)
+    assert b.port(b.decide(system + "two")) == a.port(first)
+
+
+async def test_a_replica_that_starts_later_replays_the_pools_recent_inserts(store: RedisServer) -> None:
+    a = Replica("a", store.url, 4)
+    await a.shared.start()
+    try:
+        await until(lambda: a.shared.connected is True)
+        system = "A prefix learned before the second replica started. " * 40
+        first = a.decide(system + "first")
+        a.complete(first)
+        await until(lambda: a.shared.publish_count > 0 and not a.shared.outboxes[0].records, timeout=2.0)
+        await asyncio.sleep(0.05)
+        late = Replica("late", store.url, 4)
+        await late.shared.start()
+        try:
+            await until(lambda: learned(late, system, a.port(first)), timeout=2.0)
+        finally:
+            await late.shared.stop()
+    finally:
+        await a.shared.stop()
