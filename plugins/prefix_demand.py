@@ -10,8 +10,10 @@ preferred for holding it and none is charged for lacking it.
 PrefixDemand counts, per prefix, the requests that pass through it: the prefix of a request's first 4, 8, 16, ...
 256 blocks (its checkpoints), each count decaying by half every HALF_LIFE requests. A prefix is common when its
 share of the traffic times the number of candidates exceeds the candidates that hold it: with a share `f` of
-the traffic, a pool of `n` endpoints needs about `f x n` of them to serve it. The common part then reaches as
-far as every holder of that checkpoint holds the request (a system prompt ends between two checkpoints).
+the traffic, a pool of `n` endpoints needs about `f x n` of them to serve it. A prefix seen fewer than
+MIN_REQUESTS_PER_CANDIDATE x n times lately is not common whatever its share: a few tenants' first requests
+are a large share of little traffic, and one endpoint can carry them. The common part then reaches as far as
+every holder of that checkpoint holds the request (a system prompt ends between two checkpoints).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy.typing as npt
 CHECKPOINTS = (256, 128, 64, 32, 16, 8, 4)
 #: requests after which a count has halved
 HALF_LIFE = 1000.0
+#: requests per candidate a prefix must have been seen by lately before it can be common
+MIN_REQUESTS_PER_CANDIDATE = 2.0
 #: prefixes remembered before the ones seen about once are dropped
 MAX_PREFIXES = 65_536
 
@@ -59,10 +63,14 @@ class PrefixDemand:
 
     def share(self, key: int) -> float:
         """The share of recent requests that passed through the prefix whose last block hash is `key`."""
+        return self.recent(key) / self.total if self.total > 0 else 0.0
+
+    def recent(self, key: int) -> float:
+        """The decayed count of requests that passed through the prefix whose last block hash is `key`."""
         entry = self.counts.get(key)
-        if entry is None or self.total <= 0:
+        if entry is None:
             return 0.0
-        return entry[0] * math.exp(-self._decay * (self.requests - entry[1])) / self.total
+        return entry[0] * math.exp(-self._decay * (self.requests - entry[1]))
 
     def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
@@ -72,8 +80,9 @@ class PrefixDemand:
         for depth in CHECKPOINTS:
             if depth > deepest or depth > len(hashes):
                 continue
-            needed = self.share(hashes[depth - 1]) * n
-            if needed <= 1.0:  # one holder is enough, and this checkpoint has one
+            seen = self.recent(hashes[depth - 1])
+            needed = seen / self.total * n
+            if needed <= 1.0 or seen < MIN_REQUESTS_PER_CANDIDATE * n:  # one holder is enough, and it has one
                 continue
             holding = blocks >= depth
             holders = int(np.count_nonzero(holding))
