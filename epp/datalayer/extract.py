@@ -5,6 +5,7 @@ Each wanted family is located with `bytes.find` on `\\n<family>` and only its ow
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from epp.datalayer.params import EngineConfig, MetricSpec
@@ -25,21 +26,26 @@ class Extracted:
         return self.waiting is not None or self.running is not None or self.kv_usage is not None
 
 
+#: one `name="value"` pair of a label text and its separator; the value keeps its escapes (\\ \" \n)
+_LABEL_PAIR = re.compile(rb'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\.)*)"\s*(?:,|$)')
+
+
 def _label_value(raw: bytes, key: bytes) -> bytes | None:
-    """The raw value of label `key` in a `a="x",b="y"` label text, or None if absent."""
-    needle = key + b'="'
-    pos = raw.find(needle)
-    while pos > 0 and raw[pos - 1] not in b", {":
-        pos = raw.find(needle, pos + 1)
-    if pos < 0:
-        return None
-    start = pos + len(needle)
-    end = raw.find(b'"', start)
-    while end > 0 and raw[end - 1] == 0x5C:  # escaped quote
-        end = raw.find(b'"', end + 1)
-    if end < 0:
-        raise ValueError("unterminated label value")
-    return raw[start:end]
+    """The raw (still escaped) value of label `key` in a `a="x",b="y"` label text, or None if absent.
+
+    The pairs are read in order, so a value that ends in an escaped backslash or holds `key="` is read as
+    the value it is; ValueError for a label text that is not a list of such pairs."""
+    pos, size = 0, len(raw)
+    while pos < size:
+        pair = _LABEL_PAIR.match(raw, pos)
+        if pair is None:
+            if raw[pos:].strip():
+                raise ValueError("garbled labels")
+            return None
+        if pair.group(1) == key:
+            return pair.group(2)
+        pos = pair.end()
+    return None
 
 
 #: How far around the previous page's offset a family is first looked for (pages of one server keep
