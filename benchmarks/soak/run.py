@@ -27,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -158,6 +159,8 @@ class Sample:
     inflight_requests: float
     streams_in_flight: float
     pods_known: float
+    #: HTTP status of the failed requests (0: no response, e.g. a client timeout) -> how many
+    failures: dict[int, int] = field(default_factory=dict)
 
 
 def sample(stack: Stack, load: SteadyLoad, started: float, since: int) -> Sample:
@@ -190,8 +193,10 @@ def table(samples: list[Sample]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in samples:
+        statuses = ", ".join(f"HTTP {status or 'none'}: {count}" for status, count in sorted(s.failures.items()))
+        failed = f"{s.failed} ({statuses})" if statuses else str(s.failed)
         lines.append(
-            f"| {s.minute:g} | {s.sent} | {s.failed} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.asyncio_tasks:g} | "
+            f"| {s.minute:g} | {s.sent} | {failed} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.asyncio_tasks:g} | "
             f"{s.background_tasks:g} | {s.task_failures:g} | {s.inflight_requests:g} | {s.streams_in_flight:g} | "
             f"{s.pods_known:g} |"
         )
@@ -249,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     for previous, current in itertools.pairwise(samples):  # failures by when the request was sent
         window = [r for r in load.sent if previous.at < r.sent <= current.at] if load is not None else []
         current.sent, current.failed = len(window), sum(1 for r in window if not r.result.ok)
+        current.failures = dict(Counter(r.result.status for r in window if not r.result.ok))
     print()
     print(table(samples))
     warm = [s for s in samples if s.minute >= args.warmup_minutes]

@@ -55,3 +55,20 @@ async def test_hand_over_waits_while_new_streams_arrive_then_for_one_quiet_perio
     await feeder
     assert 0.45 <= waited < 1.5  # 0.3 s of arrivals, then 0.2 s without one
     assert await hand_over(lambda: 0, limit_s=0.1, quiet_s=1.0) < 0.5  # the limit caps it
+
+
+def test_an_endpoint_that_leaves_takes_its_charges_with_it() -> None:
+    # its open requests' charges stayed in the freed slot (their release is skipped once the epoch moved on), so
+    # the pool's in-flight total never went back to 0 after an endpoint left mid-request
+    director = director_over([0.1, 0.1], limit=None)
+    table = director.table
+    decisions = [director.decide(f"r{i}", {":path": "/v1/completions"}, None, b"{}", None) for i in range(4)]
+    assert table.inflight_requests.sum() == 4
+    endpoint = table.endpoints[decisions[0].charges[0].slot]
+    assert endpoint is not None
+    table.remove(endpoint.key)
+    left = sum(1 for d in decisions if d.charges[0].slot != decisions[0].charges[0].slot)
+    assert table.inflight_requests.sum() == left
+    for decision in decisions:
+        director.complete(decision, None)
+    assert table.inflight_requests.sum() == 0 and table.inflight_tokens.sum() == 0
