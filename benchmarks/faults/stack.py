@@ -215,7 +215,7 @@ class Stack:
             "--drain-timeout", "10s", *self.epp_args,
         ]  # fmt: skip
         epp = EppProcess(args, grpc_port=grpc_port, env=self._epp_env)
-        epp.start()
+        epp.start(timeout=90.0)  # the machine is shared: a busy minute must not fail the run
         return epp
 
     def restart_epp(self, index: int) -> None:
