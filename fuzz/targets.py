@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf.message import DecodeError
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.datalayer.client import _Conn, _dechunk
 from epp.datalayer.extract import Extracted, extract
 from epp.datalayer.params import BUILTIN_ENGINES
+from epp.datastore.table import Endpoint, EndpointTable
+from epp.director import Director
 from epp.discovery.static import EndpointSpecError, parse_endpoints_text
 from epp.errors import EppError
+from epp.extproc.core import ExtProcStream, openai_parser
 from epp.k8s.watch import ApiCallError, Gone, ListenerError, OversizedEvent, Reflector, _event, _lines
 from epp.migrate.check import find_v1alpha2
 from epp.migrate.cli import render_steps
@@ -28,6 +32,8 @@ from epp.migrate.convert import MigrationError, Options, plan_migration
 from epp.migrate.manifests import ManifestError, load_text
 from epp.requests.openai import API_SUFFIXES, ParsedBody, parse_openai_body, rewrite_model
 from epp.requests.usage import SSEUsageScanner
+from epp.scheduling_fallback import LeastQueueScheduler
+from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 Target = Callable[[bytes], None]
 PATHS = [f"/v1{suffix}" for suffix in API_SUFFIXES] + ["/other"]
@@ -294,6 +300,36 @@ async def _no_list_call(**kwargs: Any) -> Any:
     raise AssertionError("the fuzz target does not list")
 
 
+def _extproc_stream() -> tuple[ExtProcStream, EndpointTable]:
+    table = EndpointTable(8)
+    for host in ("10.0.0.1", "10.0.0.2"):
+        table.add(Endpoint(host, 8000))
+    return ExtProcStream(Director(table, LeastQueueScheduler(seed=1)), openai_parser), table
+
+
+def extproc(data: bytes) -> None:
+    """ext_proc streams of arbitrary ProcessingRequest messages (each length-prefixed by one byte): the core never
+    raises, holds at most one charge, answers with at most one immediate response, and releases on close."""
+    stream, table = _extproc_stream()
+    pos = 0
+    immediate = 0
+    while pos < len(data):
+        size = data[pos]
+        message_bytes = data[pos + 1 : pos + 1 + size]
+        pos += 1 + size
+        try:
+            message = pb.ProcessingRequest.FromString(message_bytes)
+        except DecodeError:
+            continue  # the servicer closes such a stream; the core never sees the message
+        responses = stream.process(message)
+        stream.after_send()
+        immediate += sum(r.HasField("immediate_response") for r in responses)
+        assert table.inflight_requests.sum() <= 1, table.inflight_requests.sum()
+    assert immediate <= 1, immediate
+    stream.close()
+    assert table.inflight_requests.sum() == 0 and table.inflight_tokens.sum() == 0
+
+
 TARGETS: dict[str, Target] = {
     "body": body,
     "sse": sse,
@@ -303,4 +339,5 @@ TARGETS: dict[str, Target] = {
     "migrate": migrate,
     "scrape_http": scrape_http,
     "watch": watch,
+    "extproc": extproc,
 }

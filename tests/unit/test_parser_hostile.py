@@ -140,3 +140,16 @@ def test_sse_stream_without_newlines_costs_linear_time_and_keeps_scanning() -> N
     assert time.perf_counter() - started < 2.0
     assert scanner.usage is not None and scanner.usage.prompt_tokens == 3
     assert len(scanner._tail) == 0
+
+
+def test_a_request_body_mode_newer_than_the_protos_is_refused_with_its_number() -> None:
+    # BodySendMode.Name() raised ValueError on a mode without a name: the stream ended in an UNKNOWN reset
+    from .test_extproc_core import headers_msg, make_table, stream_for
+
+    table = make_table("10.0.0.1:8000")
+    stream = stream_for(table)
+    (response,) = stream.process(headers_msg(mode=20))
+    assert response.HasField("immediate_response")
+    assert b"request_body_mode 20 is not supported" in response.immediate_response.body
+    stream.close()
+    assert table.inflight_requests.sum() == 0
