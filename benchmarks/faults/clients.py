@@ -19,6 +19,7 @@ from loadgen import Result, _stream
 from workloads import Request
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+MAX_LAG_S = 1.0
 
 
 @dataclass
@@ -40,6 +41,9 @@ class SteadyLoad:
     timeout: float = 30.0
     max_tokens: int = 8
     sent: list[Sent] = field(default_factory=list)
+    #: sends dropped because this process fell more than MAX_LAG_S behind the schedule (a stalled client must not
+    #: turn a steady load into a burst when it wakes)
+    skipped: int = 0
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -65,6 +69,10 @@ class SteadyLoad:
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                elif delay < -MAX_LAG_S:
+                    self.skipped += 1
+                    index += 1
+                    continue
                 request_id = f"{self.prefix}-{index}"
                 request = Request(
                     {

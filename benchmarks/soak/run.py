@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "faults"))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from clients import MODEL, SteadyLoad  # noqa: E402
+from clients import MAX_LAG_S, MODEL, SteadyLoad  # noqa: E402
 from stack import Stack, epp_metrics  # noqa: E402
 
 from kubesim.kubelet import SimPod  # noqa: E402
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     assert churn is not None
     print(
         f"\n{sent} requests, {failed} failed; {churn.joins} joins, {churn.leaves} leaves, {churn.metric_faults} "
-        f"metrics faults, {churn.rewrites} rewrite changes; churn errors: {churn.errors[:3] or 'none'}; "
+        f"metrics faults, {churn.rewrites} rewrite changes; {load.skipped if load else 0} sends skipped (the client"
+        f" fell over {MAX_LAG_S:g} s behind); churn errors: {churn.errors[:3] or 'none'}; "
         f"in-flight once quiet: {quiet}; RSS growth after minute {args.warmup_minutes:g}: {growth:+.1f} %"
     )
     if args.json:
