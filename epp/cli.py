@@ -112,7 +112,13 @@ FLAGS: tuple[_Flag, ...] = (
     ("disable-endpoint-subset-filter", False, parse_bool, "ignore the envoy.lb.subset_hint metadata"),
     ("refresh-metrics-interval", 0.05, parse_duration, "model-server /metrics scrape interval"),
     ("refresh-prometheus-metrics-interval", 5.0, parse_duration, "refresh interval of the pool gauges"),
-    ("metrics-staleness-threshold", 2.0, parse_duration, "age after which an endpoint's metrics are stale"),
+    (
+        "metrics-staleness-threshold",
+        2.0,
+        parse_duration,
+        "age after which an endpoint's metrics are stale; an endpoint whose scrapes have failed this long gets no"
+        " new requests while another is reachable",
+    ),
     ("secure-serving", True, parse_bool, "serve ext_proc over TLS"),
     ("cert-path", "", str, "directory with tls.crt and tls.key (empty: self-signed)"),
     ("enable-cert-reload", False, parse_bool, "reload --cert-path files when they change"),

@@ -288,11 +288,15 @@ class ExtProcStream:
         if self._tracer is not None:
             self._trace = self._tracer.begin(store)
         if self._request_mode not in _SUPPORTED_REQUEST_MODES:
+            # a mode newer than these protos is an int without a name (Name() raised ValueError on it)
+            known = mode_pb.ProcessingMode.BodySendMode.values()
+            send_mode = mode_pb.ProcessingMode.BodySendMode
+            mode = send_mode.Name(self._request_mode) if self._request_mode in known else str(self._request_mode)
             return [
                 self._immediate(
                     EppError(
                         "Internal",
-                        f"ext_proc request_body_mode {mode_pb.ProcessingMode.BodySendMode.Name(self._request_mode)} is"
+                        f"ext_proc request_body_mode {mode} is"
                         " not supported; configure FULL_DUPLEX_STREAMED (reference) or BUFFERED",
                     )
                 )
