@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -124,6 +125,7 @@ async def _start_with(
         saturation=scheduler.saturation,
         shed_sheddable=not flow_control,  # with flow control, saturation holds requests instead of shedding
         defer_hooks=True,  # the servicer runs them once the pick's response is written
+        unreachable_after_s=float(settings.metrics_staleness_threshold),
     )
     if settings.debug_decisions > 0:
         director.decisions = DecisionLog(table, settings.debug_decisions)
@@ -323,16 +325,32 @@ def _start_data_layer(runtime: Runtime, config: EndpointPickerConfig, pool: Pool
     pool.scrape_errors_total = lambda: float(plane.errors_total)
 
 
+async def hand_over(streams_total: Callable[[], int], limit_s: float, quiet_s: float = 1.0) -> float:
+    """Once NOT_SERVING: keep taking ext_proc streams while the proxy still sends them (its health checks have
+    not yet moved it to another replica or leader, or it has nowhere else to go), until none has arrived for
+    `quiet_s` or `limit_s` passed; refusing them sooner fails those requests. Returns the seconds waited."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last_total, last_change = streams_total(), started
+    while loop.time() - started < limit_s and loop.time() - last_change < quiet_s:
+        await asyncio.sleep(0.05)
+        total = streams_total()
+        if total != last_total:
+            last_total, last_change = total, loop.time()
+    waited = loop.time() - started
+    log.info("hand-over: no new ext_proc stream for %.1fs after %.1fs; draining", quiet_s, waited)
+    return waited
+
+
 async def stop(runtime: Runtime) -> None:
-    """Drain: health goes NOT_SERVING, new streams are refused, in-flight ones get --drain-timeout.
-    With leader election the lease is released first and new streams are still taken while the proxy
-    sends them (see KubernetesRuntime.hand_over)."""
+    """Drain: health goes NOT_SERVING; new streams are still taken while the proxy sends them (hand_over),
+    then refused, and in-flight ones get --drain-timeout. With leader election the lease is released first."""
     runtime.health.draining = True
     log.info("draining: %d ext_proc streams in flight", runtime.servicer.streams_in_flight)
     if runtime.kubernetes is not None:
         await runtime.kubernetes.release()  # a follower takes the lease now rather than when it expires
-        servicer = runtime.servicer
-        await runtime.kubernetes.hand_over(lambda: servicer.streams_total, runtime.settings.drain_timeout)
+    servicer = runtime.servicer
+    await hand_over(lambda: servicer.streams_total, runtime.settings.drain_timeout)
     if runtime.watcher is not None:
         await runtime.watcher.stop()
     await runtime.grpc_server.stop(grace=runtime.settings.drain_timeout)

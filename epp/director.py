@@ -2,7 +2,8 @@
 
 Order (reference §2.4): model and rewrite → objective (priority) → admission → candidates (subset
 hint) → scheduler → pre-request hooks and in-flight accounting. Completion releases what the pick
-took. Pure and synchronous: no I/O, no clock reads beyond `time.perf_counter` for metrics.
+took. Pure and synchronous: no I/O, no clock reads beyond `time.perf_counter` for metrics and `time.monotonic` to
+compare with the scrape times.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class Director:
         models: ModelRouting | None = None,
         defer_hooks: bool = False,
         decisions: DecisionLog | None = None,
+        unreachable_after_s: float | None = None,
     ) -> None:
         self.table = table
         self.scheduler = scheduler
@@ -140,6 +142,10 @@ class Director:
         self.defer_hooks = defer_hooks
         #: where each decision is recorded for /debug/decisions (None: not recorded)
         self.decisions = decisions
+        #: an endpoint scraped before whose scrapes have all failed for this long (killed, frozen, partitioned) gets
+        #: no new requests while another candidate is reachable; None: never (the reference's default profile
+        #: routes to it until discovery removes it, failing every request sent there meanwhile)
+        self.unreachable_after_s = unreachable_after_s
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
         self._rng = random.Random()
         #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
@@ -261,10 +267,22 @@ class Director:
     def candidates(self, subset: Sequence[str] | None) -> SlotArray:
         live = self.table.live_slots()
         if subset is None or not self.subset_filter:
-            return live
+            return self._reachable(live)
         index = self._slots_by_ip()
         slots = sorted({slot for hint in subset for slot in index.get(_ip_of(hint), ())})
-        return np.array(slots, dtype=np.intp)
+        return self._reachable(np.array(slots, dtype=np.intp))
+
+    def _reachable(self, candidates: SlotArray) -> SlotArray:
+        """`candidates` without those whose last good scrape is older than `unreachable_after_s` (never-scraped
+        ones stay: they have just joined); all of them when none would be left."""
+        limit = self.unreachable_after_s
+        if limit is None or len(candidates) < 2:
+            return candidates
+        scraped = self.table.metrics_time.take(candidates)
+        lost = (scraped > 0.0) & (scraped < time.monotonic() - limit)
+        if not lost.any() or lost.all():
+            return candidates
+        return candidates[~lost]
 
     def _serving(self, target_model: str, candidates: SlotArray) -> SlotArray:
         routing = self.models

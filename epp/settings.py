@@ -106,7 +106,12 @@ class Settings(ServingSettings):
     disable_endpoint_subset_filter: bool = flag(False, parse_bool, "ignore the envoy.lb.subset_hint metadata")
     refresh_metrics_interval: float = flag(0.05, parse_duration, "model-server /metrics scrape interval")
     refresh_prometheus_metrics_interval: float = flag(5.0, parse_duration, "refresh interval of the pool gauges")
-    metrics_staleness_threshold: float = flag(2.0, parse_duration, "age after which an endpoint's metrics are stale")
+    metrics_staleness_threshold: float = flag(
+        2.0,
+        parse_duration,
+        "age after which an endpoint's metrics are stale; an endpoint whose scrapes have failed this long gets no"
+        " new requests while another is reachable",
+    )
     health_checking: bool = flag(False, parse_bool, "also serve gRPC health on the ext_proc port")
     ha_enable_leader_election: bool = flag(False, parse_bool, "leader election through a coordination.k8s.io Lease")
     ha_lease_duration: float = flag(15.0, parse_duration, "leader election: how long a lease not renewed stays held")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from epp.observability.families import FamiliesCollector, Family
 
@@ -48,3 +51,19 @@ def _ended(task: asyncio.Task[Any]) -> None:
     name = task.get_name()
     FAILURES.value(name).inc()
     log.error("background task %r failed: %s: %s", name, type(error).__name__, error, exc_info=error)
+
+
+class TaskCountCollector(Collector):
+    """Tasks alive right now: the background ones spawned here and, given the serving loop, every task on it
+    (one per open ext_proc stream besides them). Read when /metrics is scraped, from the HTTP thread: a
+    growing count with a steady load is a leak."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("epp_background_tasks", "Background tasks running.", len(_running))
+        if self._loop is not None:
+            # all_tasks copies the loop's task set with retries, so another thread may read it
+            tasks = len(asyncio.all_tasks(self._loop))
+            yield GaugeMetricFamily("epp_asyncio_tasks", "Tasks on the serving event loop.", tasks)

@@ -65,11 +65,13 @@ class Kubelet:
     _next_host: int = 2
 
     def allocate_ip(self, ports: Sequence[int]) -> str:
-        """A loopback address on which all `ports` are free."""
-        while self._next_host < 255:
+        """A loopback address no running pod has, on which all `ports` are free (after .254 the addresses of
+        stopped pods are used again, so pods can come and go for as long as a test or soak runs)."""
+        taken = {pod.ip for pod in self.pods.values()}
+        for _ in range(253):
             ip = f"127.0.{self.subnet}.{self._next_host}"
-            self._next_host += 1
-            if all(_bindable(ip, p) for p in ports):
+            self._next_host = self._next_host + 1 if self._next_host < 254 else 2
+            if ip not in taken and all(_bindable(ip, p) for p in ports):
                 return ip
         raise RuntimeError(f"no free loopback address left in 127.0.{self.subnet}.0/24")
 

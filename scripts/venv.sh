@@ -33,7 +33,7 @@ _make_venv() {
 
 [ -x "$_venv/bin/python" ] || _make_venv
 if [ "${1:-}" = "--relock" ]; then
-  "$_venv/bin/python" -m pip install -q --upgrade -e "$_repo[test,bench]"
+  "$_venv/bin/python" -m pip install -q --upgrade -e "$_repo[test,bench,fuzz]"
   { head -2 "$_constraints"; "$_venv/bin/python" -m pip freeze --exclude-editable | grep -v '^-e '; } > "$_constraints.new"
   mv "$_constraints.new" "$_constraints"
   echo "rewrote $_constraints"

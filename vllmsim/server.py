@@ -16,6 +16,8 @@ from vllmsim.engine import CHARS_PER_TOKEN, Engine, EngineConfig, Sequence, toke
 from vllmsim.metrics import RequestHistograms, render
 
 SERVED_BY_HEADER = "x-vllm-sim-port"
+#: largest request body accepted
+MAX_REQUEST_BYTES = 1 << 30
 MAX_LAG = 0.05  # seconds of wall clock
 VOCAB = 128_256  # Llama 3's vocabulary size: /tokenize ids are below it
 
@@ -64,7 +66,9 @@ class SimServer:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application()
+        # vLLM's HTTP server takes bodies of any size (a long prompt, images); aiohttp's default cap of 1 MiB
+        # answered 413 to them
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)

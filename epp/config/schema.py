@@ -5,6 +5,7 @@ Every error names the path in the file and what would be valid; all errors are r
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,8 @@ def load_config_text(text: str, source: str) -> EndpointPickerConfig:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError([f"{source}: invalid YAML: nested too deeply"]) from None
     errors: list[str] = []
     config = _build(document if document is not None else {}, source, errors)
     if errors or config is None:
@@ -185,16 +188,16 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
             error(str(key), _NOT_BUILT_SECTIONS[key])
     api_version = document.get("apiVersion", API_VERSIONS[0])
     if api_version not in API_VERSIONS:
-        error("apiVersion", f"{api_version!r} is not supported; use {' or '.join(API_VERSIONS)}")
+        error("apiVersion", f"{_show(api_version)} is not supported; use {' or '.join(API_VERSIONS)}")
     if document.get("kind", KIND) != KIND:
-        error("kind", f"{document.get('kind')!r}; expected {KIND}")
+        error("kind", f"{_show(document.get('kind'))}; expected {KIND}")
     gates = document.get("featureGates") or []
     if not isinstance(gates, list):
         error("featureGates", "expected a list of gate names")
         gates = []
     for i, gate in enumerate(gates):
         if gate not in FEATURE_GATES:
-            error(f"featureGates[{i}]", f"unknown feature gate {gate!r}; known: {', '.join(FEATURE_GATES)}")
+            error(f"featureGates[{i}]", f"unknown feature gate {_show(gate)}; known: {', '.join(FEATURE_GATES)}")
 
     types = plugin_types()
     plugins: dict[str, PluginInstance] = {}
@@ -211,12 +214,15 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         if extra:
             error(f"{path}.{extra[0]}", "unknown field; valid fields: type, name, parameters")
         kind = raw["type"]
-        if kind not in types:
-            error(f"{path}.type", f"unknown plugin type {kind!r}; known types: {', '.join(sorted(types))}")
+        if not isinstance(kind, str) or kind not in types:
+            error(f"{path}.type", f"unknown plugin type {_show(kind)}; known types: {', '.join(sorted(types))}")
             continue
         name = raw.get("name") or kind
+        if not isinstance(name, str):
+            error(f"{path}.name", f"expected a string, got {_show(name)}")
+            continue
         if name in plugins:
-            error(f"{path}.name", f"plugin name {name!r} is used twice; give one of them a distinct name")
+            error(f"{path}.name", f"plugin name {_show(name)} is used twice; give one of them a distinct name")
             continue
         try:
             parameters = types[kind].parse_parameters(raw.get("parameters"), f"{path}.parameters")
@@ -239,27 +245,27 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         names: set[str] = set()
         for i, raw in enumerate(raw_profiles):
             path = f"schedulingProfiles[{i}]"
-            if not isinstance(raw, Mapping) or not raw.get("name"):
-                error(path, "expected a mapping with a 'name' and 'plugins'")
+            if not isinstance(raw, Mapping) or not raw.get("name") or not isinstance(raw["name"], str):
+                error(path, "expected a mapping with a 'name' (a string) and 'plugins'")
                 continue
             if raw["name"] in names:
-                error(f"{path}.name", f"profile name {raw['name']!r} is used twice")
+                error(f"{path}.name", f"profile name {_show(raw['name'])} is used twice")
             names.add(raw["name"])
             entries = []
             pickers = []
             for j, ref in enumerate(raw.get("plugins") or []):
                 ref_path = f"{path}.plugins[{j}]"
-                if not isinstance(ref, Mapping) or "pluginRef" not in ref:
-                    error(ref_path, "expected {pluginRef, weight}")
+                if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
+                    error(ref_path, "expected {pluginRef, weight} with pluginRef the name of a declared plugin")
                     continue
                 target = plugins.get(ref["pluginRef"])
                 if target is None:
-                    error(f"{ref_path}.pluginRef", f"{ref['pluginRef']!r} is not a plugin declared under plugins; "
+                    error(f"{ref_path}.pluginRef", f"{_show(ref['pluginRef'])} is not a plugin declared under plugins; "
                           f"declared: {', '.join(plugins) or 'none'}")  # fmt: skip
                     continue
                 weight = ref.get("weight", 1.0)
                 if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-                    error(f"{ref_path}.weight", f"expected a non-negative number, got {weight!r}")
+                    error(f"{ref_path}.weight", f"expected a non-negative number, got {_show(weight)}")
                     continue
                 if target.plugin.role not in ("filter", "scorer", "picker"):
                     error(f"{ref_path}.pluginRef", f"{target.name} is a {target.plugin.role}; profiles take "
@@ -287,7 +293,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         ref = raw_parser.get("pluginRef") if isinstance(raw_parser, Mapping) else None
         target = plugins.get(ref) if isinstance(ref, str) else None
         if target is None or target.type not in ("openai-parser", "passthrough-parser"):
-            error("parser.pluginRef", f"{ref!r} must name a declared openai-parser or passthrough-parser plugin")
+            error("parser.pluginRef", f"{_show(ref)} must name a declared openai-parser or passthrough-parser plugin")
         else:
             parser = target.type
     detector = "utilization-detector"
@@ -297,7 +303,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         target = plugins.get(ref) if isinstance(ref, str) else None
         if target is None or target.type not in SATURATION_DETECTORS:
             error("saturationDetector.pluginRef",
-                  f"{ref!r} must name a declared {' or '.join(SATURATION_DETECTORS)} plugin")  # fmt: skip
+                  f"{_show(ref)} must name a declared {' or '.join(SATURATION_DETECTORS)} plugin")  # fmt: skip
         else:
             detector = target.name
     if detector not in plugins and "utilization-detector" in types:
@@ -317,3 +323,13 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
     if errors or flow_control is None or data_layer is None:
         return None
     return EndpointPickerConfig(plugins, profiles, list(gates), parser, detector, source, flow_control, data_layer)
+
+
+_BOUNDED_REPR = reprlib.Repr()
+_BOUNDED_REPR.maxstring = _BOUNDED_REPR.maxother = 160
+_BOUNDED_REPR.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: YAML aliases can make a small file a huge (or exponentially large) value."""
+    return _BOUNDED_REPR.repr(value)

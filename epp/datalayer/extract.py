@@ -5,6 +5,8 @@ Each wanted family is located with `bytes.find` on `\\n<family>` and only its ow
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 from epp.datalayer.params import EngineConfig, MetricSpec
@@ -25,18 +27,31 @@ class Extracted:
         return self.waiting is not None or self.running is not None or self.kv_usage is not None
 
 
+_VALUE = rb'"((?:[^"\\\n]|\\.)*)"'
+_PAIR = rb'\s*[A-Za-z_][A-Za-z0-9_]*\s*=\s*"(?:[^"\\\n]|\\.)*"\s*,'
+
+
+@functools.lru_cache(maxsize=256)
+def _label_pattern(key: bytes) -> re.Pattern[bytes]:
+    """Whole `name="value",` pairs from the start of a label text up to `key`'s: a value that ends in an
+    escaped backslash or holds `key="` is read as the value it is."""
+    return re.compile(rb"(?:" + _PAIR + rb")*?\s*" + re.escape(key) + rb"\s*=\s*" + _VALUE)
+
+
 def _label_value(raw: bytes, key: bytes) -> bytes | None:
-    """The raw value of label `key` in a `a="x",b="y"` label text, or None if absent."""
+    """The raw (still escaped) value of label `key` in a `a="x",b="y"` label text, or None if absent."""
+    if b"\\" in raw:  # escapes: read whole pairs (rare; the find below would stop at an escaped quote)
+        found = _label_pattern(key).match(raw)
+        return found.group(1) if found is not None else None
     needle = key + b'="'
     pos = raw.find(needle)
-    while pos > 0 and raw[pos - 1] not in b", {":
+    # at a pair's start: after a separator, and outside any value (an even number of quotes before it)
+    while pos >= 0 and ((pos > 0 and raw[pos - 1] not in b", {") or raw.count(b'"', 0, pos) % 2):
         pos = raw.find(needle, pos + 1)
     if pos < 0:
         return None
     start = pos + len(needle)
     end = raw.find(b'"', start)
-    while end > 0 and raw[end - 1] == 0x5C:  # escaped quote
-        end = raw.find(b'"', end + 1)
     if end < 0:
         raise ValueError("unterminated label value")
     return raw[start:end]

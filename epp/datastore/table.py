@@ -199,6 +199,9 @@ class EndpointTable:
             assert endpoint is not None
             del self._slot_by_hostport[endpoint.hostport]
             self.epoch[slot] += 1
+            # its load leaves with it (charges of its open requests are not released once the epoch moved on)
+            for column in self._reset_columns:
+                column[slot] = 0.0
             self.present[slot] = False
             self._store_lora(slot, frozenset(), frozenset())
             self.endpoints[slot] = None

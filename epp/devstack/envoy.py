@@ -124,6 +124,27 @@ def render_bbr_bootstrap(listener_port: int, admin_port: int, ext_proc_ports: di
     return config
 
 
+def with_epp_replicas(config: dict[str, Any], grpc_ports: list[int], check_interval: str = "0.1s") -> dict[str, Any]:
+    """`config` with every EPP replica in its ext_proc cluster, gRPC-health-checked on the ext_proc service (as
+    the reference's test Envoy does), so Envoy sends streams only to replicas that serve."""
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "epp")
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        for port in grpc_ports
+    ]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": check_interval,
+            "no_traffic_interval": check_interval,
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"},
+        }
+    ]
+    return config
+
+
 class EnvoyProcess:
     def __init__(self, config: dict[str, Any], concurrency: int = 1, log_level: str = "warning") -> None:
         self.config = config

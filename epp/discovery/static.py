@@ -83,7 +83,7 @@ def parse_endpoints_document(document: Any, source: str) -> list[Endpoint]:
         where = f"{source}: endpoints[{i}]"
         if not isinstance(item, dict):
             raise EndpointSpecError(f"{where}: expected a mapping with address and port")
-        unknown = sorted(set(item) - known)
+        unknown = sorted(str(key) for key in set(item) - known)
         if unknown:
             raise EndpointSpecError(
                 f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
@@ -139,6 +139,8 @@ def parse_endpoints_text(text: str, path: Path) -> list[Endpoint]:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise EndpointSpecError(f"--endpoints-file {path}: invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise EndpointSpecError(f"--endpoints-file {path}: invalid YAML: nested too deeply") from None
     if document is None:  # also what a truncated file, mid-rewrite, reads as
         raise EndpointSpecError(
             f"--endpoints-file {path}: the file is empty; to run with no endpoints write `endpoints: []`"

@@ -42,6 +42,7 @@ from epp.extproc.messages import (
     read_subset,
     set_header,
     streamed_chunks,
+    unsupported_body_mode,
 )
 from epp.extproc.phases import LEGAL_IN, Phase, Responses, Wait
 from epp.extproc.reporting import StreamObserver, log_completed, log_out_of_order, log_rejected, log_routed
@@ -49,7 +50,6 @@ from epp.extproc.response_body import ResponseBody
 from epp.requests.openai import ParsedBody, request_path
 from epp.requests.parsers import BodyParser
 from epp.tracing import RequestTrace, RequestTracer
-from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 #: default of --max-request-body-bytes: a longer request body is answered 413 and its bytes dropped
@@ -215,16 +215,7 @@ class ExtProcStream:
             self._trace = self._tracer.begin(store)
         if self._request_mode not in _SUPPORTED_REQUEST_MODES:
             self._phase = Phase.CLOSED
-            mode = mode_pb.ProcessingMode.BodySendMode.Name(self._request_mode)
-            return [
-                immediate_response(
-                    EppError(
-                        "Internal",
-                        f"ext_proc request_body_mode {mode} is not supported; configure FULL_DUPLEX_STREAMED"
-                        " (reference) or BUFFERED",
-                    )
-                )
-            ]
+            return [immediate_response(unsupported_body_mode(self._request_mode))]
         if headers.end_of_stream or self._request_mode == NO_BODY:
             if self._trace is not None:
                 self._trace.start_orchestration()

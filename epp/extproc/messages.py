@@ -106,6 +106,17 @@ def immediate_response(error: EppError) -> pb.ProcessingResponse:
     return response
 
 
+def unsupported_body_mode(mode: int) -> EppError:
+    """The error for a request_body_mode other than FULL_DUPLEX_STREAMED, BUFFERED or NONE."""
+    # a mode newer than these protos is an int without a name (Name() raises ValueError on it)
+    send_mode = mode_pb.ProcessingMode.BodySendMode
+    name = send_mode.Name(mode) if mode in send_mode.values() else str(mode)
+    return EppError(
+        "Internal",
+        f"ext_proc request_body_mode {name} is not supported; configure FULL_DUPLEX_STREAMED (reference) or BUFFERED",
+    )
+
+
 def streamed_chunks(body: bytes, phase: str, end_of_stream: bool) -> list[pb.ProcessingResponse]:
     """`body` as streamed body responses of at most BODY_CHUNK_LIMIT bytes each."""
     if len(body) <= BODY_CHUNK_LIMIT:

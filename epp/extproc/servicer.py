@@ -92,6 +92,16 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.streams_in_flight += 1
         self.streams_total += 1
         watch = IdleWatch(self.idle_timeout) if self.idle_timeout > 0 else None
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            ended = True
+            if watch is not None:
+                watch.stop()
+            self.streams_in_flight -= 1
+            stream.close()
+
         try:
             try:
                 async for message in request_iterator:
@@ -104,6 +114,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     stream.after_send()
             except DecodeError as exc:
                 log.warning("ext_proc stream closed: a message is not a ProcessingRequest (%s)", exc)
+                end()  # released before the client hears the stream is over
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ProcessingRequest: {exc}")
             except asyncio.CancelledError:
                 if watch is None or not watch.expired:
@@ -113,12 +124,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     task.uncancel()
                 log.info("ext_proc stream closed: no message for %gs (%s)", watch.timeout, stream.phase.value)
                 idle = f"no ext_proc message for {watch.timeout:g}s (--stream-idle-timeout)"
+                end()  # released before the client hears the stream is over
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, idle)
         finally:
-            if watch is not None:
-                watch.stop()
-            self.streams_in_flight -= 1
-            stream.close()
+            if not ended:
+                end()
 
     async def _wait_turn(self, stream: ProcessingStream, wait: Wait, watch: IdleWatch | None) -> Responses:
         if self._flow is None:

@@ -3,11 +3,9 @@ the table, the director and health. Built by `epp.app` when --pool-name or --end
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubernetes_asyncio import client
@@ -45,24 +43,6 @@ class KubernetesRuntime:
         """Stop campaigning and give the lease up (drain starts: a follower takes over)."""
         if self.elector is not None:
             await self.elector.stop()
-
-    async def hand_over(self, streams_total: Callable[[], int], limit_s: float, quiet_s: float = 1.0) -> float:
-        """With leader election, after release(): keep taking ext_proc streams while the proxy still sends
-        them (its health checks have not yet moved it to the new leader, or it has nowhere else to go), until
-        none has arrived for `quiet_s` or `limit_s` passed. Returns the seconds waited."""
-        if self.elector is None:
-            return 0.0
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        last_total, last_change = streams_total(), started
-        while loop.time() - started < limit_s and loop.time() - last_change < quiet_s:
-            await asyncio.sleep(0.05)
-            total = streams_total()
-            if total != last_total:
-                last_total, last_change = total, loop.time()
-        waited = loop.time() - started
-        log.info("hand-over: no new ext_proc stream for %.1fs after %.1fs; draining", quiet_s, waited)
-        return waited
 
     async def stop(self) -> None:
         await self.release()

@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -240,7 +240,7 @@ class Reflector:
         try:
             async for line in _lines(response.content, self.max_line_bytes):
                 if line.strip():
-                    self._apply(json.loads(line))
+                    self._apply(_event(line))
         finally:
             response.release()
 
@@ -268,6 +268,24 @@ class Reflector:
             raise ValueError(f"unknown watch event type {kind!r}")
         if version:
             self.resource_version = version
+
+
+def _event(line: bytes) -> Object:
+    """One watch event line decoded; ValueError (which the run loop handles) for anything but an event object
+    whose `object` and its `metadata` are mappings."""
+    try:
+        event = json.loads(line)
+    except RecursionError:
+        raise ValueError("watch event nested too deeply") from None
+    if not isinstance(event, dict):
+        raise ValueError(f"watch event is not a JSON object: {line[:80]!r}")
+    obj = event.get("object")
+    if obj is not None and not isinstance(obj, dict):
+        raise ValueError(f"watch event's object is not a JSON object: {line[:80]!r}")
+    metadata = (obj or {}).get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"watch event's object metadata is not a JSON object: {line[:80]!r}")
+    return cast(Object, event)
 
 
 async def _lines(content: Any, limit: int) -> AsyncIterator[bytes]:

@@ -95,6 +95,11 @@ class _Converter:
         self.written: dict[tuple[str, str | None, str], str] = {}
 
     def convert(self, manifest: Manifest) -> None:
+        for key in ("name", "namespace"):
+            value = manifest.metadata.get(key)
+            if value is not None and not isinstance(value, str):
+                self._error(manifest, f"metadata.{key}", f"expected a string, got {show(value)}")
+                return
         if manifest.group == ALPHA_GROUP and manifest.kind == "InferencePool":
             self._pool(manifest)
         elif manifest.group == ALPHA_GROUP and manifest.kind == "InferenceModel":
@@ -241,9 +246,9 @@ class _Converter:
         if not isinstance(model_name, str) or not model_name:
             self._error(manifest, "spec.modelName", f"expected the model name clients send, got {show(model_name)}")
         criticality = spec.get("criticality")
-        if criticality is not None and criticality not in self.options.priorities:
+        if criticality is not None and (not isinstance(criticality, str) or criticality not in self.options.priorities):
             known = ", ".join(self.options.priorities)
-            self._error(manifest, "spec.criticality", f"{criticality!r} is not one of {known}")
+            self._error(manifest, "spec.criticality", f"{show(criticality)} is not one of {known}")
         pool_ref = self._pool_ref(manifest, spec)
         targets = self._targets(manifest, spec.get("targetModels"))
         if len(self.errors) > errors_before or pool_ref is None or targets is None:

@@ -95,7 +95,10 @@ def load_text(text: str, file: str, *, strict: bool = True) -> list[Manifest]:
     """
     manifests: list[Manifest] = []
     errors: list[str] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses unprintable characters before any document
+        raise ManifestError([_yaml_error(file, 1, exc)]) from None
     document = 0
     try:
         while True:
@@ -109,6 +112,9 @@ def load_text(text: str, file: str, *, strict: bool = True) -> list[Manifest]:
                 data = loader.construct_document(node) if node is not None else None
             except yaml.YAMLError as exc:
                 errors.append(_yaml_error(file, current, exc))
+                break
+            except RecursionError:  # PyYAML's composer recurses once per nesting level
+                errors.append(f"{file}: document {current}: invalid YAML: nested too deeply")
                 break
             _collect(data, Source(file, document, line), node, manifests, errors, strict)
     finally:

@@ -196,6 +196,27 @@ def _package_version() -> str:
         return "unknown"
 
 
+class InflightChargeCollector(Collector):
+    """What this EPP has charged to endpoints and not yet released (requests, tokens), summed over the pool
+    when /metrics is scraped: 0 whenever no request is open, so a leaked charge shows as a stuck value."""
+
+    def __init__(self, requests: Callable[[], float], tokens: Callable[[], float]) -> None:
+        self._requests = requests
+        self._tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            PREFIX + "endpoint_inflight_requests",
+            "Requests this EPP routed to the pool's endpoints that have not finished (the load it charges).",
+            self._requests(),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "endpoint_inflight_tokens",
+            "Tokens of requests this EPP routed to the pool's endpoints that have not finished.",
+            self._tokens(),
+        )
+
+
 class StreamsCollector(Collector):
     """ext_proc streams in flight and total, read from the servicer's counters when /metrics is scraped."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -10,7 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from epp import tasks
 from epp.datastore.table import EndpointTable
-from epp.observability.extension import EXTENSION, ExtensionMetrics, StreamsCollector, set_build_info
+from epp.observability.extension import (
+    EXTENSION,
+    ExtensionMetrics,
+    InflightChargeCollector,
+    StreamsCollector,
+    set_build_info,
+)
 from epp.observability.metrics import RequestMetrics
 from epp.observability.pool import PoolGauges
 from epp.settings import Settings
@@ -63,4 +70,14 @@ def install(registry: CollectorRegistry, table: EndpointTable, settings: Setting
     set_build_info()
     registry.register(EXTENSION.collector)
     registry.register(tasks.COLLECTOR)
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # installed outside the serving loop (tests)
+        loop = None
+    registry.register(tasks.TaskCountCollector(loop))
+    registry.register(
+        InflightChargeCollector(
+            lambda: float(table.inflight_requests.sum()), lambda: float(table.inflight_tokens.sum())
+        )
+    )
     return Observability(registry, request_metrics, pool, EXTENSION, pool_name)

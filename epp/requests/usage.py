@@ -57,29 +57,58 @@ def usage_from_json(body: bytes) -> Usage | None:
     return usage_of(document) if isinstance(document, dict) else None
 
 
+#: longest SSE line held while waiting for its end (a usage event is a few hundred bytes); a longer one is
+#: skipped up to its newline, so a stream without newlines costs linear time and bounded memory
+MAX_EVENT_LINE = 1 << 20
+
+
 class SSEUsageScanner:
     """Feeds raw SSE chunks (lines may split across chunks); the first event with usage wins."""
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._tail: list[bytes] = []  # pieces of the line not ended yet
+        self._tail_size = 0
+        self._overlong = False  # the line not ended yet passed MAX_EVENT_LINE: skipped to its newline
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> None:
         if self.usage is not None:
             return
-        data = self._tail + chunk
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        if b'"usage"' not in data:
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            self._hold(chunk)
             return
+        if not self._tail and b'"usage"' not in chunk:  # the common event chunk: nothing to parse
+            self._overlong = False
+            self._hold(chunk[last + 1 :])
+            return
+        lines = chunk[:last].split(b"\n")
+        if self._overlong:
+            lines[0] = b""
+        elif self._tail:
+            lines[0] = b"".join(self._tail) + lines[0]
+        self._tail, self._tail_size, self._overlong = [], 0, False
+        self._hold(chunk[last + 1 :])
         for line in lines:
-            if self.usage is None and line.startswith(b"data:") and b'"usage"' in line:
+            if line.startswith(b"data:") and b'"usage"' in line:
                 self._parse(line[5:].strip())
+                if self.usage is not None:
+                    return
+
+    def _hold(self, piece: bytes) -> None:
+        if self._overlong or not piece:
+            return
+        self._tail.append(piece)
+        self._tail_size += len(piece)
+        if self._tail_size > MAX_EVENT_LINE:
+            self._tail, self._tail_size, self._overlong = [], 0, True
 
     def finish(self) -> None:
-        if self.usage is None and self._tail.startswith(b"data:"):
-            self._parse(self._tail[5:].strip())
-        self._tail = b""
+        if self.usage is None and self._tail:
+            line = b"".join(self._tail)
+            if line.startswith(b"data:"):
+                self._parse(line[5:].strip())
+        self._tail, self._tail_size, self._overlong = [], 0, False
 
     def _parse(self, payload: bytes) -> None:
         if payload == b"[DONE]":

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
-from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap
+from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap, with_epp_replicas
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet
 from kubesim.testing import METRICS_AUTH, KubeSimThread, prometheus_samples, wait_until
@@ -46,21 +46,7 @@ HA_ARGS = [
 
 def envoy_for(epps: list[EppProcess]) -> dict[str, Any]:
     config = render_bootstrap("envoy", free_port(), free_port(), epps[0].grpc_port)
-    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "epp")
-    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
-        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": e.grpc_port}}}} for e in epps
-    ]
-    cluster["health_checks"] = [
-        {
-            "timeout": "1s",
-            "interval": "0.1s",
-            "no_traffic_interval": "0.1s",
-            "unhealthy_threshold": 2,
-            "healthy_threshold": 1,
-            "grpc_health_check": {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"},
-        }
-    ]
-    return config
+    return with_epp_replicas(config, [e.grpc_port for e in epps])
 
 
 def routed(epp: EppProcess) -> float:

@@ -188,7 +188,10 @@ def test_extension_recorders_and_install() -> None:
     extension.EXTENSION.reset()
     registry = CollectorRegistry()
 
-    handle = install(registry, fleet(), Settings())
+    table = fleet()
+    handle = install(registry, table, Settings())
+    table.inflight_requests[[0, 2]] = (2.0, 1.0)
+    table.inflight_tokens[0] = 300.0
 
     class Servicer:
         streams_in_flight = 3
@@ -219,6 +222,10 @@ def test_extension_recorders_and_install() -> None:
     assert [label for label, _ in info] == ["build_ref", "commit"]
     assert got[("inference_extension_extproc_streams_in_flight", ())] == 3
     assert got[("inference_extension_extproc_streams_total", ())] == 11
+    assert got[("inference_extension_endpoint_inflight_requests", ())] == 3
+    assert got[("inference_extension_endpoint_inflight_tokens", ())] == 300
+    assert got[("epp_background_tasks", ())] >= 0
+    assert ("epp_asyncio_tasks", ()) not in got  # installed outside a running loop
     assert got[("inference_pool_ready_pods", (("name", "standalone"),))] == 0
     assert handle.request_metrics.registry is registry
 

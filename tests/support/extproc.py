@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
@@ -101,3 +103,9 @@ class FixedScheduler:
 def stream_for(table: EndpointTable, scheduler: object | None = None, parser: object = openai_parser) -> ExtProcStream:
     director = Director(table, scheduler or LeastQueueScheduler(seed=1))  # type: ignore[arg-type]
     return ExtProcStream(director, parser)  # type: ignore[arg-type]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` in pieces at `cuts` (clipped to its length; never no piece)."""
+    edges = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)] or [b""]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +14,7 @@ from epp.extproc.messages import BODY_CHUNK_LIMIT
 from epp.requests.openai import API_SUFFIXES, ParsedBody, parse_openai_body
 from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from tests.support.extproc import BUFFERED, FULL_DUPLEX, body_msg, headers_msg, make_table, response_body_msg
+from tests.support.extproc import BUFFERED, FULL_DUPLEX, body_msg, headers_msg, make_table, response_body_msg, split
 from tests.support.least_queue import LeastQueueScheduler
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -26,11 +24,6 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=20,
 )
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    edges = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(edges)] or [b""]
 
 
 def new_stream() -> tuple[ExtProcStream, EndpointTable]:

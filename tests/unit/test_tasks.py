@@ -72,3 +72,25 @@ def test_every_background_task_of_the_epp_goes_through_spawn() -> None:
         if re.search(r"\bcreate_task\(|\bensure_future\(", line)
     ]
     assert offenders == []
+
+
+async def test_task_counts_are_exported_and_follow_the_tasks() -> None:
+    registry = CollectorRegistry()
+    install(registry, EndpointTable(4), Settings())  # inside the running loop: the loop's tasks are counted too
+
+    def counts() -> tuple[float, float]:
+        text = generate_latest(registry).decode()
+        background = re.search(r"^epp_background_tasks (\S+)$", text, re.M)
+        loop_tasks = re.search(r"^epp_asyncio_tasks (\S+)$", text, re.M)
+        assert background is not None and loop_tasks is not None, text
+        return float(background.group(1)), float(loop_tasks.group(1))
+
+    before = counts()
+    waiting = [tasks.spawn(asyncio.Event().wait(), "test-count") for _ in range(3)]
+    await asyncio.sleep(0)
+    assert counts() == (before[0] + 3, before[1] + 3)
+    for task in waiting:
+        task.cancel()
+    await asyncio.wait(waiting)
+    await asyncio.sleep(0)
+    assert counts() == before

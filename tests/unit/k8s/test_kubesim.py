@@ -370,3 +370,16 @@ def test_container_command_mounts_config_maps_and_empty_dirs_once(tmp_path: Path
         assert (command.volume_root / "tmp").is_dir() and not any((command.volume_root / "tmp").iterdir())
     finally:
         shutil.rmtree(command.volume_root, ignore_errors=True)
+
+
+def test_the_kubelet_reuses_the_addresses_of_stopped_pods() -> None:
+    # it handed out .2 to .254 once and then refused every pod (a soak adds and removes one each second)
+    from kubesim.kubelet import Kubelet, SimPod
+
+    kubelet = Kubelet(kube=None, subnet=251)  # type: ignore[arg-type]
+    kubelet._next_host = 253
+    first, second = kubelet.allocate_ip([8000]), kubelet.allocate_ip([8000])
+    assert (first, second) == ("127.0.251.253", "127.0.251.254")
+    running = SimPod("p", "default", "127.0.251.2", [8000], None, Path("/dev/null"))  # type: ignore[arg-type]
+    kubelet.pods[("default", "p")] = running
+    assert kubelet.allocate_ip([8000]) == "127.0.251.3"  # wrapped around, past the running pod's address

@@ -90,3 +90,19 @@ async def test_tokenize_ids_follow_the_text_and_count_as_the_engine() -> None:
             )
     finally:
         await server.stop()
+
+
+async def test_a_body_over_one_mib_is_served_as_vllm_does() -> None:
+    # aiohttp's default 1 MiB request cap answered 413 to long prompts that vLLM takes
+    server = SimServer(MODEL, free_port(), EngineConfig(), time_scale=200.0)
+    await server.start()
+    try:
+        body = orjson.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1, "user": "x" * 2_200_000})
+        assert len(body) > 2 * 1024 * 1024
+        async with (
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.post(f"http://127.0.0.1:{server.port}/v1/completions", data=body) as response,
+        ):
+            assert response.status == 200, await response.text()
+    finally:
+        await server.stop()

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing (atheris) of epp's parsers of untrusted input; see `python -m fuzz --help`."""
