@@ -3,7 +3,7 @@
 The stack of benchmarks/faults (kubesim, simulated vLLM pods each with a /metrics fault proxy, epp discovering
 the pool, real Envoy). First a closed-loop probe measures what the stack serves on this machine; then an
 open-loop load at half that runs for --minutes while
-- an endpoint joins or leaves every second (a pod is added, or the newest extra one is deleted: its Pod object
+- an endpoint joins or leaves every second (a pod is added, or the oldest extra one is deleted: its Pod object
   first, its server a few seconds later, as a rolling update does);
 - every 10 s one pod's /metrics turns slow (1 s) or garbage for 5 s;
 - every 5 s the InferenceModelRewrite that splits the `soak` model between two adapters changes its weights
