@@ -77,6 +77,8 @@ class PrefixDemand:
         request's blocks each candidate holds); 0 when there is none."""
         deepest = int(blocks.max()) if len(blocks) else 0
         n = len(blocks)
+        # what at least half the candidates hold is common too (one system prompt everyone already has)
+        held_by_half = int(_median(blocks)) if np.count_nonzero(blocks) * 2 >= n > 0 else 0
         for depth in CHECKPOINTS:
             if depth > deepest or depth > len(hashes):
                 continue
@@ -87,10 +89,20 @@ class PrefixDemand:
             holding = blocks >= depth
             holders = int(np.count_nonzero(holding))
             if needed > holders:
-                return max(depth, int(blocks[holding].min())) if holders > 1 else depth
-        return 0
+                return max(depth, int(blocks[holding].min()) if holders > 1 else depth, held_by_half)
+        return held_by_half
 
     def _forget(self) -> None:
         now = self.requests
         decay = self._decay
         self.counts = {k: v for k, v in self.counts.items() if v[0] * math.exp(-decay * (now - v[1])) >= 1.5}
+
+
+def _median(values: npt.NDArray[np.int64]) -> float:
+    """np.median without its overhead (it sorts a copy through several layers of Python)."""
+    n = len(values)
+    middle = n // 2
+    if n % 2:
+        return float(np.partition(values, middle)[middle])
+    low, high = np.partition(values, (middle - 1, middle))[middle - 1 : middle + 1]
+    return float(low + high) / 2

@@ -816,7 +816,9 @@ def test_every_plugin_parameter_is_read(cls: type, name: str) -> None:
     """Plugin parameters (each plugin's own tests show their effects): each one is at least read by the code
     beyond its declaration, by the plugin or by what it configures; one that is only declared is ignored."""
     declared = re.compile(rf"^\s+{name}\s*:")
-    sources = [Path(inspect.getsourcefile(cls) or ""), *(REPO / "epp").rglob("*.py")]
+    # the plugin's whole package: a model it configures may live beside it
+    home = Path(inspect.getsourcefile(cls) or "").parent
+    sources = [*home.glob("*.py"), *(REPO / "epp").rglob("*.py")]
     reads = sum(
         len(re.findall(rf"\.{name}\b", line))
         for path in sources

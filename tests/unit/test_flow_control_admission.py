@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from epp.requests.parsers import openai_parser
 
 from epp.config.schema import load_config_text
 from epp.datastore.table import Endpoint, EndpointTable
@@ -17,6 +16,7 @@ from epp.director import Director
 from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
+from epp.requests.parsers import openai_parser
 from epp.scheduling.framework import build_scheduler
 from epp_pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb

@@ -33,11 +33,10 @@ def test_histogram_buckets_are_cumulative_with_le_semantics() -> None:
 
 
 def test_request_metrics_use_reference_names_and_labels() -> None:
-    from epp.requests.parsers import openai_parser
-
     from epp.director import Director
     from epp.extproc.core import ExtProcStream
     from epp.observability.metrics import RequestMetrics
+    from epp.requests.parsers import openai_parser
     from tests.support.least_queue import LeastQueueScheduler
 
     registry = CollectorRegistry()

@@ -17,12 +17,12 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import (
     ProtocolConfiguration,
 )
 from envoy_data_plane.google.protobuf import ListValue, Struct, Value
-from epp.requests.parsers import openai_parser
 
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
 from epp.extproc.servicer import ExtProcServicer
+from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from tests.support.least_queue import LeastQueueScheduler
 

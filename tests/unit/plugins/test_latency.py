@@ -11,16 +11,9 @@ import pytest
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
 from epp.observability.extension import EXTENSION
-from epp.plugins.latency import (
-    KEY,
-    FleetModel,
-    PredictedTTFTParameters,
-    PredictedTTFTProducer,
-    PredictedTTFTScorer,
-    Prediction,
-    ttft_features,
-    ttft_model,
-)
+from epp.plugins.fleet_model import FleetModel, PredictedTTFTParameters, ttft_features, ttft_model
+from epp.plugins.latency import KEY, PredictedTTFTProducer, Prediction
+from epp.plugins.latency_scorer import PredictedTTFTScorer
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import Usage
@@ -253,7 +246,7 @@ def test_a_group_prefix_with_a_small_share_keeps_its_affinity() -> None:
     for _ in range(200):
         demand.count([*shared, 7], 65)  # one prefix most traffic passes through
     assert demand.common_blocks(shared, blocks) == 64  # needs more holders than one: common
-    assert demand.common_blocks(shared, np.full(8, 64)) == 0  # every endpoint holds it: nothing to spread
+    assert demand.common_blocks(shared, np.full(8, 64)) == 64  # every endpoint holds it: common, none preferred
 
 
 def test_an_endpoint_whose_kv_cache_would_overflow_is_charged_the_recomputation() -> None:

@@ -6,12 +6,12 @@ import base64
 
 import numpy as np
 import pytest
-from epp.requests.parsers import openai_parser
 
 from epp.config.schema import ConfigError, load_config_text
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
 from epp.plugins.session import SessionAffinityScorer, decode_token, encode_token
+from epp.requests.parsers import openai_parser
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.support.extproc import body_msg, headers_msg, response_headers_msg, set_headers

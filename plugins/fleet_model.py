@@ -1,0 +1,193 @@
+"""The pool's latency model: coefficients shared by every endpoint, learned online by a Kalman filter, times a
+per-endpoint slowness factor (used by the predicted-TTFT producer, plugins/latency.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DECODE_UNIT = 100.0
+PREFILL_UNIT = 10_000.0
+REQUEST_UNIT = 10.0
+#: an endpoint's slowness moves by this fraction of the log-ratio observed/predicted per response (the
+#: decode model's rate; the TTFT model's is the producer's slownessRate) ...
+SLOWNESS_RATE = 0.2
+#: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
+SLOWNESS_STEP = 1.5
+#: every this many responses, endpoints quiet for QUIET_SECONDS move halfway back to the fleet's median slowness
+RELAX_EVERY = 32
+QUIET_SECONDS = 5.0
+#: responses after which an endpoint's own slowness starts to move (the fleet's fit settles first)
+WARMUP_OBSERVATIONS = 5
+
+
+@dataclass
+class PredictedTTFTParameters:
+    #: starting prefill rate of an endpoint nothing has been learned about (the reference's
+    #: peakPrefillThroughput default)
+    prefill_tokens_per_second: float = 15_928.0
+    #: starting fixed part of a TTFT (one engine step and the network), seconds
+    base_seconds: float = 0.02
+    #: how fast the coefficients may drift, as a fraction of their starting value per second without news
+    drift_per_second: float = 0.1
+    #: an observation's noise, as a fraction of the observed TTFT
+    observation_noise: float = 0.15
+    #: how fast an endpoint's own slowness factor follows its observed / predicted ratio (0 = not learned: an
+    #: endpoint's speed is then priced by its own queue alone, which drains slower on a slower GPU)
+    slowness_rate: float = 0.0
+
+    def validate(self) -> None:
+        if self.prefill_tokens_per_second <= 0:
+            raise ValueError(f"prefillTokensPerSecond must be positive, got {self.prefill_tokens_per_second}")
+        if self.base_seconds < 0:
+            raise ValueError(f"baseSeconds must be >= 0, got {self.base_seconds}")
+        if not 0 < self.drift_per_second <= 1:
+            raise ValueError(f"driftPerSecond must be in (0, 1], got {self.drift_per_second}")
+        if not 0 < self.observation_noise <= 1:
+            raise ValueError(f"observationNoise must be in (0, 1], got {self.observation_noise}")
+        if not 0 <= self.slowness_rate <= 1:
+            raise ValueError(f"slownessRate must be in [0, 1], got {self.slowness_rate}")
+
+
+class FleetModel:
+    """seconds = slowness[endpoint] x (coefficients · features): coefficients shared by the fleet, a slowness
+    factor per endpoint.
+
+    The coefficients say how an engine of this pool turns load into waiting time; they are learned from every
+    endpoint's observations (a Kalman filter over the observations divided by their endpoint's slowness; an
+    observation's error is clipped to three of its expected standard deviations, so one stalled stream cannot
+    throw the fit). Each endpoint's slowness (1 = as the fleet's coefficients say) follows the ratio of what it
+    did to what the fleet's coefficients predicted, as an exponentially weighted mean in log space, bounded per
+    step: a GPU half as fast settles near 2 within a few responses, a server that degrades mid-run follows
+    within seconds, and no single observation moves it by more than a factor of e^(SLOWNESS_RATE x
+    SLOWNESS_STEP).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        prior: tuple[float, ...],
+        doubt: tuple[float, ...],
+        floors: tuple[float, ...],
+        drift_per_second: float,
+        noise: float,
+        slowness_rate: float = SLOWNESS_RATE,
+    ) -> None:
+        n = self.features_count = len(prior)
+        self.slowness_rate = slowness_rate
+        self.prior = prior
+        self.coefficients = list(prior)
+        self.covariance = [doubt[i] ** 2 if i == j else 0.0 for i in range(n) for j in range(n)]
+        self.drift = [(drift_per_second * d) ** 2 for d in doubt]
+        self.max_variance = [(10 * d) ** 2 for d in doubt]
+        self.floors = floors
+        self.noise = noise
+        self.updated = 0.0
+        self.slowness = np.ones(capacity)
+        self.observations = np.zeros(capacity)
+        #: when each endpoint last taught the model (0 = never)
+        self.last_seen = np.zeros(capacity)
+        self._learned = 0
+
+    def reset(self, slot: int) -> None:
+        """A new endpoint in `slot`: the fleet's median slowness."""
+        learned = self.observations > 0
+        learned[slot] = False
+        self.slowness[slot] = float(np.median(self.slowness[learned])) if learned.any() else 1.0
+        self.observations[slot] = 0.0
+        self.last_seen[slot] = 0.0
+
+    def fleet_prediction(self, x: Sequence[float]) -> float:
+        return sum(c * v for c, v in zip(self.coefficients, x, strict=True))
+
+    def predict(self, slot: int, x: Sequence[float]) -> float:
+        return float(self.slowness[slot]) * self.fleet_prediction(x)
+
+    def learn(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
+        slowness = float(self.slowness[slot])
+        fleet = max(self.fleet_prediction(x), 1e-4)
+        if self.slowness_rate > 0 and (
+            self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS
+        ):
+            step = math.log(max(seconds, 1e-6) / (slowness * fleet))
+            step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
+            self.slowness[slot] = min(max(slowness * math.exp(self.slowness_rate * step), 0.05), 50.0)
+        self.observations[slot] += 1
+        self.last_seen[slot] = now
+        self._learned += 1
+        if self.slowness_rate > 0 and self._learned % RELAX_EVERY == 0:
+            self._relax(now)
+        self._fit(x, seconds / slowness, now)
+
+    def _relax(self, now: float) -> None:
+        """An endpoint that has not answered for a while (one judged slow gets no traffic) moves halfway back to
+        the fleet's median slowness: it gets a request again, and that request shows whether it recovered."""
+        learned = self.observations > 0
+        quiet = learned & (self.last_seen < now - QUIET_SECONDS)
+        if quiet.any() and learned.sum() > quiet.sum():
+            median = float(np.median(self.slowness[learned & ~quiet]))
+            self.slowness[quiet] = np.sqrt(self.slowness[quiet] * median)
+            self.last_seen[quiet] = now
+
+    def _fit(self, x: Sequence[float], y: float, now: float) -> None:
+        n = self.features_count
+        c = self.covariance
+        elapsed = min(now - self.updated, 600.0) if self.updated > 0 else 0.0
+        self.updated = now
+        for i in range(n):  # the coefficients may drift (a new model version, another traffic mix)
+            c[i * n + i] = min(c[i * n + i] + self.drift[i] * max(elapsed, 0.01), self.max_variance[i])
+        theta = self.coefficients
+        px = [sum(c[i * n + j] * x[j] for j in range(n)) for i in range(n)]
+        variance = sum(x[i] * px[i] for i in range(n)) + (self.noise * y) ** 2 + 1e-8
+        error = y - sum(theta[i] * x[i] for i in range(n))
+        limit = 3.0 * math.sqrt(variance)
+        error = min(max(error, -limit), limit)
+        gain = [v / variance for v in px]
+        for i in range(n):
+            theta[i] = max(theta[i] + gain[i] * error, self.floors[i])
+        for i in range(n):
+            for j in range(n):
+                c[i * n + j] -= gain[i] * px[j]
+        for i in range(n):  # keep it a covariance despite rounding: positive variances, |correlation| <= 1
+            c[i * n + i] = max(c[i * n + i], 1e-12)
+        for i in range(n):
+            for j in range(i + 1, n):
+                bound = math.sqrt(c[i * n + i] * c[j * n + j])
+                value = min(max(0.5 * (c[i * n + j] + c[j * n + i]), -bound), bound)
+                c[i * n + j] = c[j * n + i] = value
+
+
+def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
+    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10)."""
+    base = parameters.base_seconds
+    per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
+    return FleetModel(
+        capacity,
+        prior=(base, base / 2, per_prefill, 0.0),
+        doubt=(base, base / 2, per_prefill, base),  # per_request starts at 0 but may grow to a base per request
+        floors=(0.0, 0.0, per_prefill / 100, 0.0),
+        drift_per_second=parameters.drift_per_second,
+        noise=parameters.observation_noise,
+        slowness_rate=parameters.slowness_rate,
+    )
+
+
+def ttft_features(decoding: float, work: float, waiting: float) -> tuple[float, float, float, float]:
+    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT)
+
+
+def decode_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
+    """Time per output token = slowness x (step + per_decode x decoding/100): one engine step, longer as the batch
+    grows (the weights are read once per step; every request's KV is read too)."""
+    step = parameters.base_seconds
+    return FleetModel(
+        capacity,
+        prior=(step, step / 2),
+        doubt=(step, step),
+        floors=(step / 100, 0.0),
+        drift_per_second=parameters.drift_per_second,
+        noise=parameters.observation_noise,
+    )
