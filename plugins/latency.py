@@ -254,7 +254,7 @@ class PredictedTTFTProducer(DataProducer):
         overflow = self._overflow(table, candidates, uncached, output, per_token)
         lift = None
         common = 0.0
-        if common_blocks and match is not None and blocks is not None:
+        if common_blocks and blocks is not None and match is not None:
             common = common_blocks / match.total_blocks
             short = np.maximum(common_blocks - blocks, 0) * block_tokens
             if short.max() > 0:
@@ -293,13 +293,15 @@ class PredictedTTFTProducer(DataProducer):
         in flight has grown to its expected length. None while no candidate would overflow."""
         capacity = table.cache_num_blocks.take(candidates)
         capacity *= table.cache_block_size.take(candidates)
+        if capacity.min() <= 0:  # a cache size not scraped yet: nothing to compare with
+            return None
         held = self.kv_tokens.take(candidates)
         # what the server reports holding, when above this EPP's own projection (another replica's requests)
         np.maximum(held, table.kv_usage.take(candidates) * capacity, out=held)
         held += uncached
         held += output
         held -= capacity
-        if capacity.min() <= 0 or held.max() <= 0:
+        if held.max() <= 0:
             return None
         np.clip(held, 0.0, uncached + output, out=held)
         held *= per_token

@@ -32,13 +32,13 @@ def start_fleet(
     """`count` simulated servers with the calibrated defaults in one process; returns it and the first port.
     `speeds` gives each server's speed factor, `num_gpu_blocks` (when > 0) each server's KV blocks. A port
     taken by another process between the check and the bind is retried on another range (three times)."""
-    for attempt in range(3):
+    arguments = (model, count, time_scale, stream_interval, adapters, max_loras, speeds, num_gpu_blocks)
+    for _ in range(2):
         try:
-            return _start_fleet(model, count, time_scale, stream_interval, adapters, max_loras, speeds, num_gpu_blocks)
+            return _start_fleet(*arguments)
         except PortTaken:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return _start_fleet(*arguments)
 
 
 class PortTaken(RuntimeError):
