@@ -288,16 +288,14 @@ class PredictedTTFTProducer(DataProducer):
         output: float,
         per_token: npt.NDArray[np.float64],
     ) -> npt.NDArray[np.float64] | None:
-        """Seconds of prefill the engine would spend recomputing preempted requests if this one went there: the
-        part of its KV need (uncached prompt and expected output) beyond the endpoint's free KV once everything
-        in flight has grown to its expected length. None while no candidate would overflow."""
+        """Seconds of prefill to recompute what this request's KV need (uncached prompt + expected output) would
+        preempt there, once everything in flight has grown to its expected length; None: no candidate overflows."""
         capacity = table.cache_num_blocks.take(candidates)
         capacity *= table.cache_block_size.take(candidates)
         if capacity.min() <= 0:  # a cache size not scraped yet: nothing to compare with
             return None
         held = self.kv_tokens.take(candidates)
-        # what the server reports holding, when above this EPP's own projection (another replica's requests)
-        np.maximum(held, table.kv_usage.take(candidates) * capacity, out=held)
+        np.maximum(held, table.kv_usage.take(candidates) * capacity, out=held)  # another replica's, reported
         held += uncached
         held += output
         held -= capacity
