@@ -15,9 +15,10 @@ For each candidate the producer predicts how long this request would wait for it
   finish, whatever their length).
 
 The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to
-the first streamed chunk, and the prompt and cached token counts the server reports in `usage` (see
-FleetModel). A per-endpoint slowness factor multiplies them; it is learned only with slownessRate > 0
-(default 0: a slower or degraded server is priced by its own queue, which drains slower). Each endpoint's
+the first streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the
+server reports in `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A
+per-endpoint slowness factor multiplies them; it is learned only with slownessRate > 0 (default 0: a slower
+or degraded server is priced by its own queue, which drains slower). Each endpoint's
 miss factor (prompt tokens it really computed over those the index expected) scales the uncached part;
 requests the server reports waiting beyond this EPP's own count as typical prompts. Prompt tokens are
 estimated from bytes with a ratio learned from the same `usage` reports.
@@ -360,13 +361,23 @@ class PredictedTTFTProducer(DataProducer):
             self.kv_tokens[note.slot] = max(self.kv_tokens[note.slot] - note.kv_need, 0.0)
 
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
+        """Learn the TTFT now, with the index's estimate of the uncached prompt: a response's usage comes only at
+        its end, a whole output length later, and a model that waits for it lags every change of load."""
         note = result.recall(self._note_key)
         if note is None:
             return
         self._release(note)
         note.ttft = ttft
-        if ttft is not None and self.decode_used:
-            note.first_at = self.clock()
+        table = self.table
+        if ttft is None or ttft <= 0 or table is None:
+            return
+        now = self.clock()
+        if self.decode_used:
+            note.first_at = now
+        record_ttft_prediction(abs(note.predicted - ttft) / ttft)
+        if table.epoch[note.slot] == note.epoch:
+            work = note.queued + max(note.uncached, 1.0)
+            self.model.learn(note.slot, ttft_features(note.decoding, work, note.waiting), ttft, now)
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         note = result.recall(self._note_key)
@@ -374,29 +385,22 @@ class PredictedTTFTProducer(DataProducer):
             return
         self._release(note)
         self._release_kv(note)
-        ttft = note.ttft
         table = self.table
-        if ttft is None or ttft <= 0 or usage is None or usage.prompt_tokens <= 0 or table is None:
+        if note.ttft is None or note.ttft <= 0 or usage is None or usage.prompt_tokens <= 0 or table is None:
             return
         if note.prompt_bytes > 0:
             ratio = note.prompt_bytes / usage.prompt_tokens
             if 0.5 < ratio < 64:
                 self.bytes_per_token += 0.05 * (ratio - self.bytes_per_token)
-        record_ttft_prediction(abs(note.predicted - ttft) / ttft)
         if table.epoch[note.slot] != note.epoch:
             return
-        own: float
         if usage.cached_reported:
-            own = max(usage.prompt_tokens - usage.cached_tokens, 1)
-            self._learn_misses(note, own)
-        else:  # a server that does not say what it had cached: take the index's word for it
-            own = max(note.uncached, 1.0)
+            self._learn_misses(note, max(usage.prompt_tokens - usage.cached_tokens, 1))
         self.prompt_tokens += 0.05 * (usage.prompt_tokens - self.prompt_tokens)
-        now = self.clock()
-        self.model.learn(note.slot, ttft_features(note.decoding, note.queued + own, note.waiting), ttft, now)
         if usage.completion_tokens > 0:
             self.output_tokens += 0.05 * (usage.completion_tokens - self.output_tokens)
         if self.decode_used and usage.completion_tokens >= 2 and note.first_at > 0:
+            now = self.clock()
             per_token = (now - note.first_at) / (usage.completion_tokens - 1)
             self.decode.learn(note.slot, (1.0, (note.decoding + 1.0) / DECODE_UNIT), per_token, now)
 

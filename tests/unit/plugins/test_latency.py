@@ -121,15 +121,21 @@ def test_streamed_responses_teach_the_model_and_count_in_the_error_metric() -> N
     clock = [100.0]
     producer.clock = lambda: clock[0]
     before = producer.model.predict(0, ttft_features(0, 1000, 0))
+    decisions = []
     for i in range(20):
         decision = _decide(director, f"{i:04d}" * 1000, f"r{i}")  # 1,000 tokens
         decision.picked_at -= 0.5  # type: ignore[attr-defined]  # half a second to the first token: slow
         director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
-        director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_reported=True))  # type: ignore[arg-type]
         clock[0] += 0.5
+        decisions.append(decision)
+    # learned at the first chunk: the usage (the end of each response) comes an output length later
     assert producer.model.predict(0, ttft_features(0, 1000, 0)) > 3 * before
     counts = EXTENSION._ttft_error.counts
     assert sum(counts) == 20
+    learned = producer.model.coefficients.copy()
+    for decision in decisions:
+        director.complete(decision, Usage(prompt_tokens=1000, completion_tokens=5, cached_reported=True))  # type: ignore[arg-type]
+    assert producer.model.coefficients == learned and sum(EXTENSION._ttft_error.counts) == 20
 
 
 def test_parameters_are_checked() -> None:
