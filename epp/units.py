@@ -49,14 +49,19 @@ def parse_quantity(text: str) -> int:
     return int(number * factor)
 
 
-def parse_port(text: str) -> int:
+def parse_whole_number(text: str, low: int, high: int, what: str, why: str = "") -> int:
+    """A whole number in low..high (`what` it is, and `why` a value out of range is refused, name the error)."""
     try:
-        port = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} out of range 0..65535")
-    return port
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}; use a whole number {low}..{high}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} {value} is not in {low}..{high}{f' ({why})' if why else ''}")
+    return value
+
+
+def parse_port(text: str) -> int:
+    return parse_whole_number(text, 0, 65535, "port")
 
 
 def parse_ports(text: str) -> tuple[int, ...]:

@@ -136,7 +136,7 @@ def _check_profile_handler(
 def _params_dict(parameters: Any) -> dict[str, Any]:
     import dataclasses
 
-    from epp.scheduling.plugin import _camel
+    from epp.scheduling.plugin import parameter_key
 
     if not dataclasses.is_dataclass(parameters):
         return {}
@@ -144,7 +144,7 @@ def _params_dict(parameters: Any) -> dict[str, Any]:
     if callable(describe):
         described: dict[str, Any] = describe()
         return described
-    return {_camel(f.name): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
+    return {parameter_key(f): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
 
 
 def default_config() -> EndpointPickerConfig:
