@@ -1,8 +1,10 @@
 """Source trees of epp measured in one run, alternating process by process: the protocol core's per-request
 Python (`benchmarks/extproc/core_micro.py`, CPU time of its thread) and the scheduler's decision p50
-(`benchmarks/scheduler/run.py`, one shape, one size).
+(`benchmarks/scheduler/run.py`, one shape, one size; the built-in default config, and each `--config FILE`, a
+path inside the trees, so each tree reads its own copy).
 
     python benchmarks/compare_trees.py LABEL=DIR LABEL=DIR [...] [--rounds 8] [--requests 1000] [--picks 2000]
+        [--config config/default-plugins.yaml ...]
 
 Each tree runs its own copy of both benchmarks with its own virtual environment (DIR/.venv, made by
 `scripts/venv.sh`), so each measures its own code. A tree whose core_micro has no `--clock` option (older
@@ -36,7 +38,8 @@ class Tree:
     label: str
     root: Path
     core: dict[str, list[float]] = field(default_factory=lambda: {"with": [], "without": []})
-    pick_p50_ms: list[float] = field(default_factory=list)
+    #: per scheduler config ("" = the built-in default), the decision p50 of each round
+    pick_p50_ms: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def python(self) -> str:
@@ -51,10 +54,11 @@ class Tree:
         copy.write_text(text.replace("time.perf_counter()", "time.thread_time()"))
         return [self.python, str(copy), "--requests", str(requests)]
 
-    def pick_command(self, picks: int, endpoints: int, prompt: int) -> list[str]:
+    def pick_command(self, picks: int, endpoints: int, prompt: int, config: str) -> list[str]:
         script = self.root / "benchmarks" / "scheduler" / "run.py"
+        chosen = ["--config", str(self.root / config)] if config else []
         return [self.python, str(script), "--endpoints", str(endpoints), "--prompts", str(prompt),
-                "--shapes", "chat", "--picks", str(picks), "--skip-index"]  # fmt: skip
+                "--shapes", "chat", "--picks", str(picks), "--skip-index", *chosen]  # fmt: skip
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -71,28 +75,35 @@ def ratios(later: list[float], earlier: list[float]) -> str:
 
 def tree_argument(text: str) -> Tree:
     label, sep, folder = text.partition("=")
-    if not sep or not label or not (Path(folder) / ".venv" / "bin" / "python").exists():
-        raise argparse.ArgumentTypeError(f"{text!r}: use LABEL=DIR, DIR a tree with its .venv (scripts/venv.sh)")
+    if not sep or not label or not (Path(folder) / ".venv" / ".epp-installed").exists():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use LABEL=DIR, DIR a tree whose .venv scripts/venv.sh has finished installing"
+        )
     return Tree(label, Path(folder).resolve())
 
 
 def measure(tree: Tree, args: argparse.Namespace, scratch: Path) -> None:
     for kind, value in CORE_LINE.findall(run(tree.core_command(args.requests, scratch), tree.root)):
         tree.core[kind].append(float(value))
-    picks = PICK_LINE.findall(run(tree.pick_command(args.picks, args.endpoints, args.prompt), tree.root))
-    if len(picks) != 1:
-        raise SystemExit(f"{tree.label}: expected one chat row from the scheduler benchmark, got {picks}")
-    tree.pick_p50_ms.append(float(picks[0][2]))
+    for config in args.configs:
+        picks = PICK_LINE.findall(run(tree.pick_command(args.picks, args.endpoints, args.prompt, config), tree.root))
+        if len(picks) != 1:
+            raise SystemExit(f"{tree.label}: expected one chat row from the scheduler benchmark, got {picks}")
+        tree.pick_p50_ms.setdefault(config, []).append(float(picks[0][2]))
 
 
 def report(trees: list[Tree], args: argparse.Namespace) -> None:
     figures: dict[str, Callable[[Tree], list[float]]] = {
         "core per-request Python with metrics, µs": lambda t: t.core["with"],
         "core per-request Python without metrics, µs": lambda t: t.core["without"],
-        f"scheduler decision p50 ({args.endpoints} endpoints, {args.prompt}-char chat prompt), ms": lambda t: (
-            t.pick_p50_ms
-        ),
     }
+
+    def p50s_of(config: str) -> Callable[[Tree], list[float]]:
+        return lambda tree: tree.pick_p50_ms[config]
+
+    for config in args.configs:
+        title = f"scheduler decision p50, {config or 'built-in default'} ({args.endpoints} endpoints, "
+        figures[title + f"{args.prompt}-char chat prompt), ms"] = p50s_of(config)
     for title, values in figures.items():
         print(f"{title}: " + ", ".join(f"{t.label} median {statistics.median(values(t)):.4g}" for t in trees))
         for i, later in enumerate(trees):
@@ -108,7 +119,11 @@ def main() -> None:
     parser.add_argument("--picks", type=int, default=2000, help="scheduler decisions per process")
     parser.add_argument("--endpoints", type=int, default=100)
     parser.add_argument("--prompt", type=int, default=8000, help="prompt characters")
+    parser.add_argument(
+        "--config", action="append", default=[], help="also time the scheduler with this config (path in each tree)"
+    )
     args = parser.parse_args()
+    args.configs = ["", *args.config]
     trees: list[Tree] = args.trees
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(args.rounds):
@@ -116,10 +131,12 @@ def main() -> None:
             for tree in trees[index % len(trees) :] + trees[: index % len(trees)]:
                 started = time.time()
                 measure(tree, args, Path(scratch))
+                p50s = " / ".join(f"{tree.pick_p50_ms[c][-1]:.3f}" for c in args.configs)
                 print(
                     f"round {index + 1} {tree.label:>8}: core {tree.core['with'][-1]:.1f} / "
-                    f"{tree.core['without'][-1]:.1f} µs (with / without metrics), decision p50 "
-                    f"{tree.pick_p50_ms[-1]:.3f} ms  [{time.strftime('%H:%M:%S')}, {time.time() - started:.0f} s]",
+                    f"{tree.core['without'][-1]:.1f} µs (with / without metrics), decision p50 {p50s} ms "
+                    f"(default{''.join(' / ' + c for c in args.config)})  "
+                    f"[{time.strftime('%H:%M:%S')}, {time.time() - started:.0f} s]",
                     flush=True,
                 )
     report(trees, args)

@@ -1,4 +1,5 @@
-"""Units of flags and config values: Go durations, Kubernetes-style quantities, pflag booleans, ports.
+"""Units of flags and config values: Go durations, Kubernetes-style quantities, pflag booleans, ports; and the
+keys of a config mapping that are not known.
 
 A leaf module (standard library only), so the CLI, the config loader and plugins can all parse values the same way.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Collection, Mapping
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -76,3 +78,8 @@ def duration_seconds(text: str, name: str) -> float:
         return parse_duration(text)
     except Exception as exc:  # argparse.ArgumentTypeError is not a ValueError
         raise ValueError(f"{name}: {exc}") from None
+
+
+def unknown_keys(mapping: Mapping[object, object], known: Collection[str]) -> list[str]:
+    """The keys of a parsed YAML mapping that are not `known`, as text, sorted (YAML keys may be numbers or null)."""
+    return sorted(str(key) for key in mapping if key not in known)

@@ -17,6 +17,7 @@ from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.plugins.load import inflight_load
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
 from epp.scheduling.plugin import CycleState, Filter, ParameterError, parameter_mapping, require_non_negative
+from epp.units import unknown_keys
 
 ROLE_LABEL = "llm-d.ai/role"
 PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
@@ -115,7 +116,7 @@ class SelectorParameters:
 def _parse_requirement(raw: Any, path: str) -> Requirement:
     if not isinstance(raw, Mapping):
         raise ParameterError(f"{path}: expected a mapping {{key, operator, values}}")
-    unknown = sorted(set(raw) - {"key", "operator", "values"})
+    unknown = unknown_keys(raw, ("key", "operator", "values"))
     if unknown:
         raise ParameterError(f"{path}.{unknown[0]}: unknown field; valid fields: key, operator, values")
     key, operator, values = raw.get("key"), raw.get("operator"), raw.get("values", [])

@@ -25,6 +25,7 @@ import numpy as np
 from epp.datastore.table import SlotArray
 from epp.scheduling.plugin import CycleState, ParameterError, Scorer, Scores, parameter_mapping
 from epp.scheduling.types import SchedulingResult, StateKey
+from epp.units import unknown_keys
 
 TOKEN_HEADER = "x-session-token"
 SESSION_ID_HEADER = "x-session-id"
@@ -74,7 +75,7 @@ class SessionAffinityScorer(Scorer):
         where = f"{path}.sessionIdConfig"
         if not isinstance(config, Mapping):
             raise ParameterError(f"{where}: expected a mapping with sources, evictionTtlSeconds, evictionSweepSeconds")
-        unknown = sorted(set(config) - {"sources", "evictionTtlSeconds", "evictionSweepSeconds"})
+        unknown = unknown_keys(config, ("sources", "evictionTtlSeconds", "evictionSweepSeconds"))
         if unknown:
             raise ParameterError(
                 f"{where}.{unknown[0]}: unknown field; valid: evictionSweepSeconds, evictionTtlSeconds, sources"

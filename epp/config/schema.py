@@ -17,6 +17,7 @@ from epp.config.flowcontrol import describe_flow_control, parse_flow_control
 from epp.flowcontrol.queue import QueueSettings
 from epp.scheduling.plugin import ParameterError, Plugin, ProfileHandler
 from epp.scheduling.registry import default_instance, plugin_types
+from epp.units import unknown_keys
 
 API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
 KIND = "EndpointPickerConfig"
@@ -210,7 +211,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         if not isinstance(raw, Mapping) or "type" not in raw:
             error(path, "expected a mapping with a 'type' (and optional 'name', 'parameters')")
             continue
-        extra = sorted(set(raw) - {"type", "name", "parameters"})
+        extra = unknown_keys(raw, ("type", "name", "parameters"))
         if extra:
             error(f"{path}.{extra[0]}", "unknown field; valid fields: type, name, parameters")
         kind = raw["type"]

@@ -32,6 +32,7 @@ from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.types import CycleState as CycleState
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 from epp.scheduling.types import StateKey as StateKey
+from epp.units import unknown_keys
 
 Scores = npt.NDArray[np.float64]
 T = TypeVar("T")
@@ -47,7 +48,7 @@ def parameter_mapping(raw: object, path: str, known: Collection[str], owner: str
     raw = raw or {}
     if not isinstance(raw, Mapping):
         raise ParameterError(f"{path}: expected a mapping of parameters, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(known))
+    unknown = unknown_keys(raw, known)
     if unknown:
         listed = ", ".join(sorted(known)) or "none"
         raise ParameterError(f"{path}.{unknown[0]}: unknown parameter of {owner}; known: {listed}")
