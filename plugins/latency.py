@@ -6,7 +6,8 @@ For each candidate the producer predicts how long this request would wait for it
            + per_request · waiting / 10
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
-  produced their first token yet (exact and never stale: charged at the pick, released at the first chunk);
+  produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
+  less the part of the head request's prefill the endpoint has probably computed since (plugins/prefill_drain.py);
 - own uncached prefill: this request's prompt tokens minus those the endpoint holds (the approximate prefix
   index's match), so a warm endpoint is priced by what it saves, not by a weight;
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
@@ -47,6 +48,7 @@ from epp.plugins.fleet_model import (
     ttft_features,
     ttft_model,
 )
+from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
@@ -91,50 +93,23 @@ class Prediction:
         return values[np.searchsorted(self.candidates, candidates)]
 
 
+@dataclass(slots=True)
 class _Note:
     """What one pick charged and predicted, kept on the result until the response ends."""
 
-    __slots__ = (
-        "decoding",
-        "epoch",
-        "first_at",
-        "kv_need",
-        "kv_released",
-        "predicted",
-        "prompt_bytes",
-        "queued",
-        "released",
-        "slot",
-        "ttft",
-        "uncached",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        slot: int,
-        epoch: float,
-        uncached: float,
-        queued: float,
-        decoding: float,
-        waiting: float,
-        predicted: float,
-        size: int,
-        kv_need: float,
-    ) -> None:
-        self.slot = slot
-        self.epoch = epoch
-        self.uncached = uncached
-        self.queued = queued
-        self.decoding = decoding
-        self.waiting = waiting
-        self.predicted = predicted
-        self.prompt_bytes = size
-        self.released = False
-        self.kv_need = kv_need
-        self.kv_released = False
-        self.ttft: float | None = None
-        self.first_at = 0.0
+    slot: int
+    epoch: float
+    uncached: float
+    queued: float
+    decoding: float
+    waiting: float
+    predicted: float
+    prompt_bytes: int
+    kv_need: float
+    released: bool = False
+    kv_released: bool = False
+    ttft: float | None = None
+    first_at: float = 0.0
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -154,6 +129,7 @@ class PredictedTTFTProducer(DataProducer):
         self.prompt_tokens = 1024.0
         self.queued_tokens = np.zeros(0)
         self.queued_requests = np.zeros(0)
+        self.drain = QueuedPrefillDrain(0)
         self.demand = PrefixDemand()
         #: KV tokens the requests this EPP sent to each endpoint will hold until they end (uncached prompt plus
         #: expected output each), charged at the pick and released when the response ends
@@ -177,6 +153,7 @@ class PredictedTTFTProducer(DataProducer):
         self.decode = decode_model(table.capacity, self.parameters)
         self.queued_tokens = np.zeros(table.capacity)
         self.queued_requests = np.zeros(table.capacity)
+        self.drain = QueuedPrefillDrain(table.capacity)
         self.kv_tokens = np.zeros(table.capacity)
         self.miss_factor = np.ones(table.capacity)
 
@@ -185,6 +162,7 @@ class PredictedTTFTProducer(DataProducer):
                 return
             self.queued_tokens[slot] = 0.0
             self.queued_requests[slot] = 0.0
+            self.drain.reset(slot, self.clock())
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
             if kind == "add":
@@ -228,6 +206,8 @@ class PredictedTTFTProducer(DataProducer):
         per_token = slowness * (per_prefill / PREFILL_UNIT)
         queued = self.queued_tokens.take(candidates)
         waiting = self.queued_requests.take(candidates)
+        if queued.any():
+            queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
         decoding = table.inflight_requests.take(candidates)
         decoding -= waiting
         np.maximum(decoding, 0.0, out=decoding)
@@ -279,6 +259,12 @@ class PredictedTTFTProducer(DataProducer):
             overflow,
         )
         state.write(KEY, prediction)
+
+    def _advance_drain(self, slot: int) -> None:
+        per_token = float(self.model.slowness[slot]) * self.model.coefficients[2] / PREFILL_UNIT
+        self.drain.advance_one(
+            slot, float(self.queued_tokens[slot]), float(self.queued_requests[slot]), per_token, self.clock()
+        )
 
     def _overflow(
         self,
@@ -334,6 +320,7 @@ class PredictedTTFTProducer(DataProducer):
         if i >= len(candidates) or candidates[i] != slot:
             return
         uncached = float(prediction.uncached[i])
+        self._advance_drain(slot)
         self.queued_tokens[slot] += uncached
         self.queued_requests[slot] += 1.0
         kv_need = uncached + prediction.output_tokens
@@ -359,6 +346,8 @@ class PredictedTTFTProducer(DataProducer):
         if table is None or table.epoch[note.slot] != note.epoch:
             return  # the endpoint left; its slot's queue was reset then
         slot = note.slot
+        self._advance_drain(slot)
+        self.drain.finished(slot, note.uncached)
         self.queued_tokens[slot] = max(self.queued_tokens[slot] - note.uncached, 0.0)
         self.queued_requests[slot] = max(self.queued_requests[slot] - 1.0, 0.0)
 

@@ -10,7 +10,8 @@ latency (0 in virtual time) and the scrape's own delay.
 
     python benchmarks/routing/virtual_fleet.py --workloads high,chat --configs default,recommended --seeds 1,2
 
-A config is a file name of benchmarks/routing/configs/, or `round-robin` (the candidates in turn).
+A config is a file name of benchmarks/routing/configs/, or a peer policy of virtual_peers.py: `round-robin`,
+`random`, `cache-aware` (sglang-router's and vllm-router's cache_aware, from their documented behaviour).
 """
 
 from __future__ import annotations
@@ -28,35 +29,22 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from virtual_peers import PEER_POLICIES  # noqa: E402
 from workloads import Request  # noqa: E402
 
 from epp.config.schema import load_config_file  # noqa: E402
-from epp.datastore.table import Endpoint, EndpointTable, SlotArray  # noqa: E402
+from epp.datastore.table import Endpoint, EndpointTable  # noqa: E402
 from epp.director import Decision, Director  # noqa: E402
 from epp.requests.openai import parse_openai_body  # noqa: E402
 from epp.scheduling.framework import build_scheduler  # noqa: E402
-from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingResult, StateKey, Usage  # noqa: E402
+from epp.scheduling.types import StateKey, Usage  # noqa: E402
 from vllmsim.engine import Engine, EngineConfig, Sequence  # noqa: E402
 from vllmsim.server import prompt_text  # noqa: E402
 
 ARRIVAL, STEP, SCRAPE, SLOWDOWN = 0, 1, 2, 3
-#: the config name that routes in turn instead of running epp's scheduler (the peers' round_robin)
-ROUND_ROBIN = "round-robin"
 
 #: what the predicted-TTFT producer keeps with each pick (its name is the default plugin name)
 PREDICTION_NOTE: StateKey[object] = StateKey("predicted-ttft-producer")
-
-
-class RoundRobin:
-    """A Scheduler that takes the candidates in turn."""
-
-    def __init__(self) -> None:
-        self.turn = 0
-
-    def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
-        self.turn += 1
-        picked = candidates[self.turn % len(candidates) : self.turn % len(candidates) + 1]
-        return SchedulingResult({"default": ProfileResult(picked)}, "default")
 
 
 @dataclass
@@ -104,8 +92,8 @@ def simulate(
     table = EndpointTable(max(count, 1))
     for i in range(count):
         table.add(Endpoint(f"127.0.0.{i + 1}", 8000, name=f"server-{i}"))
-    if config_path.stem == ROUND_ROBIN:
-        director = Director(table, RoundRobin())
+    if config_path.stem in PEER_POLICIES:
+        director = Director(table, PEER_POLICIES[config_path.stem]())
         scheduler = None
     else:
         scheduler = build_scheduler(load_config_file(str(config_path)), table)

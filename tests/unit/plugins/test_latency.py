@@ -14,6 +14,7 @@ from epp.observability.extension import EXTENSION
 from epp.plugins.fleet_model import FleetModel, PredictedTTFTParameters, ttft_features, ttft_model
 from epp.plugins.latency import KEY, PredictedTTFTProducer, Prediction
 from epp.plugins.latency_scorer import PredictedTTFTScorer
+from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import Usage
@@ -268,3 +269,33 @@ def test_an_endpoint_whose_kv_cache_would_overflow_is_charged_the_recomputation(
     for decision in (first, second):
         director.complete(decision, None)
     assert not producer.kv_tokens.any()
+
+
+def test_the_head_of_a_queue_drains_with_time_and_a_long_queue_only_by_its_head() -> None:
+    drain = QueuedPrefillDrain(2)
+    slots = np.array([0, 1])
+    queued = np.array([1000.0, 4000.0])  # one request of 1,000 tokens; four of 1,000
+    requests = np.array([1.0, 4.0])
+    per_token = np.array([1e-4, 1e-4])  # 10,000 tokens/s
+    assert drain.advance(slots, queued, requests, per_token, 0.0).tolist() == [0.0, 0.0]
+    early = drain.advance(slots, queued, requests, per_token, 0.05)  # 500 tokens at full rate
+    assert 0 < early[0] < 500 and early[0] == early[1]
+    late = drain.advance(slots, queued, requests, per_token, 10.0)
+    assert late.tolist() == pytest.approx([900.0, 900.0])  # at most 90 % of one request: the head
+    drain.finished(1, 1000.0)
+    assert drain.drained[1] == 0.0
+
+
+def test_the_producer_prices_a_queue_lower_the_longer_its_head_has_been_in_prefill() -> None:
+    director, producer = _setup(2)
+    clock = [100.0]
+    producer.clock = lambda: clock[0]
+    first = _decide(director, "a" * 4000)  # 1,000 prompt tokens queued on one endpoint
+    slot = first.charged_slot  # type: ignore[attr-defined]
+    _decide(director, "b" * 40, "r2")
+    at_pick = float(producer.drain.drained[slot])
+    clock[0] += 5.0
+    _decide(director, "c" * 40, "r3")
+    assert at_pick < 1.0 < producer.drain.drained[slot] <= 900.0
+    director.first_chunk(first, streamed=True)  # type: ignore[arg-type]
+    assert producer.drain.drained[slot] == 0.0 and producer.queued_tokens[slot] == 0.0
