@@ -1,10 +1,12 @@
 """Ports every ext_proc server here opens (`epp` and `epp bbr`): the ext_proc gRPC port with the reference's
-TLS flags, and the gRPC health port; a port that cannot be bound stops startup with a message naming its flag."""
+TLS flags, and the gRPC health port; a port that cannot be bound stops startup with a message naming its flag.
+Before serving, the soft limit of open files is raised to the hard one."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -26,6 +28,21 @@ S = TypeVar("S", bound=ServingSettings)
 
 class StartupError(Exception):
     pass
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit of open files to the hard one, as the Go runtime does for the reference EPP; the new
+    soft limit. A login shell's soft limit is often 1,024, which a pool of that many scraped endpoints or as
+    many client connections exhausts (each holds a descriptor), while the hard limit allows far more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # the kernel's usual nr_open
+    if soft == hard or (soft != resource.RLIM_INFINITY and soft >= target):
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # nr_open can be below an unlimited hard limit
+        return soft
+    return target
 
 
 def bind(flag: str, port: int, opener: Callable[[], T]) -> T:
@@ -78,6 +95,7 @@ def run_server(
 ) -> int:
     """Log as the flags say, start, serve until SIGTERM / SIGINT, stop; 1 when startup fails (said on stderr)."""
     epp_logging.configure_options(log_options(settings))
+    raise_open_files_limit()
     try:
         uvloop.run(serve_until_signal(settings, start, stop))
     except StartupError as exc:

@@ -1,4 +1,5 @@
-"""Units of flags and config values: Go durations, Kubernetes-style quantities, pflag booleans, ports.
+"""Units of flags and config values: Go durations, Kubernetes-style quantities, pflag booleans, ports; and the
+keys of a config mapping that are not known.
 
 A leaf module (standard library only), so the CLI, the config loader and plugins can all parse values the same way.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Collection, Mapping
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -49,14 +51,19 @@ def parse_quantity(text: str) -> int:
     return int(number * factor)
 
 
-def parse_port(text: str) -> int:
+def parse_whole_number(text: str, low: int, high: int, what: str, why: str = "") -> int:
+    """A whole number in low..high (`what` it is, and `why` a value out of range is refused, name the error)."""
     try:
-        port = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} out of range 0..65535")
-    return port
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}; use a whole number {low}..{high}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} {value} is not in {low}..{high}{f' ({why})' if why else ''}")
+    return value
+
+
+def parse_port(text: str) -> int:
+    return parse_whole_number(text, 0, 65535, "port")
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -71,3 +78,8 @@ def duration_seconds(text: str, name: str) -> float:
         return parse_duration(text)
     except Exception as exc:  # argparse.ArgumentTypeError is not a ValueError
         raise ValueError(f"{name}: {exc}") from None
+
+
+def unknown_keys(mapping: Mapping[object, object], known: Collection[str]) -> list[str]:
+    """The keys of a parsed YAML mapping that are not `known`, as text, sorted (YAML keys may be numbers or null)."""
+    return sorted(str(key) for key in mapping if key not in known)

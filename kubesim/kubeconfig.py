@@ -14,11 +14,13 @@ from kubesim.server import KubeSim
 PLACEHOLDER_TOKEN = "kubesim-token"
 
 
-def kubeconfig(sim: KubeSim, namespace: str = "default") -> dict[str, Any]:
+def kubeconfig(sim: KubeSim, namespace: str = "default", token: str | None = None) -> dict[str, Any]:
+    """A client configuration for `sim`, with `token` (default: the server's own token, if it checks one)."""
     cluster: dict[str, Any] = {"server": sim.url}
     if sim.cert is not None:
         cluster["certificate-authority-data"] = base64.b64encode(sim.cert.ca_pem).decode()
-    user: dict[str, Any] = {"token": sim.token} if sim.token else {}
+    token = token or sim.token
+    user: dict[str, Any] = {"token": token} if token else {}
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -30,10 +32,10 @@ def kubeconfig(sim: KubeSim, namespace: str = "default") -> dict[str, Any]:
     }
 
 
-def write_kubeconfig(sim: KubeSim, path: str | Path, namespace: str = "default") -> Path:
+def write_kubeconfig(sim: KubeSim, path: str | Path, namespace: str = "default", token: str | None = None) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(kubeconfig(sim, namespace), sort_keys=False))
+    target.write_text(yaml.safe_dump(kubeconfig(sim, namespace, token), sort_keys=False))
     return target
 
 

@@ -2,11 +2,14 @@
 and whether that user may do something (what controller-runtime's metrics filter asks for `/metrics`).
 
 Tokens are the ones registered with `KubeSim.add_user` (a real cluster also knows service-account tokens
-it signed; here a test registers them). Authorization is RBAC as the API server evaluates it: the user,
+it signed; here a test registers them, or has `KubeSim.fill_service_account_token` fill a token Secret as
+the token controller does). Authorization is RBAC as the API server evaluates it: the user,
 its groups and, for a service-account user name, the ServiceAccount subject, against the ClusterRoleBindings
 (and, for namespaced resource requests, the RoleBindings) of the store; the group `system:masters` may do
 everything. Rules match verbs (`*` for all), non-resource URLs (exact, a trailing `*` as a prefix, `*`) and
-resources by API group and plural name.
+resources by API group and plural name. The same RBAC authorizes every API request a registered user's token
+makes (`request_attributes`, `forbidden`): a client running as a service account gets only what its roles
+grant; discovery and `/version` are open to every authenticated user, as the default system:discovery role.
 """
 
 from __future__ import annotations
@@ -74,6 +77,64 @@ def subject_access_review(body: Any, store: Store) -> Object:
     if reason:
         status["reason"] = reason
     return {"apiVersion": f"{AUTHORIZATION_GROUP}/v1", "kind": "SubjectAccessReview", "spec": spec, "status": status}
+
+
+def request_attributes(method: str, path: str, watch: bool) -> Object:
+    """The SubjectAccessReview spec attributes of an API request: `nonResourceAttributes` for a path that names
+    no resource, else `resourceAttributes` (verb from the method: get/list/watch, create, update, patch,
+    delete/deletecollection)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return {"nonResourceAttributes": {"path": path, "verb": method.lower()}}
+    namespace, rest = split_namespace(rest)
+    name = rest[1] if len(rest) > 1 else ""
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}
+    verb = verbs.get(method, "get" if name else ("watch" if watch else "list"))
+    attributes = {"group": group, "resource": rest[0], "verb": verb, "namespace": namespace or "", "name": name}
+    if len(rest) > 2:
+        attributes["subresource"] = rest[2]
+    return {"resourceAttributes": attributes}
+
+
+def split_namespace(rest: list[str]) -> tuple[str | None, list[str]]:
+    """A resource path after the group and version: (namespace or None, [plural, name?, subresource?])."""
+    if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
+        return rest[1], rest[2:]
+    return None, rest
+
+
+def is_discovery(path: str) -> bool:
+    parts = [p for p in path.split("/") if p]
+    return (
+        parts == ["version"]
+        or (parts[:1] == ["api"] and len(parts) <= 2)
+        or (parts[:1] == ["apis"] and len(parts) <= 3)
+    )
+
+
+def forbidden(store: Store, user: User, attributes: Object) -> ApiError | None:
+    """None when RBAC allows `user` the request `attributes` describe, else the API server's 403."""
+    if SUPERUSER_GROUP in user.groups:
+        return None
+    groups = list(user.groups)
+    allowed, _ = _rbac_allows(
+        store, user.username, groups, attributes.get("nonResourceAttributes"), attributes.get("resourceAttributes")
+    )
+    if allowed:
+        return None
+    resource = attributes.get("resourceAttributes")
+    if resource is None:
+        what = f'{attributes["nonResourceAttributes"]["verb"]} path "{attributes["nonResourceAttributes"]["path"]}"'
+    else:
+        plural = resource["resource"] + (f"/{resource['subresource']}" if resource.get("subresource") else "")
+        what = f'{resource["verb"]} resource "{plural}" in API group "{resource["group"]}"'
+        if resource["namespace"]:
+            what += f' in the namespace "{resource["namespace"]}"'
+    return ApiError(403, "Forbidden", f'User "{user.username}" cannot {what}')
 
 
 def _spec(body: Any, kind: str) -> Object:

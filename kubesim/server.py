@@ -12,9 +12,11 @@ stream of one JSON WatchEvent per line; `allowWatchBookmarks=true` adds BOOKMARK
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import logging
+import secrets
 from collections import deque
 from typing import Any
 
@@ -22,10 +24,27 @@ from aiohttp import web
 
 from kubesim.certs import ServingCert, make_serving_cert
 from kubesim.objects import ApiError, Object
-from kubesim.reviews import AUTHENTICATION_GROUP, AUTHORIZATION_GROUP, User, subject_access_review, token_review
+from kubesim.reviews import (
+    AUTHENTICATION_GROUP,
+    AUTHORIZATION_GROUP,
+    User,
+    forbidden,
+    is_discovery,
+    request_attributes,
+    split_namespace,
+    subject_access_review,
+    token_review,
+)
 from kubesim.store import Store
 
 log = logging.getLogger("kubesim")
+VERSION = {
+    "major": "1", "minor": "33", "gitVersion": "v1.33.0-kubesim", "gitCommit": "0" * 40, "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
+}  # fmt: skip
+SERVICE_ACCOUNT_TOKEN_TYPE = "kubernetes.io/service-account-token"
+SERVICE_ACCOUNT_ANNOTATION = "kubernetes.io/service-account.name"
+SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts", "system:authenticated")
 WATCH_TRUE = ("1", "true", "True")
 
 
@@ -74,6 +93,29 @@ class KubeSim:
         self.users[token] = user
         return user
 
+    def service_account_token(self, namespace: str, account: str) -> str:
+        """A new token of ServiceAccount NAMESPACE/ACCOUNT (which must exist), as the kubelet mounts into a pod
+        that runs as it: it authenticates as `system:serviceaccount:NAMESPACE:ACCOUNT`."""
+        self.store.get(self.store.type_of("v1", "ServiceAccount"), namespace, account)
+        token = f"kubesim-sa-{namespace}-{account}-{secrets.token_hex(8)}"
+        groups = (*SERVICE_ACCOUNT_GROUPS, f"system:serviceaccounts:{namespace}")
+        self.add_user(token, f"system:serviceaccount:{namespace}:{account}", groups)
+        return token
+
+    def fill_service_account_token(self, namespace: str, secret_name: str) -> str:
+        """What the token controller does for a Secret of type kubernetes.io/service-account-token: mint a token
+        for the service account its annotation names, write it to `data.token` and return it (it then
+        authenticates as `system:serviceaccount:NAMESPACE:NAME`)."""
+        rtype = self.store.type_of("v1", "Secret")
+        secret = self.store.get(rtype, namespace, secret_name)
+        account = (secret["metadata"].get("annotations") or {}).get(SERVICE_ACCOUNT_ANNOTATION, "")
+        if secret.get("type") != SERVICE_ACCOUNT_TOKEN_TYPE or not account:
+            raise ApiError(422, "Invalid", f"Secret {namespace}/{secret_name} is not a service-account token Secret")
+        token = self.service_account_token(namespace, account)
+        data = {**(secret.get("data") or {}), "token": base64.b64encode(token.encode()).decode()}
+        self.store.patch(rtype, namespace, secret_name, "application/merge-patch+json", {"data": data}, "")
+        return token
+
     @property
     def url(self) -> str:
         return f"{'https' if self.cert else 'http'}://{self.host}:{self.port}"
@@ -103,7 +145,15 @@ class KubeSim:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
-        if self.token is not None and request.headers.get("Authorization", "") != f"Bearer {self.token}":
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        user = self.users.get(presented) if presented != self.token else None
+        if user is not None:  # a registered user's token: RBAC decides, as for a service account in a cluster
+            if not is_discovery(request.path):
+                watch = request.query.get("watch") in WATCH_TRUE
+                refused = forbidden(self.store, user, request_attributes(request.method, request.path, watch))
+                if refused is not None:
+                    return _error(refused)
+        elif self.token is not None and presented != self.token:
             return _error(ApiError(401, "Unauthorized", "Unauthorized"))
         response: web.StreamResponse = await handler(request)
         return response
@@ -112,7 +162,7 @@ class KubeSim:
         parts = [p for p in request.path.split("/") if p]
         try:
             if parts == ["version"]:
-                return _json({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kubesim", "platform": "linux/amd64"})
+                return _json(VERSION)
             if parts == ["api"]:
                 return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
             if parts == ["apis"]:
@@ -184,9 +234,7 @@ class KubeSim:
     # --- resources ----------------------------------------------------------------------------
 
     async def _resource(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
-        namespace: str | None = None
-        if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
-            namespace, rest = rest[1], rest[2:]
+        namespace, rest = split_namespace(rest)
         plural, name, sub = rest[0], rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
         if len(rest) > 3:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({request.path})")

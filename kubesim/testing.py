@@ -211,8 +211,18 @@ class KubeSimThread:
         self.apply(METRICS_READER_RBAC.format(namespace=namespace, name=name))
         return f"Bearer {token}"
 
-    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
-        return write_kubeconfig(self.sim, path, namespace)
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default", token: str | None = None) -> Path:
+        """A kubeconfig for this server; with `token` (see service_account_token) the client is that user and
+        RBAC decides what it may do."""
+        return write_kubeconfig(self.sim, path, namespace, token)
+
+    def service_account_token(self, namespace: str, account: str) -> str:
+        """A token that authenticates as ServiceAccount NAMESPACE/ACCOUNT (see KubeSim.service_account_token)."""
+        return self.call(self.sim.service_account_token, namespace, account)
+
+    def fill_service_account_token(self, namespace: str, secret_name: str) -> str:
+        """The token controller's work on one token Secret (see KubeSim.fill_service_account_token)."""
+        return self.call(self.sim.fill_service_account_token, namespace, secret_name)
 
     def write_service_account(self, directory: str | Path, namespace: str = "default") -> dict[str, str]:
         return write_service_account(self.sim, directory, namespace)

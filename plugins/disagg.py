@@ -20,7 +20,14 @@ import numpy as np
 
 from epp.datastore.table import EndpointTable, SlotArray
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, PrefixParameters
-from epp.scheduling.plugin import CycleState, ParameterError, Plugin, ProfileHandler
+from epp.scheduling.plugin import (
+    CycleState,
+    ParameterError,
+    Plugin,
+    ProfileHandler,
+    parameter_mapping,
+    require_non_negative,
+)
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 
 PREFILLER_HEADER = "x-prefiller-host-port"
@@ -50,10 +57,8 @@ class PrefixDeciderParameters:
     prompt_tokens: int = 0
 
     def validate(self) -> None:
-        if self.non_cached_tokens < 0:
-            raise ValueError(f"nonCachedTokens must be >= 0 (0 disables disaggregation), got {self.non_cached_tokens}")
-        if self.prompt_tokens < 0:
-            raise ValueError(f"promptTokens must be >= 0 (0 = no minimum prompt length), got {self.prompt_tokens}")
+        require_non_negative("nonCachedTokens", self.non_cached_tokens, "0 disables disaggregation")
+        require_non_negative("promptTokens", self.prompt_tokens, "0 = no minimum prompt length")
 
 
 class PrefixBasedPDDecider(PDDecider):
@@ -132,15 +137,7 @@ class DisaggProfileHandler(ProfileHandler):
 
     @classmethod
     def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> DisaggParameters:
-        raw = raw or {}
-        if not isinstance(raw, Mapping):
-            raise ParameterError(f"{path}: expected a mapping of parameters, got {type(raw).__name__}")
-        known = sorted([*_NESTED, *_FLAT])
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ParameterError(
-                f"{path}.{unknown[0]}: unknown parameter of {cls.type_name}; known: {', '.join(known)}"
-            )
+        raw = parameter_mapping(raw, path, [*_NESTED, *_FLAT], cls.type_name)
         nested = [k for k in raw if k in _NESTED]
         flat = [k for k in raw if k in _FLAT]
         if nested and flat:

@@ -16,7 +16,8 @@ import numpy as np
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.plugins.load import inflight_load
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
-from epp.scheduling.plugin import CycleState, Filter, ParameterError
+from epp.scheduling.plugin import CycleState, Filter, ParameterError, parameter_mapping, require_non_negative
+from epp.units import unknown_keys
 
 ROLE_LABEL = "llm-d.ai/role"
 PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
@@ -115,7 +116,7 @@ class SelectorParameters:
 def _parse_requirement(raw: Any, path: str) -> Requirement:
     if not isinstance(raw, Mapping):
         raise ParameterError(f"{path}: expected a mapping {{key, operator, values}}")
-    unknown = sorted(set(raw) - {"key", "operator", "values"})
+    unknown = unknown_keys(raw, ("key", "operator", "values"))
     if unknown:
         raise ParameterError(f"{path}.{unknown[0]}: unknown field; valid fields: key, operator, values")
     key, operator, values = raw.get("key"), raw.get("operator"), raw.get("values", [])
@@ -140,14 +141,7 @@ class LabelSelectorFilter(_MaskFilter):
 
     @classmethod
     def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> SelectorParameters:
-        raw = raw or {}
-        if not isinstance(raw, Mapping):
-            raise ParameterError(f"{path}: expected a mapping with matchLabels and/or matchExpressions")
-        unknown = sorted(set(raw) - {"matchLabels", "matchExpressions"})
-        if unknown:
-            raise ParameterError(
-                f"{path}.{unknown[0]}: unknown parameter of {cls.type_name}; known: matchExpressions, matchLabels"
-            )
+        raw = parameter_mapping(raw, path, ("matchLabels", "matchExpressions"), cls.type_name)
         labels = raw.get("matchLabels") or {}
         if not isinstance(labels, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -255,7 +249,7 @@ class AffinityParameters:
     affinity_threshold: float = 0.80
     exploration_probability: float = 0.01
     #: the TTFT gate needs latency predictions, which nothing produces here; without them it never opens
-    max_ttft_penalty_ms: float = 5000.0
+    max_ttft_penalty_ms: float = field(default=5000.0, metadata={"key": "maxTTFTPenaltyMs"})
     max_tokens_in_flight_penalty: int = 0
 
     def validate(self) -> None:
@@ -268,8 +262,7 @@ class AffinityParameters:
                 f"maxTTFTPenaltyMs {self.max_ttft_penalty_ms:g} is not configurable here: the TTFT gate needs latency "
                 "predictions, which no plugin in this build produces; remove the parameter"
             )
-        if self.max_tokens_in_flight_penalty < 0:
-            raise ValueError(f"maxTokensInFlightPenalty must be >= 0, got {self.max_tokens_in_flight_penalty}")
+        require_non_negative("maxTokensInFlightPenalty", self.max_tokens_in_flight_penalty)
 
 
 class PrefixCacheAffinityFilter(Filter):

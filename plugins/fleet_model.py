@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from epp.scheduling.plugin import require_non_negative, require_positive
+
 DECODE_UNIT = 100.0
 PREFILL_UNIT = 10_000.0
 REQUEST_UNIT = 10.0
@@ -40,10 +42,8 @@ class PredictedTTFTParameters:
     slowness_rate: float = 0.0
 
     def validate(self) -> None:
-        if self.prefill_tokens_per_second <= 0:
-            raise ValueError(f"prefillTokensPerSecond must be positive, got {self.prefill_tokens_per_second}")
-        if self.base_seconds < 0:
-            raise ValueError(f"baseSeconds must be >= 0, got {self.base_seconds}")
+        require_positive("prefillTokensPerSecond", self.prefill_tokens_per_second)
+        require_non_negative("baseSeconds", self.base_seconds)
         if not 0 < self.drift_per_second <= 1:
             raise ValueError(f"driftPerSecond must be in (0, 1], got {self.drift_per_second}")
         if not 0 < self.observation_noise <= 1:

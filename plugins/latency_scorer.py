@@ -9,7 +9,7 @@ import numpy as np
 
 from epp.datastore.table import SlotArray
 from epp.plugins.latency import KEY, PredictedTTFTProducer
-from epp.scheduling.plugin import CycleState, Plugin, Scorer, Scores
+from epp.scheduling.plugin import CycleState, Plugin, Scorer, Scores, require_non_negative
 
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
 #: groups spread over three endpoints each at twice a prefix-heavy pool's capacity (its p90 4x the blend's)
@@ -28,10 +28,8 @@ class ScorerParameters:
     decode_weight: float = 0.0
 
     def validate(self) -> None:
-        if self.prefix_affinity < 0:
-            raise ValueError(f"prefixAffinity must be >= 0, got {self.prefix_affinity}")
-        if self.decode_weight < 0:
-            raise ValueError(f"decodeWeight must be >= 0, got {self.decode_weight}")
+        require_non_negative("prefixAffinity", self.prefix_affinity)
+        require_non_negative("decodeWeight", self.decode_weight)
 
 
 class PredictedTTFTScorer(Scorer):

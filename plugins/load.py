@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from epp.datastore.fresh import cached_fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
+from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores, require_non_negative, require_positive
 from epp.scheduling.types import StateKey
 from epp.units import duration_seconds
 
@@ -61,8 +61,7 @@ class TokenLoadParameters:
     queue_threshold_tokens: int = 4_194_304
 
     def validate(self) -> None:
-        if self.queue_threshold_tokens <= 0:
-            raise ValueError(f"queueThresholdTokens must be positive, got {self.queue_threshold_tokens}")
+        require_positive("queueThresholdTokens", self.queue_threshold_tokens)
 
 
 class TokenLoadScorer(Scorer):
@@ -87,8 +86,7 @@ class LoadAwareParameters:
     threshold: int = 128
 
     def validate(self) -> None:
-        if self.threshold <= 0:
-            raise ValueError(f"threshold must be a positive queue length, got {self.threshold}")
+        require_positive("threshold", self.threshold, "queue length")
 
 
 class LoadAwareScorer(Scorer):
@@ -116,8 +114,7 @@ class ActiveRequestParameters:
     request_timeout: str = "2m"
 
     def validate(self) -> None:
-        if self.idle_threshold < 0:
-            raise ValueError(f"idleThreshold must be >= 0, got {self.idle_threshold}")
+        require_non_negative("idleThreshold", self.idle_threshold)
         if not 0.0 <= self.max_busy_score <= 1.0:
             raise ValueError(f"maxBusyScore must be in [0, 1], got {self.max_busy_score}")
         if duration_seconds(self.request_timeout, "requestTimeout") != duration_seconds("2m", "requestTimeout"):

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
-from epp.scheduling.plugin import CycleState, Scorer, Scores
+from epp.scheduling.plugin import CycleState, Scorer, Scores, require_positive
 from epp.scheduling.types import SchedulingResult, StateKey
 
 #: the reference's prefix plugin type, and this build's producer of the match
@@ -33,8 +33,7 @@ class NoHitLRUParameters:
     prefix_plugin_name: str = "prefix-cache-scorer"
 
     def validate(self) -> None:
-        if self.lru_size <= 0:
-            raise ValueError(f"lruSize must be positive, got {self.lru_size}")
+        require_positive("lruSize", self.lru_size)
         if self.prefix_plugin_type not in _PREFIX_TYPES:
             raise ValueError(
                 f"prefixPluginType {self.prefix_plugin_type!r}: the cold/warm decision reads the prefix match of the "

@@ -22,7 +22,7 @@ import xxhash
 from epp.datastore.table import Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_prefix_match, set_prefix_indexer_size
 from epp.plugins.prefix_index import Keys, Positions, PrefixIndex, Walk, as_keys
-from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores
+from epp.scheduling.plugin import CycleState, DataProducer, Scorer, Scores, require_positive
 from epp.scheduling.types import SchedulingResult, StateKey
 
 STATE_KEY: StateKey[PrefixMatch] = StateKey("prefix-cache-match")
@@ -38,12 +38,9 @@ class PrefixParameters:
     lru_capacity_per_server: int = 31250
 
     def validate(self) -> None:
-        if self.block_size_tokens <= 0:
-            raise ValueError(f"blockSizeTokens must be positive, got {self.block_size_tokens}")
-        if self.max_prefix_blocks_to_match <= 0:
-            raise ValueError(f"maxPrefixBlocksToMatch must be positive, got {self.max_prefix_blocks_to_match}")
-        if self.lru_capacity_per_server <= 0:
-            raise ValueError(f"lruCapacityPerServer must be positive, got {self.lru_capacity_per_server}")
+        require_positive("blockSizeTokens", self.block_size_tokens)
+        require_positive("maxPrefixBlocksToMatch", self.max_prefix_blocks_to_match)
+        require_positive("lruCapacityPerServer", self.lru_capacity_per_server)
 
 
 #: blocks hashed before the first index walk; more (WALK_GROWTH times as many so far) are hashed and walked

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from epp.datalayer.staleness import fresh_mask
 from epp.datastore.fresh import cached_fresh_load, fresh_load
 from epp.datastore.table import EndpointTable, SlotArray
-from epp.scheduling.plugin import CycleState, Filter
+from epp.scheduling.plugin import CycleState, Filter, require_non_negative, require_positive
 from epp.units import duration_seconds
 
 
@@ -25,14 +25,12 @@ class UtilizationParameters:
     headroom: float = 0.0
 
     def validate(self) -> None:
-        if self.queue_depth_threshold <= 0:
-            raise ValueError(f"queueDepthThreshold must be positive, got {self.queue_depth_threshold}")
+        require_positive("queueDepthThreshold", self.queue_depth_threshold)
         if not 0 < self.kv_cache_util_threshold <= 1:
             raise ValueError(f"kvCacheUtilThreshold must be in (0, 1], got {self.kv_cache_util_threshold}")
         if duration_seconds(self.metrics_staleness_threshold, "metricsStalenessThreshold") <= 0:
             raise ValueError(f"metricsStalenessThreshold must be positive, got {self.metrics_staleness_threshold!r}")
-        if self.headroom < 0:
-            raise ValueError(f"headroom must be >= 0 (a fraction, 0.2 = 20%), got {self.headroom}")
+        require_non_negative("headroom", self.headroom, "a fraction, 0.2 = 20%")
 
 
 class UtilizationDetector(Filter):
@@ -91,12 +89,9 @@ class ConcurrencyParameters:
         if self.concurrency_mode not in CONCURRENCY_MODES:
             modes = " or ".join(CONCURRENCY_MODES)
             raise ValueError(f"concurrencyMode must be {modes}, got {self.concurrency_mode!r}")
-        if self.max_concurrency <= 0:
-            raise ValueError(f"maxConcurrency must be positive, got {self.max_concurrency}")
-        if self.max_token_concurrency <= 0:
-            raise ValueError(f"maxTokenConcurrency must be positive, got {self.max_token_concurrency}")
-        if self.headroom < 0:
-            raise ValueError(f"headroom must be >= 0 (a fraction, 0.2 = 20%), got {self.headroom}")
+        require_positive("maxConcurrency", self.max_concurrency)
+        require_positive("maxTokenConcurrency", self.max_token_concurrency)
+        require_non_negative("headroom", self.headroom, "a fraction, 0.2 = 20%")
 
 
 class ConcurrencyDetector(Filter):

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from epp.datastore.table import SlotArray
-from epp.scheduling.plugin import CycleState, ParameterError, Scorer, Scores
+from epp.scheduling.plugin import CycleState, ParameterError, Scorer, Scores, parameter_mapping
 from epp.scheduling.types import SchedulingResult, StateKey
+from epp.units import unknown_keys
 
 TOKEN_HEADER = "x-session-token"
 SESSION_ID_HEADER = "x-session-id"
@@ -66,14 +67,7 @@ class SessionAffinityScorer(Scorer):
 
     @classmethod
     def parse_parameters(cls, raw: Mapping[str, Any] | None, path: str) -> SessionParameters:
-        raw = raw or {}
-        if not isinstance(raw, Mapping):
-            raise ParameterError(f"{path}: expected a mapping of parameters, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - {"strategy", "sessionIdConfig"})
-        if unknown:
-            raise ParameterError(
-                f"{path}.{unknown[0]}: unknown parameter of {cls.type_name}; known: sessionIdConfig, strategy"
-            )
+        raw = parameter_mapping(raw, path, ("strategy", "sessionIdConfig"), cls.type_name)
         strategy = raw.get("strategy", "encoded_endpoint_header")
         if strategy not in STRATEGIES:
             raise ParameterError(f"{path}.strategy: expected {' or '.join(STRATEGIES)}, got {strategy!r}")
@@ -81,7 +75,7 @@ class SessionAffinityScorer(Scorer):
         where = f"{path}.sessionIdConfig"
         if not isinstance(config, Mapping):
             raise ParameterError(f"{where}: expected a mapping with sources, evictionTtlSeconds, evictionSweepSeconds")
-        unknown = sorted(set(config) - {"sources", "evictionTtlSeconds", "evictionSweepSeconds"})
+        unknown = unknown_keys(config, ("sources", "evictionTtlSeconds", "evictionSweepSeconds"))
         if unknown:
             raise ParameterError(
                 f"{where}.{unknown[0]}: unknown field; valid: evictionSweepSeconds, evictionTtlSeconds, sources"

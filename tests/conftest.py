@@ -1,6 +1,8 @@
 """Suite-wide: everything the tests write to the temp directory (epp, Envoy, kubesim and Prometheus logs
 and state) goes under pytest's base temp, which keeps the last three runs for inspection and removes
-older ones, instead of accumulating in /tmp."""
+older ones, instead of accumulating in /tmp. The soft limit of open files is raised to the hard one, as epp
+does at startup, so a user whose login shell sets 1,024 can hold the e2e tests' thousand connections (Envoy and
+epp started by the tests inherit it)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+
+from epp.servers import raise_open_files_limit
+
+raise_open_files_limit()
 
 
 @pytest.fixture(scope="session", autouse=True)

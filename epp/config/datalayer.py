@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp.datalayer.params import BUILTIN_ENGINES, CoreMetricsExtractorParams, MetricsDataSourceParams
+from epp.units import unknown_keys
 
 SOURCE_TYPE = "metrics-data-source"
 EXTRACTOR_TYPE = "core-metrics-extractor"
@@ -164,7 +165,7 @@ def _explicit(
     if not isinstance(entry, Mapping) or "pluginRef" not in entry:
         error(path, "expected {pluginRef, extractors: [{pluginRef}]}")
         return None
-    extra = sorted(set(entry) - {"pluginRef", "extractors"})
+    extra = unknown_keys(entry, ("pluginRef", "extractors"))
     if extra:
         error(f"{path}.{extra[0]}", "unknown field; valid fields: pluginRef, extractors")
         return None

@@ -17,6 +17,7 @@ from epp.config.flowcontrol import describe_flow_control, parse_flow_control
 from epp.flowcontrol.queue import QueueSettings
 from epp.scheduling.plugin import ParameterError, Plugin, ProfileHandler
 from epp.scheduling.registry import default_instance, plugin_types
+from epp.units import unknown_keys
 
 API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
 KIND = "EndpointPickerConfig"
@@ -136,7 +137,7 @@ def _check_profile_handler(
 def _params_dict(parameters: Any) -> dict[str, Any]:
     import dataclasses
 
-    from epp.scheduling.plugin import _camel
+    from epp.scheduling.plugin import parameter_key
 
     if not dataclasses.is_dataclass(parameters):
         return {}
@@ -144,7 +145,7 @@ def _params_dict(parameters: Any) -> dict[str, Any]:
     if callable(describe):
         described: dict[str, Any] = describe()
         return described
-    return {_camel(f.name): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
+    return {parameter_key(f): getattr(parameters, f.name) for f in dataclasses.fields(parameters)}
 
 
 def default_config() -> EndpointPickerConfig:
@@ -210,7 +211,7 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
         if not isinstance(raw, Mapping) or "type" not in raw:
             error(path, "expected a mapping with a 'type' (and optional 'name', 'parameters')")
             continue
-        extra = sorted(set(raw) - {"type", "name", "parameters"})
+        extra = unknown_keys(raw, ("type", "name", "parameters"))
         if extra:
             error(f"{path}.{extra[0]}", "unknown field; valid fields: type, name, parameters")
         kind = raw["type"]

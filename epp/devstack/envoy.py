@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from epp.devstack.lifecycle import stop_process
+from epp.devstack.lifecycle import ChildProcess, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAPS = REPO_ROOT / "deploy" / "envoy"
@@ -145,7 +145,7 @@ def with_epp_replicas(config: dict[str, Any], grpc_ports: list[int], check_inter
     return config
 
 
-class EnvoyProcess:
+class EnvoyProcess(ChildProcess):
     def __init__(self, config: dict[str, Any], concurrency: int = 1, log_level: str = "warning") -> None:
         self.config = config
         self.concurrency = concurrency
@@ -194,13 +194,6 @@ class EnvoyProcess:
     def stop(self) -> None:
         stop_process(self.process)
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> EnvoyProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def env_without_proxies() -> dict[str, str]:

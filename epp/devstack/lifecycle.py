@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Self
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
@@ -17,3 +18,24 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0)
             process.kill()
             process.wait()
     return process.returncode
+
+
+class ChildProcess:
+    """A started-then-stopped helper process used as a context manager: `with X(...) as x:` starts it and
+    releases it (`close()`: stop, then remove what it wrote) on leaving."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

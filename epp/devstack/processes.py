@@ -13,10 +13,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.devstack.envoy import env_without_proxies, free_port
-from epp.devstack.lifecycle import stop_process
+from epp.devstack.lifecycle import ChildProcess, stop_process
 
 
-class EppProcess:
+class EppProcess(ChildProcess):
     def __init__(
         self,
         args: Sequence[str],
@@ -68,10 +68,3 @@ class EppProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         return stop_process(self.process, timeout)
-
-    def __enter__(self) -> EppProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

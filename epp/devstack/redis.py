@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from epp.devstack.envoy import free_port
-from epp.devstack.lifecycle import stop_process
+from epp.devstack.lifecycle import ChildProcess, stop_process
 
 INSTALL_COMMAND = "apt-get update && apt-get install -y redis-server  (as root)"
 BINARIES = ("redis-server", "valkey-server")
@@ -44,7 +44,7 @@ def server_binary(install: bool = True) -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(ChildProcess):
     def __init__(self, port: int | None = None, password: str | None = None, binary: str | None = None) -> None:
         self.binary = binary or server_binary()
         self.port = port or free_port()
@@ -104,10 +104,3 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

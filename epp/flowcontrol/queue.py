@@ -165,23 +165,25 @@ class FlowQueue:
 
     def peek(self) -> Item | None:
         """The item that would be dispatched next, without taking it."""
-        for priority in self._band_order:
-            band = self._bands[priority]
-            if band.count == 0:
-                continue
-            return self._choose(band)[1]
-        return None
+        chosen = self._next()
+        return None if chosen is None else chosen[2]
 
     def pop(self) -> Item | None:
+        chosen = self._next()
+        if chosen is None:
+            return None
+        band, flow, item = chosen
+        if band.settings.fairness == "round-robin-fairness-policy":
+            band.flows.move_to_end(flow.key[0])  # this flow had its turn
+        self.remove(item)
+        return item
+
+    def _next(self) -> tuple[_Band, _Flow, Item] | None:
+        """The first non-empty band by priority, and its next flow and item."""
         for priority in self._band_order:
             band = self._bands[priority]
-            if band.count == 0:
-                continue
-            flow, item = self._choose(band)
-            if band.settings.fairness == "round-robin-fairness-policy":
-                band.flows.move_to_end(flow.key[0])  # this flow had its turn
-            self.remove(item)
-            return item
+            if band.count:
+                return (band, *self._choose(band))
         return None
 
     def expire(self, now: float) -> list[Item]:

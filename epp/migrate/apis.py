@@ -47,6 +47,11 @@ def object_metadata(manifest: Manifest, name: str) -> dict[str, Any]:
     return metadata
 
 
+def listed(value: Any) -> list[Any]:
+    """A manifest field meant to be a list, as one (a missing or mistyped field lists nothing)."""
+    return value if isinstance(value, list) else []
+
+
 def is_port(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 

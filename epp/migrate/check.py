@@ -13,6 +13,7 @@ from epp.migrate.apis import (
     V1_GROUP,
     is_alpha_backend_ref,
     is_alpha_pool_ref,
+    listed,
 )
 from epp.migrate.manifests import Manifest
 
@@ -65,10 +66,10 @@ def _uses(manifest: Manifest) -> list[str]:
 
 def _route_uses(spec: dict[str, Any]) -> list[str]:
     uses: list[str] = []
-    for rule_index, rule in enumerate(spec.get("rules") or []):
+    for rule_index, rule in enumerate(listed(spec.get("rules"))):
         if not isinstance(rule, dict):
             continue
-        for ref_index, ref in enumerate(rule.get("backendRefs") or []):
+        for ref_index, ref in enumerate(listed(rule.get("backendRefs"))):
             if is_alpha_backend_ref(ref):
                 uses.append(
                     f"spec.rules[{rule_index}].backendRefs[{ref_index}] routes to the v1alpha2 InferencePool "
@@ -81,7 +82,7 @@ def _epp_uses(obj: dict[str, Any]) -> list[str]:
     """Containers started with --pool-group inference.networking.x-k8s.io or the pre-v1 camelCase flags."""
     uses: list[str] = []
     for container in _containers(obj):
-        args = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+        args = [str(a) for a in listed(container.get("command")) + listed(container.get("args"))]
         name = container.get("name", "?")
         for index, arg in enumerate(args):
             value = None
@@ -108,5 +109,5 @@ def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
         spec = template.get("spec") if isinstance(template, dict) else None
         if not isinstance(spec, dict):
             return []
-    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+    containers = listed(spec.get("containers")) + listed(spec.get("initContainers"))
     return [c for c in containers if isinstance(c, dict)]

