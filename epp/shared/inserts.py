@@ -3,7 +3,8 @@
 A plugin that learns from its own picks (the approximate prefix producer: "endpoint E was sent these block
 hashes") implements `LearnsInserts`: after each local insert it hands the endpoints and keys to `replicate`,
 and `learn_replicated` applies another replica's insert to its own index. The request path only appends to a
-bounded outbox here (a full outbox drops the record and counts it); the link drains it in the background.
+bounded outbox here (a full outbox drops the record and counts it) and wakes the link, which sends it in the
+background.
 """
 
 from __future__ import annotations
@@ -54,11 +55,20 @@ class InsertRecord:
 class InsertOutbox:
     """Bounded queue of one plugin's inserts waiting to be sent."""
 
-    def __init__(self, plugin: str, table: EndpointTable, capacity: int, on_drop: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        table: EndpointTable,
+        capacity: int,
+        on_drop: Callable[[int], None],
+        on_append: Callable[[], None] | None = None,
+    ) -> None:
         self.plugin = plugin
         self.table = table
         self.capacity = capacity
         self.on_drop = on_drop
+        #: wakes the publisher
+        self.on_append = on_append
         self.records: deque[InsertRecord] = deque()
 
     def __call__(self, slots: Sequence[int], keys: Keys) -> None:
@@ -68,6 +78,8 @@ class InsertOutbox:
             return
         hostports = self.table.hostports
         records.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
+        if self.on_append is not None:
+            self.on_append()
 
     def drain(self) -> list[InsertRecord]:
         records = list(self.records)

@@ -1,17 +1,20 @@
-"""The replica's connection to Redis/Valkey: one background task beside the request path.
+"""The replica's connection to Redis/Valkey: two background tasks beside the request path, one connection each.
 
-Every `interval` (10 ms) the task makes one round trip on one connection: it folds in endpoints added since,
-drops peers silent for `peer_ttl`, and sends what changed of this replica's own shared columns (everything
-every `heartbeat_interval`: the heartbeat) and the inserts waiting in the outboxes, followed by an XREAD of
-both streams from where it last read; the peers' records in the reply are applied at once. A record is thus
-at most two steps old when applied (plus the round trip). One round trip per step keeps the cost to about a
-hundred system calls a second whatever the request rate (each costs tens of microseconds of kernel time on
-a busy machine). Streams (not pub/sub) so that a replica that starts replays the pool's recent
-inserts and warms its prefix index.
+Event-driven, so that a change reaches the peers as soon as it is made and an idle replica costs nothing:
+- the publisher sleeps until something changes (the director charges or releases in-flight load, a plugin's
+  insert lands in its outbox, or the heartbeat is due) and then sends, in one pipeline, what changed of this
+  replica's own shared columns (everything every `heartbeat_interval`: the heartbeat) and the waiting inserts.
+  Sends are at least `interval` apart: changes made meanwhile go out together, which bounds the round trips
+  a second under load;
+- the reader blocks in XREAD on both streams, so a peer's record arrives when it is written, without polling,
+  and applies each reply at once (between requests, on the event loop).
+A record is thus at most `interval` plus a round trip old when applied (plus whatever the processes wait for a
+CPU). Streams (not pub/sub) so that a replica that starts replays the pool's recent inserts and warms its
+prefix index.
 
-Faults: when a round trip fails the replica goes on with local state; one log line and
+Faults: when either connection fails the replica goes on with local state; one log line and
 `epp_shared_state_connected 0` say so, inserts made meanwhile are dropped (counted), peers drop out after
-`peer_ttl`, and the next round trip that succeeds (tried every `retry_interval`) rejoins with a full report.
+`peer_ttl`, and the next attempt that succeeds (tried every `retry_interval`) rejoins with a full report.
 Nothing here is awaited by a request.
 """
 
@@ -100,12 +103,14 @@ INFLIGHT_COLUMNS = {
 
 @dataclass(frozen=True)
 class Tuning:
-    #: one round trip per step, at most one step per interval
-    interval: float = 0.01
+    #: least time between two publications (changes made meanwhile go out together)
+    interval: float = 0.005
     heartbeat_interval: float = 1.0
     #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
     peer_ttl: float = 3.0
     retry_interval: float = 0.5
+    #: a blocked read without news returns after this long and is sent again
+    read_block: float = 1.0
     #: inserts waiting to be sent, per plugin
     outbox_capacity: int = 8192
     #: insert batches kept in the stream and replayed by a starting replica
@@ -145,24 +150,33 @@ class SharedState:
             if isinstance(plugin, SharesColumns):
                 self.columns.register_all(name, plugin.shared_columns())
             if isinstance(plugin, LearnsInserts):
-                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, DROPPED.value("outbox_full").inc)
+                dropped = DROPPED.value("outbox_full").inc
+                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, dropped, self.changed)
                 plugin.replicate = outbox
                 self.learners[name] = plugin
                 self.outboxes.append(outbox)
         #: None until the first command answers or fails
         self.connected: bool | None = None
-        self._retry_at = 0.0
         self._next_full = 0.0
+        #: set when something is waiting to be published
+        self._wake = asyncio.Event()
+        #: wall time of the oldest change not yet published (0: none)
+        self._changed_at = 0.0
+        self._heartbeat: asyncio.TimerHandle | None = None
         #: pipelines sent
         self.publish_count = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: StoreConnection | None = None
+        self._writer: StoreConnection | None = None
+        self._reader: StoreConnection | None = None
         CONNECTED.value().set(0.0)
 
     async def start(self) -> None:
         """Start the background task; returns at once (an unreachable store is a fault, not a startup error)."""
-        self._client = StoreConnection(self.settings, self.tuning.socket_timeout, f"epp-{self.replica}")
-        self._tasks = [tasks.spawn(self._run(self._client), "shared-state")]
+        timeout = self.tuning.socket_timeout
+        self._writer = StoreConnection(self.settings, timeout, f"epp-{self.replica}")
+        self._reader = StoreConnection(self.settings, timeout, f"epp-{self.replica}-reader")
+        self.table.load_listener = self.changed
+        self._tasks = [tasks.spawn(self._run(self._writer, self._reader), "shared-state")]
         log.info(
             "shared state %s: replica %s shares %d columns and %d prefix indexes",
             self.settings.url,
@@ -173,26 +187,40 @@ class SharedState:
 
     async def stop(self) -> None:
         await self.halt()
-        client = self._client
-        if client is not None and self.connected:
+        writer = self._writer
+        if writer is not None and self.connected:
             try:  # peers take this replica's load out now rather than after peer_ttl
                 bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
-                await client.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
+                await writer.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
             except StoreError:
                 pass
-        if client is not None:
-            await client.close()
+        for client in (self._writer, self._reader):
+            if client is not None:
+                await client.close()
         self.columns.forget_all()
         PEERS.value().set(0.0)
 
     async def halt(self) -> None:
         """Stop the background tasks (without a goodbye: what a crash looks like to the peers). A task cancelled
         inside a blocking read may take a moment to unwind; it is not waited for beyond a second."""
+        if self.table.load_listener == self.changed:
+            self.table.load_listener = None
+        for outbox in self.outboxes:
+            outbox.on_append = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks = []
+
+    def changed(self) -> None:
+        """Something to publish (called on the request path: only sets a flag and wakes the publisher)."""
+        if not self._changed_at:
+            self._changed_at = time.time()
+        if not self._wake.is_set():
+            self._wake.set()
 
     # --- connection state -------------------------------------------------------------------------
 
@@ -214,30 +242,37 @@ class SharedState:
             )
         self.connected = False
         CONNECTED.value().set(0.0)
-        self._retry_at = time.monotonic() + self.tuning.retry_interval
         self._next_full = 0.0  # the first report after the fault is a full one
 
-    # --- the loop -------------------------------------------------------------------------------
+    # --- the tasks ------------------------------------------------------------------------------
 
-    async def _run(self, client: StoreConnection) -> None:
+    async def _run(self, writer: StoreConnection, reader: StoreConnection) -> None:
         positions: dict[str, str] = {}
-        interval = self.tuning.interval
         while True:
             try:
                 if not positions:
-                    positions = await self._catch_up(client)
+                    positions = await self._catch_up(reader)
                 elif self.connected is False:
-                    await self._check_positions(client, positions)
-                while True:
-                    started = time.monotonic()
-                    await self.step(client, positions)
-                    await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))
-            except StoreError as exc:
-                self._down(exc)
-                while time.monotonic() < self._retry_at:  # local upkeep until the next attempt
-                    self._upkeep(time.monotonic())
-                    self._drop_waiting("disconnected")
-                    await asyncio.sleep(interval)
+                    await self._check_positions(reader, positions)
+                    self._up()
+                async with asyncio.TaskGroup() as group:  # until one of them fails
+                    group.create_task(self._publish(writer))
+                    group.create_task(self._read(reader, positions))
+            except* StoreError as failed:
+                self._down(failed.exceptions[0])
+                await self._ride_out()
+
+    async def _ride_out(self) -> None:
+        """Local upkeep while the store is away, until the next attempt."""
+        retry_at = time.monotonic() + self.tuning.retry_interval
+        while True:
+            self._wake.clear()
+            self._upkeep(time.monotonic())
+            self._drop_waiting("disconnected")
+            left = retry_at - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, self.tuning.peer_ttl / 4))
 
     def _upkeep(self, now: float) -> None:
         self.columns.settle()
@@ -245,44 +280,72 @@ class SharedState:
             log.info("replica %s left the shared view (silent for %gs)", peer, self.tuning.peer_ttl)
         PEERS.value().set(float(self.columns.peers))
 
-    async def step(self, client: StoreConnection, positions: dict[str, str]) -> None:
-        """One round trip: this replica's changes out, the peers' records in."""
-        now = time.monotonic()
-        self._upkeep(now)
-        full = now >= self._next_full
+    async def _publish(self, client: StoreConnection) -> None:
+        """Sleep until something changed or the heartbeat is due; send it, at most once per `interval`."""
+        loop = asyncio.get_running_loop()
+        interval = self.tuning.interval
+        self._wake.set()  # a full report first
+        sent = -interval
+        while True:
+            await self._wake.wait()
+            # a burst of requests in this turn of the event loop goes out as one pipeline
+            await asyncio.sleep(max(sent + interval - time.monotonic(), 0.0))
+            self._wake.clear()
+            sent = time.monotonic()
+            full = sent >= self._next_full
+            if full:
+                self._upkeep(sent)  # peers are expired on the heartbeat's clock
+            await self.send(client, full)
+            if full:
+                self._next_full = sent + self.tuning.heartbeat_interval
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+                self._heartbeat = loop.call_at(self._next_full, self._wake.set)
+
+    async def send(self, client: StoreConnection, full: bool) -> None:
+        """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts."""
+        self.columns.settle()
+        changed_at, self._changed_at = self._changed_at, 0.0
         hostports, values = self.columns.changes(full=full)
         entries: list[tuple[str, str, dict[bytes, bytes]]] = []
         if full or hostports:
             kind = FULL if full else DELTA
-            fields = encode_load(self.replica, time.time(), kind, self.columns.names, hostports, values)
+            made = changed_at or time.time()
+            fields = encode_load(self.replica, made, kind, self.columns.names, hostports, values)
             entries.append(("load", self.load_key, fields))
         for outbox in self.outboxes:
             records = outbox.drain()
             if records:
                 entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
+        if not entries:
+            return
         commands: list[Command] = [
             _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
             for stream, key, fields in entries
         ]
-        # Never BLOCK: the store times blocked reads out on its own clock (10 Hz by default), so a 10 ms block
-        # can last 100 ms and hold this replica's changes back as long.
-        keys = list(positions)
-        commands.append(["XREAD", "COUNT", 512, "STREAMS", *keys, *(positions[key] for key in keys)])
         try:
-            replies = await client.call(*commands)
+            await client.call(*commands)
         except StoreError:
             lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
             if lost:
                 DROPPED.value("disconnected").inc(lost)
             raise
-        self._up()
-        if entries:
-            self.publish_count += 1
-        if full:
-            self._next_full = now + self.tuning.heartbeat_interval
+        self.publish_count += 1
         for stream, _, _ in entries:
             RECORDS.value(stream, "sent").inc()
-        self.receive(replies[-1], positions)
+
+    async def _read(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """Block in XREAD until a peer writes to either stream; apply what it returns."""
+        block = self.tuning.read_block
+        timeout = block + self.tuning.socket_timeout
+        while True:
+            keys = list(positions)
+            command: Command = [
+                "XREAD", "COUNT", 512, "BLOCK", int(block * 1000), "STREAMS", *keys, *(positions[k] for k in keys)
+            ]  # fmt: skip
+            [reply] = await client.call(command, timeout=timeout)
+            self.columns.settle()
+            self.receive(reply, positions)
 
     def _drop_waiting(self, reason: str) -> None:
         for outbox in self.outboxes:
