@@ -91,50 +91,23 @@ class Prediction:
         return values[np.searchsorted(self.candidates, candidates)]
 
 
+@dataclass(slots=True)
 class _Note:
     """What one pick charged and predicted, kept on the result until the response ends."""
 
-    __slots__ = (
-        "decoding",
-        "epoch",
-        "first_at",
-        "kv_need",
-        "kv_released",
-        "predicted",
-        "prompt_bytes",
-        "queued",
-        "released",
-        "slot",
-        "ttft",
-        "uncached",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        slot: int,
-        epoch: float,
-        uncached: float,
-        queued: float,
-        decoding: float,
-        waiting: float,
-        predicted: float,
-        size: int,
-        kv_need: float,
-    ) -> None:
-        self.slot = slot
-        self.epoch = epoch
-        self.uncached = uncached
-        self.queued = queued
-        self.decoding = decoding
-        self.waiting = waiting
-        self.predicted = predicted
-        self.prompt_bytes = size
-        self.released = False
-        self.kv_need = kv_need
-        self.kv_released = False
-        self.ttft: float | None = None
-        self.first_at = 0.0
+    slot: int
+    epoch: float
+    uncached: float
+    queued: float
+    decoding: float
+    waiting: float
+    predicted: float
+    prompt_bytes: int
+    kv_need: float
+    released: bool = False
+    kv_released: bool = False
+    ttft: float | None = None
+    first_at: float = 0.0
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -187,16 +160,21 @@ class PredictedTTFTProducer(DataProducer):
             self.queued_requests[slot] = 0.0
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
-            if kind == "add":
-                self.model.reset(slot)
-                self.decode.reset(slot)
+            self.model.reset(slot)
+            self.decode.reset(slot)
 
         table.subscribe(on_change)
 
     def shared_columns(self) -> dict[str, npt.NDArray[np.float64]]:
-        """With --shared-state, other replicas' queued prefill at the same endpoint is added into these arrays
-        (epp.shared.columns): charge and release only this replica's own, and never rebind them after bind()."""
-        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
+        """With --shared-state, other replicas' queued prefill and slowness estimates at the same endpoint are added
+        into these arrays (epp.shared.columns): change only this replica's own, and never rebind them after bind()."""
+        model = self.model.shared_columns("slowness") if self.parameters.slowness_rate > 0 else {}
+        decode = self.decode.shared_columns("decode-slowness") if self.decode_used else {}
+        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests, **model, **decode}
+
+    def peers_changed(self, slot: int) -> None:
+        self.model.refresh(slot)
+        self.decode.refresh(slot)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         model = self.model

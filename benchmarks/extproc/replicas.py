@@ -45,13 +45,13 @@ CONFIGS = ("one", "one-shared", "two-shared", "two-independent")
 
 
 def staleness_ms(page: str) -> dict[str, float]:
-    """p50/p99 of epp_shared_state_staleness_seconds per stream, in milliseconds."""
+    """p50/p90/p99 of epp_shared_state_staleness_seconds per stream, in milliseconds."""
     found: dict[str, float] = {}
     for stream in ("load", "inserts"):
         lines = "\n".join(line for line in page.splitlines() if f'stream="{stream}"' in line)
         family = "epp_shared_state_staleness_seconds"
         buckets = histogram_buckets(lines, family).get(family, [])
-        for q in (0.5, 0.99):
+        for q in (0.5, 0.9, 0.99):
             found[f"{stream}_p{round(q * 100)}"] = round(1000 * bucket_quantile(buckets, q), 1)
     return found
 
@@ -90,6 +90,7 @@ def main() -> int:
     envoys: dict[str, EnvoyProcess] = {}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     staleness: dict[str, dict[str, float]] = {}
+    idle_cpu = 0.0
     try:
         for replicas in [*groups.values(), [idle_peer]]:
             for replica in replicas:
@@ -101,6 +102,8 @@ def main() -> int:
             config = render_bootstrap(bootstrap, listener, admin, ports[0], epp_tls=False, epp_ports=ports)
             envoys[name] = EnvoyProcess(config, concurrency=args.envoy_concurrency)
             envoys[name].start()
+        assert idle_peer.process is not None
+        idle_started = time.monotonic(), cpu_seconds(idle_peer.process.pid)
         body_file = workdir / "body.json"
         body_file.write_bytes(body_of(args.body))
         lua = workdir / "post.lua"
@@ -130,6 +133,7 @@ def main() -> int:
                 samples[name].append(sample)
                 print(f"round {round_index + 1} {name}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
                       flush=True)  # fmt: skip
+        idle_cpu = (cpu_seconds(idle_peer.process.pid) - idle_started[1]) / (time.monotonic() - idle_started[0])
         staleness = {
             f"pair-{i}": staleness_ms(scrape(f"http://127.0.0.1:{replica.metrics_port}/metrics"))
             for i, replica in enumerate(groups["two-shared"])
@@ -160,11 +164,18 @@ def main() -> int:
               f"{median['epp_cores']:.2f} | {median['epp_cpu_us_per_req']:.0f} | {median['cpu_ratio_to_one']:.3f} | "
               f"{median['redis_cpu_us_per_req']:.1f} | {median['errors']:.0f} |")  # fmt: skip
     print(f"\nstaleness of shared state in two-shared (ms): {json.dumps(staleness)}")
+    print(f"idle replica connected to the store the whole run: {idle_cpu * 1000:.1f} ms of CPU per second")
     per_core = summary["one"]["rps"] / max(summary["one"]["epp_cores"], 1e-9)
     print(f"\none replica: {per_core:,.0f} req/s per core of epp CPU")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"replicas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    record = {"args": vars(args), "samples": samples, "summary": summary, "staleness_ms": staleness}
+    record = {
+        "args": vars(args),
+        "samples": samples,
+        "summary": summary,
+        "staleness_ms": staleness,
+        "idle_replica_cpu_ms_per_s": idle_cpu * 1000,
+    }
     out.write_text(json.dumps(record, indent=1))
     print(f"raw results: {out}")
     return 0

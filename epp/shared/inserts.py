@@ -43,6 +43,9 @@ class SharesColumns(Protocol):
     def shared_columns(self) -> Mapping[str, npt.NDArray[np.float64]]:
         """name → float array indexed by table slot, owned (charged and released) by the plugin."""
 
+    def peers_changed(self, slot: int) -> None:
+        """The other replicas' part of these columns changed at `slot` (values derived from them are stale)."""
+
 
 @dataclass(slots=True)
 class InsertRecord:

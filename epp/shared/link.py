@@ -26,72 +26,23 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from epp import tasks
 from epp.datastore.table import EndpointTable
-from epp.observability.families import FamiliesCollector, Family
 from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
 from epp.shared.columns import SharedColumns
 from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS, STALENESS
 from epp.shared.settings import SharedStateSettings
 from epp.shared.store import Command, StoreConnection, StoreError
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
-
-STALENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-CONNECTED = Family("gauge", "epp_shared_state_connected", "1 while this replica reaches the --shared-state store.")
-PEERS = Family("gauge", "epp_shared_state_peers", "Other replicas whose reports this replica currently adds in.")
-RECORDS = Family(
-    "counter",
-    "epp_shared_state_records_total",
-    "Records exchanged with other replicas, by stream (load, inserts) and direction (sent, received).",
-    ["stream", "direction"],
-)
-DROPPED = Family(
-    "counter",
-    "epp_shared_state_dropped_total",
-    "Prefix inserts not shared (outbox_full, disconnected) and records not applied (malformed).",
-    ["reason"],
-)
-STALENESS = Family(
-    "histogram",
-    "epp_shared_state_staleness_seconds",
-    "Time from a peer's record (its oldest insert, or its load report) to its application here, by stream.",
-    ["stream"],
-    buckets=STALENESS_BUCKETS,
-)
-COLLECTOR = FamiliesCollector([CONNECTED, PEERS, RECORDS, DROPPED, STALENESS])
-
-
-class PeerLoadCollector(Collector):
-    """`epp_shared_state_peer_inflight_requests{endpoint}`: the other replicas' in-flight requests this replica
-    adds in, per endpoint (read when /metrics is scraped)."""
-
-    def __init__(self, columns: SharedColumns) -> None:
-        self.columns = columns
-
-    def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "epp_shared_state_peer_inflight_requests",
-            "In-flight requests other replicas report per endpoint (added into this replica's view).",
-            labels=["endpoint"],
-        )
-        column = self.columns.names.index("inflight/requests")
-        table = self.columns.table
-        for slot in table.live_slots().tolist():
-            hostport = table.hostports[slot]
-            if hostport:
-                gauge.add_metric([hostport], float(self.columns.applied[slot, column]))
-        yield gauge
-
 
 #: the director's in-flight columns, shared under these names
 INFLIGHT_COLUMNS = {
@@ -148,7 +99,7 @@ class SharedState:
         self.outboxes: list[InsertOutbox] = []
         for name, plugin in plugins.items():
             if isinstance(plugin, SharesColumns):
-                self.columns.register_all(name, plugin.shared_columns())
+                self.columns.register_all(name, plugin.shared_columns(), plugin.peers_changed)
             if isinstance(plugin, LearnsInserts):
                 dropped = DROPPED.value("outbox_full").inc
                 outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, dropped, self.changed)
@@ -255,11 +206,12 @@ class SharedState:
                 elif self.connected is False:
                     await self._check_positions(reader, positions)
                     self._up()
-                async with asyncio.TaskGroup() as group:  # until one of them fails
-                    group.create_task(self._publish(writer))
-                    group.create_task(self._read(reader, positions))
-            except* StoreError as failed:
-                self._down(failed.exceptions[0])
+                await _first_failure(
+                    tasks.spawn(_failure_of(self._publish(writer)), "shared-state-publish"),
+                    tasks.spawn(_failure_of(self._read(reader, positions)), "shared-state-read"),
+                )
+            except StoreError as failed:
+                self._down(failed)
                 await self._ride_out()
 
     async def _ride_out(self) -> None:
@@ -430,6 +382,26 @@ class SharedState:
         if wall is not None:
             RECORDS.value("inserts", "received").inc()
             STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+
+
+async def _failure_of(work: Coroutine[Any, Any, None]) -> StoreError:
+    """Run `work` until the store fails it; that failure is returned, not raised (it is no task's failure)."""
+    try:
+        await work
+    except StoreError as exc:
+        return exc
+    raise AssertionError("the shared-state tasks run until the store fails them")
+
+
+async def _first_failure(*running: asyncio.Task[StoreError]) -> None:
+    """Wait until one of the tasks ends, cancel the others and raise its store failure."""
+    try:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running)
+    raise next(iter(done)).result()
 
 
 def _xadd(key: str, fields: Mapping[bytes, bytes], kept: int) -> Command:

@@ -4,8 +4,8 @@ through a real redis-server: prefix learning, in-flight load, a crashed peer, a 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -20,6 +20,7 @@ from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.shared.link import SharedState, Tuning
 from epp.shared.settings import parse_shared_state
+from tests.replicas.sharing import linked, until
 
 TUNING = Tuning(peer_ttl=1.0, heartbeat_interval=0.2, retry_interval=0.1)
 
@@ -51,21 +52,8 @@ class Replica:
 @pytest.fixture
 async def replicas(store: RedisServer) -> AsyncIterator[tuple[Replica, Replica]]:
     a, b = Replica("a", store.url, 4), Replica("b", store.url, 4)
-    await a.shared.start()
-    await b.shared.start()
-    await until(lambda: a.shared.connected is True and b.shared.connected is True)
-    yield a, b
-    await a.shared.stop()
-    await b.shared.stop()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until `condition` held (fails after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
+    async with linked(a.shared, b.shared):
+        yield a, b
 
 
 def learned(replica: Replica, prompt: str, port: int) -> bool:
@@ -85,7 +73,7 @@ async def test_a_prefix_routed_by_one_replica_is_routed_to_the_same_server_by_th
         system = f"You are the assistant of tenant {tenant}; answer briefly and precisely. " * 40
         first = a.decide(system + "First question?")
         a.complete(first)
-        await until(lambda first=first, prompt=system: learned(b, prompt, a.port(first)), timeout=1.0)
+        await until(functools.partial(learned, b, system, a.port(first)), timeout=1.0)
         second = b.decide(system + "Second question, asked through the other replica?")
         assert b.port(second) == a.port(first)
         b.director.complete(second, None)
