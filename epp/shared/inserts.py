@@ -93,13 +93,22 @@ class InsertOutbox:
 def apply_inserts(
     plugin: LearnsInserts, table: EndpointTable, hostports: Sequence[tuple[str, ...]], keys: Sequence[Keys]
 ) -> int:
-    """Apply another replica's inserts; endpoints this replica does not know (yet) are skipped. Returns the
-    number of (endpoint, insert) pairs applied."""
-    applied = 0
+    """Apply other replicas' inserts, in order; endpoints this replica does not know (yet) are skipped. The inserts
+    to one endpoint are applied as one, for one index search: the same keys held, each as recent as its last use
+    (one by one, a key already held would rank before the new keys of its own insert). Returns the number of
+    (endpoint, insert) pairs applied."""
+    by_slot: dict[int, list[Keys]] = {}
     for targets, record_keys in zip(hostports, keys, strict=True):
         for hostport in targets:
             slot = table.slot_of_hostport(hostport)
             if slot is not None:
-                plugin.learn_replicated(slot, record_keys)
-                applied += 1
-    return applied
+                by_slot.setdefault(slot, []).append(record_keys)
+    for slot, parts in by_slot.items():
+        plugin.learn_replicated(slot, parts[0] if len(parts) == 1 else latest_order(np.concatenate(parts)))
+    return sum(len(parts) for parts in by_slot.values())
+
+
+def latest_order(keys: Keys) -> Keys:
+    """`keys` in order with a repeated key kept only at its last place (its most recent use)."""
+    _, first_from_end = np.unique(keys[::-1], return_index=True)
+    return keys[np.sort(len(keys) - 1 - first_from_end)]

@@ -36,7 +36,7 @@ from epp import tasks
 from epp.datastore.table import EndpointTable
 from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
 from epp.shared.columns import SharedColumns
-from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.inserts import InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
 from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS, STALENESS
 from epp.shared.settings import SharedStateSettings
 from epp.shared.store import Command, StoreConnection, StoreError
@@ -314,10 +314,10 @@ class SharedState:
         )
         replay, last_load = _entries(inserts), _entries(load)
         self._up()
-        for applied, (_, fields) in enumerate(reversed(replay)):
-            self._apply_inserts(fields, wall=None)
-            if applied % 32 == 31:
-                await asyncio.sleep(0)  # requests arriving meanwhile are served between chunks
+        replay.reverse()
+        for first in range(0, len(replay), 32):  # requests arriving meanwhile are served between chunks
+            self._apply_inserts([fields for _, fields in replay[first : first + 32]], wall=None)
+            await asyncio.sleep(0)
         if replay:
             log.info("replayed %d insert batches from the shared state", len(replay))
         return {
@@ -339,12 +339,14 @@ class SharedState:
         now = time.monotonic()
         for stream, entries in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
             key = stream.decode() if isinstance(stream, bytes) else str(stream)
-            for entry_id, fields in _entries(entries):
-                positions[key] = entry_id
-                if key == self.load_key:
+            records = _entries(entries)
+            if records:
+                positions[key] = records[-1][0]
+            if key == self.load_key:
+                for _, fields in records:
                     self._apply_load(fields, wall, now)
-                else:
-                    self._apply_inserts(fields, wall)
+            else:
+                self._apply_inserts([fields for _, fields in records], wall)
 
     def _peer_record(self, fields: Mapping[bytes, bytes], decode: Callable[[Mapping[bytes, bytes]], R]) -> R | None:
         """The decoded record, or None for this replica's own records and malformed ones (counted)."""
@@ -371,17 +373,21 @@ class SharedState:
             STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
         PEERS.value().set(float(self.columns.peers))
 
-    def _apply_inserts(self, fields: Mapping[bytes, bytes], wall: float | None) -> None:
-        batch = self._peer_record(fields, decode_inserts)
-        if batch is None:
-            return
-        learner = self.learners.get(batch.plugin)
-        if learner is None:
-            return  # a plugin this replica's configuration does not have
-        apply_inserts(learner, self.table, batch.hostports, batch.keys)
-        if wall is not None:
-            RECORDS.value("inserts", "received").inc()
-            STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+    def _apply_inserts(self, records: list[Mapping[bytes, bytes]], wall: float | None) -> None:
+        """Apply peers' insert batches, those of one plugin together (inserts to one endpoint are merged)."""
+        by_plugin: dict[str, tuple[list[tuple[str, ...]], list[Keys]]] = {}
+        for fields in records:
+            batch = self._peer_record(fields, decode_inserts)
+            if batch is None or batch.plugin not in self.learners:
+                continue  # this replica's own, malformed, or of a plugin this replica's configuration lacks
+            hostports, keys = by_plugin.setdefault(batch.plugin, ([], []))
+            hostports.extend(batch.hostports)
+            keys.extend(batch.keys)
+            if wall is not None:
+                RECORDS.value("inserts", "received").inc()
+                STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+        for plugin, (hostports, keys) in by_plugin.items():
+            apply_inserts(self.learners[plugin], self.table, hostports, keys)
 
 
 async def _failure_of(work: Coroutine[Any, Any, None]) -> StoreError:
