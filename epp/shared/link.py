@@ -54,8 +54,8 @@ INFLIGHT_COLUMNS = {
 
 @dataclass(frozen=True)
 class Tuning:
-    #: least time between two publications (changes made meanwhile go out together)
-    interval: float = 0.005
+    #: least time between two publications (changes made meanwhile go out together; 5 ms cost more CPU)
+    interval: float = 0.01
     heartbeat_interval: float = 1.0
     #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
     peer_ttl: float = 3.0
