@@ -40,6 +40,7 @@ from epp.scheduling.framework import build_scheduler  # noqa: E402
 from epp.shared.link import SharedState, Tuning  # noqa: E402
 from epp.shared.metrics import COLLECTOR  # noqa: E402
 from epp.shared.settings import parse_shared_state  # noqa: E402
+from epp.shared.store import StoreConnection  # noqa: E402
 
 FAMILY = "epp_shared_state_staleness_seconds"
 
@@ -76,6 +77,8 @@ async def replica(args: argparse.Namespace) -> dict[str, float]:
     idle_started = time.process_time()
     await asyncio.sleep(args.idle)
     idle_cpu = (time.process_time() - idle_started) / args.idle
+    lags: list[float] = []
+    probe = asyncio.ensure_future(loop_lag(lags, time.monotonic() + 0.5 + args.seconds))
     systems = [f"System prompt of tenant {g}: answer in the house style, cite sources. " * 14 for g in range(8)]
     count = 0
     end = time.monotonic() + 0.5 + args.seconds
@@ -100,13 +103,50 @@ async def replica(args: argparse.Namespace) -> dict[str, float]:
     cpu = time.process_time() - cpu_from
     requests = max(count - requests_from, 1)
     await asyncio.sleep(args.hold + 0.05)
-    result = {"cpu_us_per_req": cpu / requests * 1e6, "requests": float(requests), "idle_cpu_ms_per_s": idle_cpu * 1e3}
+    await probe
+    lags.sort()
+    result = {
+        "cpu_us_per_req": cpu / requests * 1e6,
+        "requests": float(requests),
+        "idle_cpu_ms_per_s": idle_cpu * 1e3,
+        "loop_lag_p50": 1000 * lags[len(lags) // 2],
+        "loop_lag_p99": 1000 * lags[int(len(lags) * 0.99)],
+    }
     if shared is not None:
         registry = CollectorRegistry()
         registry.register(COLLECTOR)
         result.update(staleness(generate_latest(registry).decode()))
         await shared.stop()
     return result
+
+
+async def loop_lag(lags: list[float], until: float, period: float = 0.005) -> None:
+    """How late a `period` sleep wakes (the wait for a CPU and for the event loop), until `until`."""
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(period)
+        lags.append(max(time.monotonic() - asked - period, 0.0))
+
+
+def store_calls(url: str, reset: bool = False) -> dict[str, float]:
+    """The store's XADD and XREAD calls so far (`reset`: zero its counters first)."""
+
+    async def ask() -> dict[str, float]:
+        client = StoreConnection(parse_shared_state(url), 2.0)
+        try:
+            if reset:
+                await client.call(["CONFIG", "RESETSTAT"])
+            [info] = await client.call(["INFO", "commandstats"])
+        finally:
+            await client.close()
+        calls = {}
+        for line in info.decode().splitlines():  # cmdstat_xadd:calls=12,usec=...
+            name, _, fields = line.partition(":")
+            if name in ("cmdstat_xadd", "cmdstat_xread"):
+                calls[name.removeprefix("cmdstat_")] = float(fields.split(",")[0].removeprefix("calls="))
+        return calls
+
+    return asyncio.run(ask())
 
 
 def run_pair(args: argparse.Namespace, url: str, interval: float, scope: str) -> list[dict[str, float]]:
@@ -126,10 +166,21 @@ def run_pair(args: argparse.Namespace, url: str, interval: float, scope: str) ->
     for worker in workers:
         assert worker.stdout is not None
         assert worker.stdout.readline().strip() == "ready"
+    if url:
+        store_calls(url, reset=True)
+    for worker in workers:  # both start together: each applies the other's records while under load itself
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
     results = []
     for worker in workers:
-        out, _ = worker.communicate("go\n", timeout=120 + args.seconds * 4)
+        out, _ = worker.communicate(timeout=120 + args.seconds * 4)
         results.append(json.loads(out.strip().splitlines()[-1]))
+    if url:  # from the go to the end (the idle window included), per request of either replica
+        requests = sum(r["requests"] for r in results)
+        for name, count in store_calls(url).items():
+            for result in results:
+                result[f"{name}_per_req"] = count / requests
     return results
 
 
@@ -169,18 +220,20 @@ def main() -> int:
                 samples[variant].append(sample)
                 print(f"round {round_index + 1} {variant}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
                       flush=True)  # fmt: skip
-    print("\n| variant | CPU µs/req | extra µs/req vs off | ratio vs off | idle CPU ms/s "
-          "| staleness load p50/p90/p99 ms | inserts p50/p90/p99 ms |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---|---|")
+    print("\n| variant | CPU µs/req | extra µs/req vs off | ratio vs off | idle CPU ms/s | XADD / XREAD per req "
+          "| staleness load p50/p90/p99 ms | inserts p50/p90/p99 ms | loop lag p50/p99 ms |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|---|---|---|")
     for variant in variants:
         rows = samples[variant]
-        m = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        m = {key: statistics.median(row.get(key, 0.0) for row in rows) for key in rows[0]}
         load = "/".join(f"{m.get(f'load_p{q}', 0.0):.1f}" for q in (50, 90, 99))
         inserts = "/".join(f"{m.get(f'inserts_p{q}', 0.0):.1f}" for q in (50, 90, 99))
+        calls = f"{m.get('xadd_per_req', 0.0):.2f} / {m.get('xread_per_req', 0.0):.2f}"
         name = "off" if variant == "off" else f"interval {float(variant) * 1000:g} ms"
+        shared = variant != "off"
         print(f"| {name} | {m['cpu_us_per_req']:.0f} | {m['extra_us_per_req']:.1f} | {m['ratio_to_off']:.3f} | "
-              f"{m['idle_cpu_ms_per_s']:.2f} | {load if variant != 'off' else '-'} | "
-              f"{inserts if variant != 'off' else '-'} |")  # fmt: skip
+              f"{m['idle_cpu_ms_per_s']:.2f} | {calls if shared else '-'} | {load if shared else '-'} | "
+              f"{inserts if shared else '-'} | {m['loop_lag_p50']:.1f}/{m['loop_lag_p99']:.1f} |")  # fmt: skip
     return 0
 
 

@@ -3,19 +3,18 @@
 Event-driven, so that a change reaches the peers as soon as it is made and an idle replica costs nothing:
 - the publisher sleeps until something changes (the director charges or releases in-flight load, a plugin's
   insert lands in its outbox, or the heartbeat is due) and then sends, in one pipeline, what changed of this
-  replica's own shared columns (everything every `heartbeat_interval`: the heartbeat) and the waiting inserts.
-  Sends are at least `interval` apart: changes made meanwhile go out together, which bounds the round trips
-  a second under load;
-- the reader blocks in XREAD on both streams, so a peer's record arrives when it is written, without polling,
-  and applies each reply at once (between requests, on the event loop).
-A record is thus at most `interval` plus a round trip old when applied (plus whatever the processes wait for a
-CPU). Streams (not pub/sub) so that a replica that starts replays the pool's recent inserts and warms its
-prefix index.
+  replica's own shared columns (everything every `heartbeat_interval`: the heartbeat) and the waiting inserts,
+  followed by an XREAD (not blocking) of what the peers wrote since. Sends are at least `interval` apart:
+  changes made meanwhile go out together, which bounds the round trips a second under load;
+- the reader, while the publisher is quiet, blocks in XREAD on both streams, so a peer's record arrives when
+  it is written; while the publisher sends, its round trips do the reading and the reader waits (a blocked
+  read would also wake on each of this replica's own writes: one round trip per send under load, not two).
+A record is thus at most about two `interval`s plus a round trip old when applied (plus the processes' wait
+for a CPU). Streams, so that a starting replica replays the pool's recent inserts and warms its prefix index.
 
-Faults: when either connection fails the replica goes on with local state; one log line and
-`epp_shared_state_connected 0` say so, inserts made meanwhile are dropped (counted), peers drop out after
-`peer_ttl`, and the next attempt that succeeds (tried every `retry_interval`) rejoins with a full report.
-Nothing here is awaited by a request.
+Faults: when either connection fails the replica goes on with local state (a log line, `connected 0`), inserts
+made meanwhile are dropped (counted), peers drop out after `peer_ttl`, and the next attempt that succeeds
+(every `retry_interval`) rejoins with a full report. Nothing here is awaited by a request.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from epp.shared.inserts import InsertOutbox, Keys, LearnsInserts, SharesColumns,
 from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS, STALENESS
 from epp.shared.settings import SharedStateSettings
 from epp.shared.store import Command, StoreConnection, StoreError
+from epp.shared.streams import entries_after, id_order, stream_entries, xadd, xread
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
@@ -114,6 +114,8 @@ class SharedState:
         #: wall time of the oldest change not yet published (0: none)
         self._changed_at = 0.0
         self._heartbeat: asyncio.TimerHandle | None = None
+        #: when the publisher's last round trip ended (monotonic)
+        self._sent_at = 0.0
         #: pipelines sent
         self.publish_count = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,13 +130,8 @@ class SharedState:
         self._reader = StoreConnection(self.settings, timeout, f"epp-{self.replica}-reader")
         self.table.load_listener = self.changed
         self._tasks = [tasks.spawn(self._run(self._writer, self._reader), "shared-state")]
-        log.info(
-            "shared state %s: replica %s shares %d columns and %d prefix indexes",
-            self.settings.url,
-            self.replica,
-            len(self.columns.names),
-            len(self.learners),
-        )
+        shares = f"{len(self.columns.names)} columns and {len(self.learners)} prefix indexes"
+        log.info("shared state %s: replica %s shares %s", self.settings.url, self.replica, shares)
 
     async def stop(self) -> None:
         await self.halt()
@@ -142,7 +139,7 @@ class SharedState:
         if writer is not None and self.connected:
             try:  # peers take this replica's load out now rather than after peer_ttl
                 bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
-                await writer.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
+                await writer.call(xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
             except StoreError:
                 pass
         for client in (self._writer, self._reader):
@@ -207,10 +204,12 @@ class SharedState:
                     await self._check_positions(reader, positions)
                     self._up()
                 await _first_failure(
-                    tasks.spawn(_failure_of(self._publish(writer)), "shared-state-publish"),
+                    tasks.spawn(_failure_of(self._publish(writer, positions)), "shared-state-publish"),
                     tasks.spawn(_failure_of(self._read(reader, positions)), "shared-state-read"),
                 )
             except StoreError as failed:
+                for client in (writer, reader):  # one the failure did not touch may be open to a store now gone
+                    client.disconnect()
                 self._down(failed)
                 await self._ride_out()
 
@@ -232,8 +231,9 @@ class SharedState:
             log.info("replica %s left the shared view (silent for %gs)", peer, self.tuning.peer_ttl)
         PEERS.value().set(float(self.columns.peers))
 
-    async def _publish(self, client: StoreConnection) -> None:
-        """Sleep until something changed or the heartbeat is due; send it, at most once per `interval`."""
+    async def _publish(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """Sleep until something changed or the heartbeat is due; send it, at most once per `interval`, and read
+        the peers' records in the same round trip."""
         loop = asyncio.get_running_loop()
         interval = self.tuning.interval
         self._wake.set()  # a full report first
@@ -247,15 +247,17 @@ class SharedState:
             full = sent >= self._next_full
             if full:
                 self._upkeep(sent)  # peers are expired on the heartbeat's clock
-            await self.send(client, full)
+            if await self.send(client, full, positions):
+                self._sent_at = time.monotonic()
             if full:
                 self._next_full = sent + self.tuning.heartbeat_interval
                 if self._heartbeat is not None:
                     self._heartbeat.cancel()
                 self._heartbeat = loop.call_at(self._next_full, self._wake.set)
 
-    async def send(self, client: StoreConnection, full: bool) -> None:
-        """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts."""
+    async def send(self, client: StoreConnection, full: bool, positions: dict[str, str]) -> bool:
+        """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts, then
+        an XREAD (not blocking) of what peers wrote since the last read. False: there was nothing to send."""
         self.columns.settle()
         changed_at, self._changed_at = self._changed_at, 0.0
         hostports, values = self.columns.changes(full=full)
@@ -270,13 +272,14 @@ class SharedState:
             if records:
                 entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
         if not entries:
-            return
+            return False
         commands: list[Command] = [
-            _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
+            xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
             for stream, key, fields in entries
         ]
+        commands.append(xread(positions))
         try:
-            await client.call(*commands)
+            replies = await client.call(*commands)
         except StoreError:
             lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
             if lost:
@@ -285,17 +288,21 @@ class SharedState:
         self.publish_count += 1
         for stream, _, _ in entries:
             RECORDS.value(stream, "sent").inc()
+        self.receive(replies[-1], positions)
+        return True
 
     async def _read(self, client: StoreConnection, positions: dict[str, str]) -> None:
-        """Block in XREAD until a peer writes to either stream; apply what it returns."""
+        """While the publisher is quiet, block in XREAD until a peer writes to either stream and apply what it
+        returns; while it sends (under load), its round trips read the peers' records and this waits."""
         block = self.tuning.read_block
         timeout = block + self.tuning.socket_timeout
+        quiet_after = 2 * self.tuning.interval
         while True:
-            keys = list(positions)
-            command: Command = [
-                "XREAD", "COUNT", 512, "BLOCK", int(block * 1000), "STREAMS", *keys, *(positions[k] for k in keys)
-            ]  # fmt: skip
-            [reply] = await client.call(command, timeout=timeout)
+            busy = self._sent_at + quiet_after - time.monotonic()
+            if busy > 0:
+                await asyncio.sleep(busy)
+                continue
+            [reply] = await client.call(xread(positions, block), timeout=timeout)
             self.columns.settle()
             self.receive(reply, positions)
 
@@ -312,7 +319,7 @@ class SharedState:
             ["XREVRANGE", self.inserts_key, "+", "-", "COUNT", self.tuning.inserts_kept],
             ["XREVRANGE", self.load_key, "+", "-", "COUNT", 1],
         )
-        replay, last_load = _entries(inserts), _entries(load)
+        replay, last_load = stream_entries(inserts), stream_entries(load)
         self._up()
         replay.reverse()
         for first in range(0, len(replay), 32):  # requests arriving meanwhile are served between chunks
@@ -329,17 +336,17 @@ class SharedState:
         """After a fault: a store that restarted empty numbers its entries from scratch; read from its start."""
         for key in list(positions):
             [reply] = await client.call(["XREVRANGE", key, "+", "-", "COUNT", 1])
-            last = _entries(reply)
-            if not last or _id_order(last[0][0]) < _id_order(positions[key]):
+            last = stream_entries(reply)
+            if not last or id_order(last[0][0]) < id_order(positions[key]):
                 positions[key] = "0-0"
 
     def receive(self, response: Any, positions: dict[str, str]) -> None:
         """Apply an XREAD response and move the read positions past it."""
         wall = time.time()
         now = time.monotonic()
-        for stream, entries in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
+        for stream, raw in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
             key = stream.decode() if isinstance(stream, bytes) else str(stream)
-            records = _entries(entries)
+            records = entries_after(raw, positions[key])  # the publisher's and the reader's reads may overlap
             if records:
                 positions[key] = records[-1][0]
             if key == self.load_key:
@@ -408,23 +415,3 @@ async def _first_failure(*running: asyncio.Task[StoreError]) -> None:
             task.cancel()
         await asyncio.wait(running)
     raise next(iter(done)).result()
-
-
-def _xadd(key: str, fields: Mapping[bytes, bytes], kept: int) -> Command:
-    """XADD key MAXLEN ~ kept * field value ... (the stream is trimmed to about `kept` entries)."""
-    return ["XADD", key, "MAXLEN", "~", kept, "*", *(item for pair in fields.items() for item in pair)]
-
-
-def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Stream entries of a reply as (id, fields); an entry deleted under a reader comes back without fields."""
-    found: list[tuple[str, dict[bytes, bytes]]] = []
-    for entry_id, flat in raw or ():
-        if entry_id is not None and flat is not None:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            found.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
-    return found
-
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
