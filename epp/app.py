@@ -250,7 +250,8 @@ def _shared_state(
     settings: Settings, table: EndpointTable, plugins: dict[str, Any], pool_name: str, registry: CollectorRegistry
 ) -> SharedState:
     """Active-active sharing through Redis/Valkey (imported only when asked for)."""
-    from epp.shared.link import COLLECTOR, PeerLoadCollector, SharedState
+    from epp.shared.link import SharedState
+    from epp.shared.metrics import COLLECTOR, PeerLoadCollector
     from epp.shared.settings import SharedStateError, parse_shared_state
 
     try:

@@ -330,6 +330,8 @@ class Director:
         table.inflight_requests[slot] += 1.0
         table.inflight_tokens[slot] += tokens
         table.inflight_prompt_tokens[slot] += prompt_tokens
+        if table.load_listener is not None:
+            table.load_listener()
         return Charge(slot, tokens, prompt_tokens, float(table.epoch[slot]))
 
     def _still_held(self, decision: Decision) -> bool:
@@ -348,6 +350,8 @@ class Director:
             table.inflight_requests[slot] -= 1.0
             table.inflight_tokens[slot] = max(0.0, table.inflight_tokens[slot] - charge.tokens)
             table.inflight_prompt_tokens[slot] = max(0.0, table.inflight_prompt_tokens[slot] - charge.prompt_tokens)
+            if table.load_listener is not None:
+                table.load_listener()
 
     def first_chunk(self, decision: Decision, streamed: bool) -> None:
         """The first chunk of the response body arrived (`streamed`: as server-sent events, so it carries the
@@ -358,6 +362,8 @@ class Director:
         if self.hooks is not None and decision.request.api and self._still_held(decision):
             ttft = self.clock() - decision.picked_at if streamed else None
             self.hooks.first_response(decision.request, decision.result, ttft)
+            if self.table.load_listener is not None:  # plugins release queued prefill at the first chunk
+                self.table.load_listener()
 
     def complete(self, decision: Decision, usage: Usage | None) -> None:
         """The response ended (or the stream did): release in-flight load and run completion hooks once."""

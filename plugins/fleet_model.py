@@ -1,5 +1,11 @@
 """The pool's latency model: coefficients shared by every endpoint, learned online by a Kalman filter, times a
-per-endpoint slowness factor (used by the predicted-TTFT producer, plugins/latency.py)."""
+per-endpoint slowness factor (used by the predicted-TTFT producer, plugins/latency.py).
+
+With --shared-state each replica also publishes its own estimate of every endpoint's slowness with its
+precision (1 / variance, in log space) as two additive columns (epp.shared.columns sums them over the live
+replicas), and predicts with the precision-weighted mean of all replicas' estimates: an endpoint one replica
+learned slow is priced slow by the others before they send it anything. Each replica learns only from its
+own responses, so no estimate is counted twice."""
 
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ RELAX_EVERY = 32
 QUIET_SECONDS = 5.0
 #: responses after which an endpoint's own slowness starts to move (the fleet's fit settles first)
 WARMUP_OBSERVATIONS = 5
+#: variance of an endpoint's log-slowness before anything is learned (one standard deviation: a factor e)
+PRIOR_LOG_VARIANCE = 1.0
+#: slowness is kept within [SLOWNESS_FLOOR, SLOWNESS_CEILING]; the shared weighted logs are counted from the
+#: floor so that they stay >= 0 like every shared column
+SLOWNESS_FLOOR, SLOWNESS_CEILING = 0.05, 50.0
+LOG_FLOOR = math.log(SLOWNESS_FLOOR)
 
 
 @dataclass
@@ -86,7 +98,17 @@ class FleetModel:
         self.floors = floors
         self.noise = noise
         self.updated = 0.0
+        #: the slowness predictions use: this replica's own estimate, or the precision-weighted mean of every
+        #: replica's when they are shared
         self.slowness = np.ones(capacity)
+        #: this replica's own estimate (learned from its own responses) and its variance in log space
+        self.own = np.ones(capacity)
+        self.own_variance = np.full(capacity, PRIOR_LOG_VARIANCE)
+        #: summed over replicas (this one's part is `_own_parts`): the precision of each estimate of an endpoint
+        #: learned so far, and precision x (log slowness - LOG_FLOOR)
+        self.precision = np.zeros(capacity)
+        self.weighted_log = np.zeros(capacity)
+        self._own_parts = np.zeros((capacity, 2))
         self.observations = np.zeros(capacity)
         #: when each endpoint last taught the model (0 = never)
         self.last_seen = np.zeros(capacity)
@@ -96,9 +118,36 @@ class FleetModel:
         """A new endpoint in `slot`: the fleet's median slowness."""
         learned = self.observations > 0
         learned[slot] = False
-        self.slowness[slot] = float(np.median(self.slowness[learned])) if learned.any() else 1.0
+        self.own[slot] = self.slowness[slot] = float(np.median(self.own[learned])) if learned.any() else 1.0
+        self.own_variance[slot] = PRIOR_LOG_VARIANCE
         self.observations[slot] = 0.0
         self.last_seen[slot] = 0.0
+        # nothing of this endpoint's learned yet (the peers' part is folded in again by epp.shared)
+        self.precision[slot] = self.weighted_log[slot] = 0.0
+        self._own_parts[slot] = 0.0
+
+    def shared_columns(self, prefix: str) -> dict[str, np.ndarray]:
+        """The per-endpoint estimates other replicas add up (see epp.shared.columns)."""
+        return {f"{prefix}-precision": self.precision, f"{prefix}-weighted-log": self.weighted_log}
+
+    def refresh(self, slot: int) -> None:
+        """Recompute the slowness predictions use at `slot` (after its own estimate or the peers' part changed)."""
+        precision = float(self.precision[slot])
+        if precision > 1e-9:
+            mean = float(self.weighted_log[slot]) / precision + LOG_FLOOR
+            self.slowness[slot] = min(max(math.exp(mean), SLOWNESS_FLOOR), SLOWNESS_CEILING)
+        else:
+            self.slowness[slot] = self.own[slot]
+
+    def _publish(self, slot: int) -> None:
+        """This replica's own estimate at `slot` changed: update its part of the shared sums."""
+        precision = 1.0 / float(self.own_variance[slot])
+        weighted = precision * (math.log(float(self.own[slot])) - LOG_FLOOR)
+        own = self._own_parts[slot]
+        self.precision[slot] += precision - own[0]
+        self.weighted_log[slot] += weighted - own[1]
+        own[0], own[1] = precision, weighted
+        self.refresh(slot)
 
     def fleet_prediction(self, x: Sequence[float]) -> float:
         return sum(c * v for c, v in zip(self.coefficients, x, strict=True))
@@ -107,14 +156,19 @@ class FleetModel:
         return float(self.slowness[slot]) * self.fleet_prediction(x)
 
     def learn(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
-        slowness = float(self.slowness[slot])
+        own = float(self.own[slot])
         fleet = max(self.fleet_prediction(x), 1e-4)
-        if self.slowness_rate > 0 and (
+        rate = self.slowness_rate
+        if rate > 0 and (
             self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS
         ):
-            step = math.log(max(seconds, 1e-6) / (slowness * fleet))
+            step = math.log(max(seconds, 1e-6) / (own * fleet))
             step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
-            self.slowness[slot] = min(max(slowness * math.exp(self.slowness_rate * step), 0.05), 50.0)
+            self.own[slot] = min(max(own * math.exp(rate * step), SLOWNESS_FLOOR), SLOWNESS_CEILING)
+            # an exponentially weighted mean's variance: the old one's shrunk by (1 - rate)^2, plus this step's noise
+            self.own_variance[slot] = (1 - rate) ** 2 * self.own_variance[slot] + (rate * self.noise) ** 2
+            self._publish(slot)
+        slowness = float(self.slowness[slot])
         self.observations[slot] += 1
         self.last_seen[slot] = now
         self._learned += 1
@@ -128,9 +182,14 @@ class FleetModel:
         learned = self.observations > 0
         quiet = learned & (self.last_seen < now - QUIET_SECONDS)
         if quiet.any() and learned.sum() > quiet.sum():
-            median = float(np.median(self.slowness[learned & ~quiet]))
-            self.slowness[quiet] = np.sqrt(self.slowness[quiet] * median)
+            median = float(np.median(self.own[learned & ~quiet]))
+            self.own[quiet] = np.sqrt(self.own[quiet] * median)
+            self.own_variance[quiet] = (self.own_variance[quiet] + PRIOR_LOG_VARIANCE) / 2
             self.last_seen[quiet] = now
+            for slot in np.flatnonzero(quiet & (self._own_parts[:, 0] > 0)).tolist():
+                self._publish(slot)
+            for slot in np.flatnonzero(quiet & (self._own_parts[:, 0] == 0)).tolist():
+                self.refresh(slot)
 
     def _fit(self, x: Sequence[float], y: float, now: float) -> None:
         n = self.features_count

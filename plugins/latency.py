@@ -166,16 +166,21 @@ class PredictedTTFTProducer(DataProducer):
             self.drain.reset(slot, self.clock())
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
-            if kind == "add":
-                self.model.reset(slot)
-                self.decode.reset(slot)
+            self.model.reset(slot)
+            self.decode.reset(slot)
 
         table.subscribe(on_change)
 
     def shared_columns(self) -> dict[str, npt.NDArray[np.float64]]:
-        """With --shared-state, other replicas' queued prefill at the same endpoint is added into these arrays
-        (epp.shared.columns): charge and release only this replica's own, and never rebind them after bind()."""
-        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
+        """With --shared-state, other replicas' queued prefill and slowness estimates at the same endpoint are added
+        into these arrays (epp.shared.columns): change only this replica's own, and never rebind them after bind()."""
+        model = self.model.shared_columns("slowness") if self.parameters.slowness_rate > 0 else {}
+        decode = self.decode.shared_columns("decode-slowness") if self.decode_used else {}
+        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests, **model, **decode}
+
+    def peers_changed(self, slot: int) -> None:
+        self.model.refresh(slot)
+        self.decode.refresh(slot)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         model = self.model

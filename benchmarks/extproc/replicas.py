@@ -2,15 +2,15 @@
 
 Configurations, interleaved round by round in one run (the machine is shared: compare within a run):
 - `one`: one epp, no --shared-state (the baseline);
-- `one-shared`: one epp with --shared-state to a local redis-server, a second (idle) replica connected, so the
-  measured one publishes its load and inserts to a live peer;
+- `one-shared`: one epp with --shared-state to a local redis-server, a second (idle) replica of its pool connected,
+  so the measured one publishes its load and inserts to a live peer;
 - `two-shared`: two epp replicas sharing state, Envoy spreading streams over both (envoy-replicas.yaml); each
   also applies the other's prefix inserts;
 - `two-independent`: the same two replicas' setup without --shared-state.
 Envoy → ext_proc (FULL_DUPLEX_STREAMED, plaintext) → nginx (`return 200`) on 4 ports; wrk drives keep-alive
 POSTs of a JSON completions body. Reports req/s, p50/p99 and CPU µs per request of the epp processes (all
 replicas summed) and of redis-server, as medians over the rounds, and the CPU ratio of each configuration to
-`one` measured in the same round.
+`one` measured in the same round; before the rounds, the CPU each replica spends idle, sharing and not.
 
 `python benchmarks/extproc/replicas.py [--rounds 3] [--duration 8] [--concurrency 32] [--body 1024]`
 (needs wrk and nginx: `bash benchmarks/extproc/run.sh --help` installs them).
@@ -45,15 +45,28 @@ CONFIGS = ("one", "one-shared", "two-shared", "two-independent")
 
 
 def staleness_ms(page: str) -> dict[str, float]:
-    """p50/p99 of epp_shared_state_staleness_seconds per stream, in milliseconds."""
+    """p50/p90/p99 of epp_shared_state_staleness_seconds per stream, in milliseconds."""
     found: dict[str, float] = {}
     for stream in ("load", "inserts"):
         lines = "\n".join(line for line in page.splitlines() if f'stream="{stream}"' in line)
         family = "epp_shared_state_staleness_seconds"
         buckets = histogram_buckets(lines, family).get(family, [])
-        for q in (0.5, 0.99):
+        for q in (0.5, 0.9, 0.99):
             found[f"{stream}_p{round(q * 100)}"] = round(1000 * bucket_quantile(buckets, q), 1)
     return found
+
+
+def idle_cpu_ms_per_s(groups: dict[str, list[EppProcess]], seconds: float) -> dict[str, float]:
+    """CPU ms per second of each replica of each group, medians, while no request arrives."""
+    time.sleep(1.0)
+    pids = {name: [r.process.pid for r in replicas if r.process is not None] for name, replicas in groups.items()}
+    before = {name: [cpu_seconds(pid) for pid in ids] for name, ids in pids.items()}
+    time.sleep(seconds)
+    return {
+        name: round(statistics.median(cpu_seconds(pid) - b for pid, b in zip(ids, before[name], strict=True))
+                    / seconds * 1000, 2)
+        for name, ids in pids.items()
+    }  # fmt: skip
 
 
 def main() -> int:
@@ -61,6 +74,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds the idle replicas' CPU is measured")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--body", type=int, default=1024)
     parser.add_argument("--envoy-concurrency", type=int, default=1)
@@ -82,14 +96,16 @@ def main() -> int:
     shared_flags = [*flags, "--shared-state", store.url]
     groups = {
         "one": [EppProcess(flags)],
-        "one-shared": [EppProcess(shared_flags, env={"POD_NAME": "measured"})],
-        "two-shared": [EppProcess(shared_flags, env={"POD_NAME": f"pair-{i}"}) for i in range(2)],
+        "one-shared": [EppProcess(shared_flags, env={"POD_NAME": "measured", "NAMESPACE": "one"})],
+        "two-shared": [EppProcess(shared_flags, env={"POD_NAME": f"pair-{i}", "NAMESPACE": "two"}) for i in range(2)],
         "two-independent": [EppProcess(flags) for _ in range(2)],
     }
-    idle_peer = EppProcess(shared_flags, env={"POD_NAME": "idle-peer"})
+    # the pair shares with each other only, the measured one with its idle peer only (pools of their own)
+    idle_peer = EppProcess(shared_flags, env={"POD_NAME": "idle-peer", "NAMESPACE": "one"})
     envoys: dict[str, EnvoyProcess] = {}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     staleness: dict[str, dict[str, float]] = {}
+    idle_cpu: dict[str, float] = {}
     try:
         for replicas in [*groups.values(), [idle_peer]]:
             for replica in replicas:
@@ -101,6 +117,8 @@ def main() -> int:
             config = render_bootstrap(bootstrap, listener, admin, ports[0], epp_tls=False, epp_ports=ports)
             envoys[name] = EnvoyProcess(config, concurrency=args.envoy_concurrency)
             envoys[name].start()
+        idle = {"shared": [*groups["two-shared"], idle_peer], "independent": groups["two-independent"]}
+        idle_cpu = idle_cpu_ms_per_s(idle, args.idle)
         body_file = workdir / "body.json"
         body_file.write_bytes(body_of(args.body))
         lua = workdir / "post.lua"
@@ -160,11 +178,18 @@ def main() -> int:
               f"{median['epp_cores']:.2f} | {median['epp_cpu_us_per_req']:.0f} | {median['cpu_ratio_to_one']:.3f} | "
               f"{median['redis_cpu_us_per_req']:.1f} | {median['errors']:.0f} |")  # fmt: skip
     print(f"\nstaleness of shared state in two-shared (ms): {json.dumps(staleness)}")
+    print(f"idle replicas before the rounds, CPU ms per second each: {json.dumps(idle_cpu)}")
     per_core = summary["one"]["rps"] / max(summary["one"]["epp_cores"], 1e-9)
     print(f"\none replica: {per_core:,.0f} req/s per core of epp CPU")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"replicas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    record = {"args": vars(args), "samples": samples, "summary": summary, "staleness_ms": staleness}
+    record = {
+        "args": vars(args),
+        "samples": samples,
+        "summary": summary,
+        "staleness_ms": staleness,
+        "idle_replica_cpu_ms_per_s": idle_cpu,
+    }
     out.write_text(json.dumps(record, indent=1))
     print(f"raw results: {out}")
     return 0

@@ -254,7 +254,11 @@ def _build(document: Any, source: str, errors: list[str]) -> EndpointPickerConfi
             names.add(raw["name"])
             entries = []
             pickers = []
-            for j, ref in enumerate(raw.get("plugins") or []):
+            refs = raw.get("plugins") or []
+            if not isinstance(refs, list):
+                error(f"{path}.plugins", f"expected a list of {{pluginRef, weight}}, got {_show(refs)}")
+                refs = []
+            for j, ref in enumerate(refs):
                 ref_path = f"{path}.plugins[{j}]"
                 if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
                     error(ref_path, "expected {pluginRef, weight} with pluginRef the name of a declared plugin")

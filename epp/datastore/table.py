@@ -120,6 +120,9 @@ class EndpointTable:
         self._active_masks: dict[str, BoolColumn] = {}
         self._waiting_masks: dict[str, BoolColumn] = {}
         self._slot_by_key: dict[str, int] = {}
+        #: called on the event loop after the director charges or releases in-flight load or a first chunk
+        #: releases queued prefill (the --shared-state link wakes on it to publish the change)
+        self.load_listener: Callable[[], None] | None = None
         self._slot_by_hostport: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._lock = threading.RLock()  # add() removes the endpoint it displaces

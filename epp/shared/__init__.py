@@ -10,5 +10,6 @@ sends, and remote numbers are folded into the table's columns between requests.
 - `columns`: per-endpoint numbers summed over live replicas and folded into the columns scorers read;
 - `inserts`: prefix-index inserts sent to and applied from the other replicas;
 - `codec`: the records on the wire (Redis stream entries);
-- `link`: the Redis connection, its background tasks, faults and metrics.
+- `link`: the Redis connections, their background tasks and faults;
+- `metrics`: what the link counts and measures.
 """

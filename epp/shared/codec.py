@@ -1,8 +1,9 @@
 """The records replicas exchange, as Redis stream entries (a flat field → bytes mapping).
 
 Load report (stream `<prefix>:load`):
-  v=1, r=replica id, t=wall time sent, k=full|delta|bye, c=column names (newline separated),
-  h=endpoints ip:port (newline separated), x=float64 little-endian values, row per endpoint.
+  v=1, r=replica id, t=wall time of the oldest change it carries (or of sending), k=full|delta|bye,
+  c=column names (newline separated), h=endpoints ip:port (newline separated), x=float64 little-endian
+  values, row per endpoint.
 Inserts (stream `<prefix>:inserts`), one entry per plugin per batch:
   v=1, r, t=wall time of the oldest insert in the batch, p=plugin name, h=each insert's endpoints
   (comma separated, inserts newline separated), n=int32 key count per insert, x=uint64 keys, concatenated.

@@ -14,7 +14,7 @@ link calls it from the event loop, between requests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,8 @@ class SharedColumns:
         self.table = table
         self.names: list[str] = []
         self._columns: list[FloatColumn] = []
+        #: per column, called with a slot after the peers' part there changed (None: nobody asked)
+        self._listeners: list[Callable[[int], None] | None] = []
         self.applied: Matrix = np.zeros((table.capacity, 0))
         #: own values as last published (NaN: publish this row next time)
         self._published: Matrix = np.zeros((table.capacity, 0))
@@ -47,20 +49,24 @@ class SharedColumns:
 
     # --- registration -----------------------------------------------------------------------------
 
-    def register(self, name: str, column: FloatColumn) -> None:
-        """Share `column` (one float per table slot) under `name`: replicas with the same name add up."""
+    def register(self, name: str, column: FloatColumn, listener: Callable[[int], None] | None = None) -> None:
+        """Share `column` (one float per table slot) under `name`: replicas with the same name add up.
+        `listener(slot)` runs after the peers' part of the column changed at `slot`."""
         if name in self.names:
             raise ValueError(f"shared column {name!r} is registered twice")
         if column.shape != (self.table.capacity,):
             raise ValueError(f"shared column {name!r} has shape {column.shape}, not ({self.table.capacity},)")
         self.names.append(name)
         self._columns.append(column)
+        self._listeners.append(listener)
         self.applied = np.hstack((self.applied, np.zeros((self.table.capacity, 1))))
         self._published = np.hstack((self._published, np.full((self.table.capacity, 1), np.nan)))
 
-    def register_all(self, prefix: str, columns: Mapping[str, FloatColumn]) -> None:
+    def register_all(
+        self, prefix: str, columns: Mapping[str, FloatColumn], listener: Callable[[int], None] | None = None
+    ) -> None:
         for name, column in columns.items():
-            self.register(f"{prefix}/{name}", column)
+            self.register(f"{prefix}/{name}", column, listener)
 
     # --- this replica's own values ----------------------------------------------------------------
 
@@ -164,9 +170,13 @@ class SharedColumns:
             return
         total = self.peer_total(hostport)
         delta = total - self.applied[slot]
-        for c, column in enumerate(self._columns):
-            column[slot] += delta[c]
         self.applied[slot] = total
+        changed = np.flatnonzero(delta).tolist()
+        for c in changed:
+            self._columns[c][slot] += delta[c]
+        listeners = {listener for c in changed if (listener := self._listeners[c]) is not None}
+        for listener in listeners:  # once every column is updated
+            listener(slot)
 
     def _on_change(self, kind: str, slot: int, endpoint: Endpoint) -> None:
         # Runs inside the table's add/remove, before (or after) the owners reset their own columns for a new

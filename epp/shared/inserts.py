@@ -3,7 +3,8 @@
 A plugin that learns from its own picks (the approximate prefix producer: "endpoint E was sent these block
 hashes") implements `LearnsInserts`: after each local insert it hands the endpoints and keys to `replicate`,
 and `learn_replicated` applies another replica's insert to its own index. The request path only appends to a
-bounded outbox here (a full outbox drops the record and counts it); the link drains it in the background.
+bounded outbox here (a full outbox drops the record and counts it) and wakes the link, which sends it in the
+background.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class SharesColumns(Protocol):
     def shared_columns(self) -> Mapping[str, npt.NDArray[np.float64]]:
         """name → float array indexed by table slot, owned (charged and released) by the plugin."""
 
+    def peers_changed(self, slot: int) -> None:
+        """The other replicas' part of these columns changed at `slot` (values derived from them are stale)."""
+
 
 @dataclass(slots=True)
 class InsertRecord:
@@ -54,11 +58,20 @@ class InsertRecord:
 class InsertOutbox:
     """Bounded queue of one plugin's inserts waiting to be sent."""
 
-    def __init__(self, plugin: str, table: EndpointTable, capacity: int, on_drop: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        table: EndpointTable,
+        capacity: int,
+        on_drop: Callable[[int], None],
+        on_append: Callable[[], None] | None = None,
+    ) -> None:
         self.plugin = plugin
         self.table = table
         self.capacity = capacity
         self.on_drop = on_drop
+        #: wakes the publisher
+        self.on_append = on_append
         self.records: deque[InsertRecord] = deque()
 
     def __call__(self, slots: Sequence[int], keys: Keys) -> None:
@@ -68,6 +81,8 @@ class InsertOutbox:
             return
         hostports = self.table.hostports
         records.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
+        if self.on_append is not None:
+            self.on_append()
 
     def drain(self) -> list[InsertRecord]:
         records = list(self.records)
@@ -78,13 +93,22 @@ class InsertOutbox:
 def apply_inserts(
     plugin: LearnsInserts, table: EndpointTable, hostports: Sequence[tuple[str, ...]], keys: Sequence[Keys]
 ) -> int:
-    """Apply another replica's inserts; endpoints this replica does not know (yet) are skipped. Returns the
-    number of (endpoint, insert) pairs applied."""
-    applied = 0
+    """Apply other replicas' inserts, in order; endpoints this replica does not know (yet) are skipped. The inserts
+    to one endpoint are applied as one, for one index search: the same keys held, each as recent as its last use
+    (one by one, a key already held would rank before the new keys of its own insert). Returns the number of
+    (endpoint, insert) pairs applied."""
+    by_slot: dict[int, list[Keys]] = {}
     for targets, record_keys in zip(hostports, keys, strict=True):
         for hostport in targets:
             slot = table.slot_of_hostport(hostport)
             if slot is not None:
-                plugin.learn_replicated(slot, record_keys)
-                applied += 1
-    return applied
+                by_slot.setdefault(slot, []).append(record_keys)
+    for slot, parts in by_slot.items():
+        plugin.learn_replicated(slot, parts[0] if len(parts) == 1 else latest_order(np.concatenate(parts)))
+    return sum(len(parts) for parts in by_slot.values())
+
+
+def latest_order(keys: Keys) -> Keys:
+    """`keys` in order with a repeated key kept only at its last place (its most recent use)."""
+    _, first_from_end = np.unique(keys[::-1], return_index=True)
+    return keys[np.sort(len(keys) - 1 - first_from_end)]

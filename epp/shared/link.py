@@ -1,18 +1,20 @@
-"""The replica's connection to Redis/Valkey: one background task beside the request path.
+"""The replica's connection to Redis/Valkey: two background tasks beside the request path, one connection each.
 
-Every `interval` (10 ms) the task makes one round trip on one connection: it folds in endpoints added since,
-drops peers silent for `peer_ttl`, and sends what changed of this replica's own shared columns (everything
-every `heartbeat_interval`: the heartbeat) and the inserts waiting in the outboxes, followed by an XREAD of
-both streams from where it last read; the peers' records in the reply are applied at once. A record is thus
-at most two steps old when applied (plus the round trip). One round trip per step keeps the cost to about a
-hundred system calls a second whatever the request rate (each costs tens of microseconds of kernel time on
-a busy machine). Streams (not pub/sub) so that a replica that starts replays the pool's recent
-inserts and warms its prefix index.
+Event-driven, so that a change reaches the peers as soon as it is made and an idle replica costs nothing:
+- the publisher sleeps until something changes (the director charges or releases in-flight load, a plugin's
+  insert lands in its outbox, or the heartbeat is due) and then sends, in one pipeline, what changed of this
+  replica's own shared columns (everything every `heartbeat_interval`: the heartbeat) and the waiting inserts,
+  followed by an XREAD (not blocking) of what the peers wrote since. Sends are at least `interval` apart:
+  changes made meanwhile go out together, which bounds the round trips a second under load;
+- the reader, while the publisher is quiet, blocks in XREAD on both streams, so a peer's record arrives when
+  it is written; while the publisher sends, its round trips do the reading and the reader waits (a blocked
+  read would also wake on each of this replica's own writes: one round trip per send under load, not two).
+A record is thus at most about two `interval`s plus a round trip old when applied (plus the processes' wait
+for a CPU). Streams, so that a starting replica replays the pool's recent inserts and warms its prefix index.
 
-Faults: when a round trip fails the replica goes on with local state; one log line and
-`epp_shared_state_connected 0` say so, inserts made meanwhile are dropped (counted), peers drop out after
-`peer_ttl`, and the next round trip that succeeds (tried every `retry_interval`) rejoins with a full report.
-Nothing here is awaited by a request.
+Faults: when either connection fails the replica goes on with local state (a log line, `connected 0`), inserts
+made meanwhile are dropped (counted), peers drop out after `peer_ttl`, and the next attempt that succeeds
+(every `retry_interval`) rejoins with a full report. Nothing here is awaited by a request.
 """
 
 from __future__ import annotations
@@ -23,72 +25,24 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from epp import tasks
 from epp.datastore.table import EndpointTable
-from epp.observability.families import FamiliesCollector, Family
 from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
 from epp.shared.columns import SharedColumns
-from epp.shared.inserts import InsertOutbox, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.inserts import InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS, STALENESS
 from epp.shared.settings import SharedStateSettings
 from epp.shared.store import Command, StoreConnection, StoreError
+from epp.shared.streams import entries_after, id_order, stream_entries, xadd, xread
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
-
-STALENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-CONNECTED = Family("gauge", "epp_shared_state_connected", "1 while this replica reaches the --shared-state store.")
-PEERS = Family("gauge", "epp_shared_state_peers", "Other replicas whose reports this replica currently adds in.")
-RECORDS = Family(
-    "counter",
-    "epp_shared_state_records_total",
-    "Records exchanged with other replicas, by stream (load, inserts) and direction (sent, received).",
-    ["stream", "direction"],
-)
-DROPPED = Family(
-    "counter",
-    "epp_shared_state_dropped_total",
-    "Prefix inserts not shared (outbox_full, disconnected) and records not applied (malformed).",
-    ["reason"],
-)
-STALENESS = Family(
-    "histogram",
-    "epp_shared_state_staleness_seconds",
-    "Time from a peer's record (its oldest insert, or its load report) to its application here, by stream.",
-    ["stream"],
-    buckets=STALENESS_BUCKETS,
-)
-COLLECTOR = FamiliesCollector([CONNECTED, PEERS, RECORDS, DROPPED, STALENESS])
-
-
-class PeerLoadCollector(Collector):
-    """`epp_shared_state_peer_inflight_requests{endpoint}`: the other replicas' in-flight requests this replica
-    adds in, per endpoint (read when /metrics is scraped)."""
-
-    def __init__(self, columns: SharedColumns) -> None:
-        self.columns = columns
-
-    def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "epp_shared_state_peer_inflight_requests",
-            "In-flight requests other replicas report per endpoint (added into this replica's view).",
-            labels=["endpoint"],
-        )
-        column = self.columns.names.index("inflight/requests")
-        table = self.columns.table
-        for slot in table.live_slots().tolist():
-            hostport = table.hostports[slot]
-            if hostport:
-                gauge.add_metric([hostport], float(self.columns.applied[slot, column]))
-        yield gauge
-
 
 #: the director's in-flight columns, shared under these names
 INFLIGHT_COLUMNS = {
@@ -100,12 +54,14 @@ INFLIGHT_COLUMNS = {
 
 @dataclass(frozen=True)
 class Tuning:
-    #: one round trip per step, at most one step per interval
+    #: least time between two publications (changes made meanwhile go out together; 5 ms cost more CPU)
     interval: float = 0.01
     heartbeat_interval: float = 1.0
     #: a peer not heard from this long is dropped (a SIGKILLed replica's load leaves within it)
     peer_ttl: float = 3.0
     retry_interval: float = 0.5
+    #: a blocked read without news returns after this long and is sent again
+    read_block: float = 1.0
     #: inserts waiting to be sent, per plugin
     outbox_capacity: int = 8192
     #: insert batches kept in the stream and replayed by a starting replica
@@ -143,56 +99,76 @@ class SharedState:
         self.outboxes: list[InsertOutbox] = []
         for name, plugin in plugins.items():
             if isinstance(plugin, SharesColumns):
-                self.columns.register_all(name, plugin.shared_columns())
+                self.columns.register_all(name, plugin.shared_columns(), plugin.peers_changed)
             if isinstance(plugin, LearnsInserts):
-                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, DROPPED.value("outbox_full").inc)
+                dropped = DROPPED.value("outbox_full").inc
+                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, dropped, self.changed)
                 plugin.replicate = outbox
                 self.learners[name] = plugin
                 self.outboxes.append(outbox)
         #: None until the first command answers or fails
         self.connected: bool | None = None
-        self._retry_at = 0.0
         self._next_full = 0.0
+        #: set when something is waiting to be published
+        self._wake = asyncio.Event()
+        #: wall time of the oldest change not yet published (0: none)
+        self._changed_at = 0.0
+        self._heartbeat: asyncio.TimerHandle | None = None
+        #: when the publisher's last round trip ended (monotonic)
+        self._sent_at = 0.0
         #: pipelines sent
         self.publish_count = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: StoreConnection | None = None
+        self._writer: StoreConnection | None = None
+        self._reader: StoreConnection | None = None
         CONNECTED.value().set(0.0)
 
     async def start(self) -> None:
         """Start the background task; returns at once (an unreachable store is a fault, not a startup error)."""
-        self._client = StoreConnection(self.settings, self.tuning.socket_timeout, f"epp-{self.replica}")
-        self._tasks = [tasks.spawn(self._run(self._client), "shared-state")]
-        log.info(
-            "shared state %s: replica %s shares %d columns and %d prefix indexes",
-            self.settings.url,
-            self.replica,
-            len(self.columns.names),
-            len(self.learners),
-        )
+        timeout = self.tuning.socket_timeout
+        self._writer = StoreConnection(self.settings, timeout, f"epp-{self.replica}")
+        self._reader = StoreConnection(self.settings, timeout, f"epp-{self.replica}-reader")
+        self.table.load_listener = self.changed
+        self._tasks = [tasks.spawn(self._run(self._writer, self._reader), "shared-state")]
+        shares = f"{len(self.columns.names)} columns and {len(self.learners)} prefix indexes"
+        log.info("shared state %s: replica %s shares %s", self.settings.url, self.replica, shares)
 
     async def stop(self) -> None:
         await self.halt()
-        client = self._client
-        if client is not None and self.connected:
+        writer = self._writer
+        if writer is not None and self.connected:
             try:  # peers take this replica's load out now rather than after peer_ttl
                 bye = encode_load(self.replica, time.time(), BYE, [], [], np.zeros((0, 0)))
-                await client.call(_xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
+                await writer.call(xadd(self.load_key, bye, self.tuning.load_kept), timeout=0.5)
             except StoreError:
                 pass
-        if client is not None:
-            await client.close()
+        for client in (self._writer, self._reader):
+            if client is not None:
+                await client.close()
         self.columns.forget_all()
         PEERS.value().set(0.0)
 
     async def halt(self) -> None:
         """Stop the background tasks (without a goodbye: what a crash looks like to the peers). A task cancelled
         inside a blocking read may take a moment to unwind; it is not waited for beyond a second."""
+        if self.table.load_listener == self.changed:
+            self.table.load_listener = None
+        for outbox in self.outboxes:
+            outbox.on_append = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks = []
+
+    def changed(self) -> None:
+        """Something to publish (called on the request path: only sets a flag and wakes the publisher)."""
+        if not self._changed_at:
+            self._changed_at = time.time()
+        if not self._wake.is_set():
+            self._wake.set()
 
     # --- connection state -------------------------------------------------------------------------
 
@@ -214,30 +190,40 @@ class SharedState:
             )
         self.connected = False
         CONNECTED.value().set(0.0)
-        self._retry_at = time.monotonic() + self.tuning.retry_interval
         self._next_full = 0.0  # the first report after the fault is a full one
 
-    # --- the loop -------------------------------------------------------------------------------
+    # --- the tasks ------------------------------------------------------------------------------
 
-    async def _run(self, client: StoreConnection) -> None:
+    async def _run(self, writer: StoreConnection, reader: StoreConnection) -> None:
         positions: dict[str, str] = {}
-        interval = self.tuning.interval
         while True:
             try:
                 if not positions:
-                    positions = await self._catch_up(client)
+                    positions = await self._catch_up(reader)
                 elif self.connected is False:
-                    await self._check_positions(client, positions)
-                while True:
-                    started = time.monotonic()
-                    await self.step(client, positions)
-                    await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))
-            except StoreError as exc:
-                self._down(exc)
-                while time.monotonic() < self._retry_at:  # local upkeep until the next attempt
-                    self._upkeep(time.monotonic())
-                    self._drop_waiting("disconnected")
-                    await asyncio.sleep(interval)
+                    await self._check_positions(reader, positions)
+                    self._up()
+                await _first_failure(
+                    tasks.spawn(_failure_of(self._publish(writer, positions)), "shared-state-publish"),
+                    tasks.spawn(_failure_of(self._read(reader, positions)), "shared-state-read"),
+                )
+            except StoreError as failed:
+                for client in (writer, reader):  # one the failure did not touch may be open to a store now gone
+                    client.disconnect()
+                self._down(failed)
+                await self._ride_out()
+
+    async def _ride_out(self) -> None:
+        """Local upkeep while the store is away, until the next attempt."""
+        retry_at = time.monotonic() + self.tuning.retry_interval
+        while True:
+            self._wake.clear()
+            self._upkeep(time.monotonic())
+            self._drop_waiting("disconnected")
+            left = retry_at - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, self.tuning.peer_ttl / 4))
 
     def _upkeep(self, now: float) -> None:
         self.columns.settle()
@@ -245,29 +231,53 @@ class SharedState:
             log.info("replica %s left the shared view (silent for %gs)", peer, self.tuning.peer_ttl)
         PEERS.value().set(float(self.columns.peers))
 
-    async def step(self, client: StoreConnection, positions: dict[str, str]) -> None:
-        """One round trip: this replica's changes out, the peers' records in."""
-        now = time.monotonic()
-        self._upkeep(now)
-        full = now >= self._next_full
+    async def _publish(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """Sleep until something changed or the heartbeat is due; send it, at most once per `interval`, and read
+        the peers' records in the same round trip."""
+        loop = asyncio.get_running_loop()
+        interval = self.tuning.interval
+        self._wake.set()  # a full report first
+        sent = -interval
+        while True:
+            await self._wake.wait()
+            # a burst of requests in this turn of the event loop goes out as one pipeline
+            await asyncio.sleep(max(sent + interval - time.monotonic(), 0.0))
+            self._wake.clear()
+            sent = time.monotonic()
+            full = sent >= self._next_full
+            if full:
+                self._upkeep(sent)  # peers are expired on the heartbeat's clock
+            if await self.send(client, full, positions):
+                self._sent_at = time.monotonic()
+            if full:
+                self._next_full = sent + self.tuning.heartbeat_interval
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+                self._heartbeat = loop.call_at(self._next_full, self._wake.set)
+
+    async def send(self, client: StoreConnection, full: bool, positions: dict[str, str]) -> bool:
+        """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts, then
+        an XREAD (not blocking) of what peers wrote since the last read. False: there was nothing to send."""
+        self.columns.settle()
+        changed_at, self._changed_at = self._changed_at, 0.0
         hostports, values = self.columns.changes(full=full)
         entries: list[tuple[str, str, dict[bytes, bytes]]] = []
         if full or hostports:
             kind = FULL if full else DELTA
-            fields = encode_load(self.replica, time.time(), kind, self.columns.names, hostports, values)
+            made = changed_at or time.time()
+            fields = encode_load(self.replica, made, kind, self.columns.names, hostports, values)
             entries.append(("load", self.load_key, fields))
         for outbox in self.outboxes:
             records = outbox.drain()
             if records:
                 entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
+        if not entries:
+            return False
         commands: list[Command] = [
-            _xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
+            xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
             for stream, key, fields in entries
         ]
-        # Never BLOCK: the store times blocked reads out on its own clock (10 Hz by default), so a 10 ms block
-        # can last 100 ms and hold this replica's changes back as long.
-        keys = list(positions)
-        commands.append(["XREAD", "COUNT", 512, "STREAMS", *keys, *(positions[key] for key in keys)])
+        commands.append(xread(positions))
         try:
             replies = await client.call(*commands)
         except StoreError:
@@ -275,14 +285,26 @@ class SharedState:
             if lost:
                 DROPPED.value("disconnected").inc(lost)
             raise
-        self._up()
-        if entries:
-            self.publish_count += 1
-        if full:
-            self._next_full = now + self.tuning.heartbeat_interval
+        self.publish_count += 1
         for stream, _, _ in entries:
             RECORDS.value(stream, "sent").inc()
         self.receive(replies[-1], positions)
+        return True
+
+    async def _read(self, client: StoreConnection, positions: dict[str, str]) -> None:
+        """While the publisher is quiet, block in XREAD until a peer writes to either stream and apply what it
+        returns; while it sends (under load), its round trips read the peers' records and this waits."""
+        block = self.tuning.read_block
+        timeout = block + self.tuning.socket_timeout
+        quiet_after = 2 * self.tuning.interval
+        while True:
+            busy = self._sent_at + quiet_after - time.monotonic()
+            if busy > 0:
+                await asyncio.sleep(busy)
+                continue
+            [reply] = await client.call(xread(positions, block), timeout=timeout)
+            self.columns.settle()
+            self.receive(reply, positions)
 
     def _drop_waiting(self, reason: str) -> None:
         for outbox in self.outboxes:
@@ -297,12 +319,12 @@ class SharedState:
             ["XREVRANGE", self.inserts_key, "+", "-", "COUNT", self.tuning.inserts_kept],
             ["XREVRANGE", self.load_key, "+", "-", "COUNT", 1],
         )
-        replay, last_load = _entries(inserts), _entries(load)
+        replay, last_load = stream_entries(inserts), stream_entries(load)
         self._up()
-        for applied, (_, fields) in enumerate(reversed(replay)):
-            self._apply_inserts(fields, wall=None)
-            if applied % 32 == 31:
-                await asyncio.sleep(0)  # requests arriving meanwhile are served between chunks
+        replay.reverse()
+        for first in range(0, len(replay), 32):  # requests arriving meanwhile are served between chunks
+            self._apply_inserts([fields for _, fields in replay[first : first + 32]], wall=None)
+            await asyncio.sleep(0)
         if replay:
             log.info("replayed %d insert batches from the shared state", len(replay))
         return {
@@ -314,22 +336,24 @@ class SharedState:
         """After a fault: a store that restarted empty numbers its entries from scratch; read from its start."""
         for key in list(positions):
             [reply] = await client.call(["XREVRANGE", key, "+", "-", "COUNT", 1])
-            last = _entries(reply)
-            if not last or _id_order(last[0][0]) < _id_order(positions[key]):
+            last = stream_entries(reply)
+            if not last or id_order(last[0][0]) < id_order(positions[key]):
                 positions[key] = "0-0"
 
     def receive(self, response: Any, positions: dict[str, str]) -> None:
         """Apply an XREAD response and move the read positions past it."""
         wall = time.time()
         now = time.monotonic()
-        for stream, entries in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
+        for stream, raw in response or ():  # RESP2: [[key, [[id, [field, value, ...]], ...]], ...]
             key = stream.decode() if isinstance(stream, bytes) else str(stream)
-            for entry_id, fields in _entries(entries):
-                positions[key] = entry_id
-                if key == self.load_key:
+            records = entries_after(raw, positions[key])  # the publisher's and the reader's reads may overlap
+            if records:
+                positions[key] = records[-1][0]
+            if key == self.load_key:
+                for _, fields in records:
                     self._apply_load(fields, wall, now)
-                else:
-                    self._apply_inserts(fields, wall)
+            else:
+                self._apply_inserts([fields for _, fields in records], wall)
 
     def _peer_record(self, fields: Mapping[bytes, bytes], decode: Callable[[Mapping[bytes, bytes]], R]) -> R | None:
         """The decoded record, or None for this replica's own records and malformed ones (counted)."""
@@ -356,34 +380,38 @@ class SharedState:
             STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
         PEERS.value().set(float(self.columns.peers))
 
-    def _apply_inserts(self, fields: Mapping[bytes, bytes], wall: float | None) -> None:
-        batch = self._peer_record(fields, decode_inserts)
-        if batch is None:
-            return
-        learner = self.learners.get(batch.plugin)
-        if learner is None:
-            return  # a plugin this replica's configuration does not have
-        apply_inserts(learner, self.table, batch.hostports, batch.keys)
-        if wall is not None:
-            RECORDS.value("inserts", "received").inc()
-            STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+    def _apply_inserts(self, records: list[Mapping[bytes, bytes]], wall: float | None) -> None:
+        """Apply peers' insert batches, those of one plugin together (inserts to one endpoint are merged)."""
+        by_plugin: dict[str, tuple[list[tuple[str, ...]], list[Keys]]] = {}
+        for fields in records:
+            batch = self._peer_record(fields, decode_inserts)
+            if batch is None or batch.plugin not in self.learners:
+                continue  # this replica's own, malformed, or of a plugin this replica's configuration lacks
+            hostports, keys = by_plugin.setdefault(batch.plugin, ([], []))
+            hostports.extend(batch.hostports)
+            keys.extend(batch.keys)
+            if wall is not None:
+                RECORDS.value("inserts", "received").inc()
+                STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+        for plugin, (hostports, keys) in by_plugin.items():
+            apply_inserts(self.learners[plugin], self.table, hostports, keys)
 
 
-def _xadd(key: str, fields: Mapping[bytes, bytes], kept: int) -> Command:
-    """XADD key MAXLEN ~ kept * field value ... (the stream is trimmed to about `kept` entries)."""
-    return ["XADD", key, "MAXLEN", "~", kept, "*", *(item for pair in fields.items() for item in pair)]
+async def _failure_of(work: Coroutine[Any, Any, None]) -> StoreError:
+    """Run `work` until the store fails it; that failure is returned, not raised (it is no task's failure)."""
+    try:
+        await work
+    except StoreError as exc:
+        return exc
+    raise AssertionError("the shared-state tasks run until the store fails them")
 
 
-def _entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Stream entries of a reply as (id, fields); an entry deleted under a reader comes back without fields."""
-    found: list[tuple[str, dict[bytes, bytes]]] = []
-    for entry_id, flat in raw or ():
-        if entry_id is not None and flat is not None:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            found.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
-    return found
-
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
+async def _first_failure(*running: asyncio.Task[StoreError]) -> None:
+    """Wait until one of the tasks ends, cancel the others and raise its store failure."""
+    try:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running)
+    raise next(iter(done)).result()

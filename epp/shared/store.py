@@ -58,7 +58,7 @@ class StoreConnection:
                     await self._connect()
                 return await self._exchange(commands)
         except BaseException as exc:  # a reply left half read (cancelled too) would answer the next call
-            self._abort()
+            self.disconnect()
             if isinstance(exc, OSError | TimeoutError | EOFError | hiredis.ProtocolError):
                 raise StoreError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
             raise
@@ -100,7 +100,8 @@ class StoreConnection:
             replies.append(reply)
         return replies
 
-    def _abort(self) -> None:
+    def disconnect(self) -> None:
+        """Drop the connection at once (the next call reconnects)."""
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()

@@ -4,8 +4,9 @@ through a real redis-server: prefix learning, in-flight load, a crashed peer, a 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+import functools
+import logging
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -19,7 +20,10 @@ from epp.plugins.prefix_index import as_keys
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.shared.link import SharedState, Tuning
+from epp.shared.metrics import RECORDS
 from epp.shared.settings import parse_shared_state
+from epp.shared.store import StoreConnection
+from tests.replicas.sharing import linked, until
 
 TUNING = Tuning(peer_ttl=1.0, heartbeat_interval=0.2, retry_interval=0.1)
 
@@ -51,21 +55,8 @@ class Replica:
 @pytest.fixture
 async def replicas(store: RedisServer) -> AsyncIterator[tuple[Replica, Replica]]:
     a, b = Replica("a", store.url, 4), Replica("b", store.url, 4)
-    await a.shared.start()
-    await b.shared.start()
-    await until(lambda: a.shared.connected is True and b.shared.connected is True)
-    yield a, b
-    await a.shared.stop()
-    await b.shared.stop()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until `condition` held (fails after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
+    async with linked(a.shared, b.shared):
+        yield a, b
 
 
 def learned(replica: Replica, prompt: str, port: int) -> bool:
@@ -85,7 +76,7 @@ async def test_a_prefix_routed_by_one_replica_is_routed_to_the_same_server_by_th
         system = f"You are the assistant of tenant {tenant}; answer briefly and precisely. " * 40
         first = a.decide(system + "First question?")
         a.complete(first)
-        await until(lambda first=first, prompt=system: learned(b, prompt, a.port(first)), timeout=1.0)
+        await until(functools.partial(learned, b, system, a.port(first)), timeout=1.0)
         second = b.decide(system + "Second question, asked through the other replica?")
         assert b.port(second) == a.port(first)
         b.director.complete(second, None)
@@ -121,9 +112,10 @@ async def test_a_crashed_replica_leaves_the_others_view_within_its_ttl(replicas:
 
 
 async def test_routing_goes_on_while_the_store_is_down_and_sharing_resumes_when_it_returns(
-    replicas: tuple[Replica, Replica], store: RedisServer
+    replicas: tuple[Replica, Replica], store: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = replicas
+    caplog.set_level(logging.INFO, "epp.shared")
     store.kill()
     await until(lambda: a.shared.connected is False and b.shared.connected is False, timeout=5.0)
     for i in range(20):  # every pick still succeeds, on local state
@@ -135,6 +127,10 @@ async def test_routing_goes_on_while_the_store_is_down_and_sharing_resumes_when_
     a.complete(first)
     await until(lambda: learned(b, system, a.port(first)), timeout=2.0)
     assert b.port(b.decide(system + "two")) == a.port(first)
+    # one line each for the fault and for the return: a connection left open to the dead store is not reused
+    lines = [record.getMessage() for record in caplog.records if record.name == "epp.shared"]
+    assert sum("unreachable" in line for line in lines) == 2
+    assert sum(" back: " in line for line in lines) == 2
 
 
 async def test_a_replica_that_starts_later_replays_the_pools_recent_inserts(store: RedisServer) -> None:
@@ -155,3 +151,31 @@ async def test_a_replica_that_starts_later_replays_the_pools_recent_inserts(stor
             await late.shared.stop()
     finally:
         await a.shared.stop()
+
+
+async def test_a_busy_replicas_sends_read_its_peers_records_and_each_record_is_applied_once(
+    store: RedisServer,
+) -> None:
+    a, b = Replica("a", store.url, 4), Replica("b", store.url, 4)
+    client = StoreConnection(parse_shared_state(store.url), 2.0)
+    async with linked(b.shared):
+        system = "You are the assistant of a tenant that only one replica has served so far. " * 40
+        decision = b.decide(system + "A question?")
+        b.complete(decision)
+        for _ in range(200):  # until b's insert is in the stream
+            [length] = await client.call(["XLEN", b.shared.inserts_key])
+            if length:
+                break
+            await asyncio.sleep(0.01)
+        received = RECORDS.value("inserts", "received")
+        before = received.value
+        positions = {a.shared.load_key: "0-0", a.shared.inserts_key: "0-0"}
+        assert await a.shared.send(client, True, positions)  # a's full report, and in the same round trip the read
+        assert learned(a, system, b.port(decision))
+        assert a.shared.columns.peers == 1
+        assert received.value == before + 1
+        # what a blocked read issued before that send returns: already applied, not applied again
+        [again] = await client.call(["XREAD", "STREAMS", *positions, "0-0", "0-0"])
+        a.shared.receive(again, positions)
+        assert received.value == before + 1
+    await client.close()

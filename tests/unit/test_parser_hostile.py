@@ -32,6 +32,7 @@ PLUGIN = "plugins:\n- type: queue-scorer\n"
             PLUGIN + "schedulingProfiles:\n- name: p\n  plugins:\n  - pluginRef: [queue-scorer]\n",
             "schedulingProfiles[0].plugins[0]",
         ),
+        (PLUGIN + "schedulingProfiles:\n- name: p\n  plugins: 1\n", "schedulingProfiles[0].plugins"),
         ("apiVersion: " + "[" * 600, "invalid YAML: nested too deeply"),
     ],
 )
