@@ -38,7 +38,7 @@ from epp.observability.server import server_tls_context, start_metrics_server
 from epp.observability.wiring import install as install_observability
 from epp.requests.parsers import openai_parser, passthrough_parser
 from epp.scheduling.framework import build_scheduler
-from epp.servers import StartupError, add_extproc_port, bind, run_server
+from epp.servers import StartupError, add_extproc_port, bind, extproc_server, run_server
 from epp.servers import health_server as start_health_server
 from epp.settings import Settings, flag_values
 from epp.tracing import RequestTracer, TracingConfigError
@@ -164,11 +164,7 @@ async def _start_with(
     )
     observability.watch_streams(servicer)
 
-    options = [
-        ("grpc.max_receive_message_length", settings.grpc_max_recv_msg_size),
-        ("grpc.max_send_message_length", settings.grpc_max_send_msg_size),
-    ]
-    server = grpc.aio.server(options=options)
+    server = extproc_server(settings)
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if settings.health_checking:
         add_health(server, health)

@@ -178,6 +178,8 @@ class Stack:
     pods: int = 4
     replicas: int = 2
     epp_args: list[str] = field(default_factory=list)
+    #: the command before epp's flags (None: `python -m epp.cli`); the soak's --tracemalloc runs traced_epp.py
+    epp_launcher: list[str] | None = None
     sim_args: list[str] = field(default_factory=list)
     workdir: Path = Path("/tmp")
     kube: KubeSimThread | None = None
@@ -212,9 +214,9 @@ class Stack:
         args = [
             "--pool-name", "pool", "--tracing=false", "--health-checking",
             "--model-server-metrics-port", str(METRICS_PROXY_PORT), "--refresh-prometheus-metrics-interval", "200ms",
-            "--drain-timeout", "10s", *self.epp_args,
+            "--drain-timeout", "10s", "--metrics-endpoint-auth=false", *self.epp_args,
         ]  # fmt: skip
-        epp = EppProcess(args, grpc_port=grpc_port, env=self._epp_env)
+        epp = EppProcess(args, grpc_port=grpc_port, env=self._epp_env, launcher=self.epp_launcher)
         epp.start(timeout=90.0)  # the machine is shared: a busy minute must not fail the run
         return epp
 

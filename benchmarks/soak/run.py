@@ -210,10 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=0.5, help="of the probed capacity (default 0.5)")
     parser.add_argument("--warmup-minutes", type=float, default=5.0, help="RSS growth is measured after this")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--tracemalloc", type=Path, metavar="DIR",
+        help="run epp under tracemalloc, a heap snapshot into DIR each minute (benchmarks/soak/heapdiff.py)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="epp-soak-"))
     sim_args = ["--lora-modules", *ADAPTERS, "--max-loras", "2"]
-    stack = Stack(pods=BASE_PODS, replicas=1, workdir=workdir, sim_args=sim_args,
+    launcher = [sys.executable, str(HERE / "traced_epp.py"), str(args.tracemalloc)] if args.tracemalloc else None
+    stack = Stack(pods=BASE_PODS, replicas=1, workdir=workdir, sim_args=sim_args, epp_launcher=launcher,
                   epp_args=["--stream-idle-timeout", "30s"])  # fmt: skip
     samples: list[Sample] = []
     churn: Churn | None = None

@@ -18,7 +18,7 @@ from epp.bbr.stream import BodyRouterCounts, BodyRouterStream
 from epp.extproc.servicer import ExtProcServicer
 from epp.health import HealthState
 from epp.observability.server import start_metrics_server
-from epp.servers import add_extproc_port, bind, health_server, run_server
+from epp.servers import add_extproc_port, bind, extproc_server, health_server, run_server
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("epp.bbr")
@@ -61,12 +61,7 @@ async def start(settings: BbrSettings) -> BodyRouterRuntime:
     servicer = ExtProcServicer(
         lambda: BodyRouterStream(counts, streaming, max_body), idle_timeout=settings.stream_idle_timeout
     )
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.grpc_max_recv_msg_size),
-            ("grpc.max_send_message_length", settings.grpc_max_send_msg_size),
-        ]
-    )
+    server = extproc_server(settings)
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     grpc_port = add_extproc_port(server, settings)
     health = HealthState()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from epp.extproc.servicer import ExtProcServicer
 from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from tests.support.extproc import body_msg, headers_msg, make_table
+from tests.support.extproc import body_msg, headers_msg, make_table, response_body_msg, response_headers_msg
 from tests.support.least_queue import LeastQueueScheduler
 
 Start = Callable[..., Awaitable["Server"]]
@@ -126,3 +127,33 @@ async def test_a_stream_that_keeps_talking_is_not_idle(serve: Start) -> None:
         stub = pb_grpc.ExternalProcessorStub(channel)  # type: ignore[no-untyped-call]
         responses = [response async for response in stub.Process(slow_body())]
     assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body"]
+
+
+async def test_a_finished_exchange_ends_the_stream_without_waiting_for_the_client(serve: Start) -> None:
+    """Envoy ends each stream with END_STREAM and an immediate RST_STREAM: a read still waiting when the reset
+    lands leaks a native batch in grpcio's asyncio server, so once the response is complete the servicer
+    sends the OK status itself instead of reading on."""
+    table = make_table("10.0.0.1:8000")
+    server = await serve(table)
+    release = asyncio.Event()
+
+    async def responses(call: Any) -> list[pb.ProcessingResponse]:
+        return [response async for response in call]
+
+    async def whole_exchange_then_silence() -> AsyncIterator[pb.ProcessingRequest]:
+        yield headers_msg()
+        yield body_msg(b'{"model":"m","prompt":"hello"}')
+        yield response_headers_msg("application/json")
+        yield response_body_msg(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end_of_stream=True)
+        await release.wait()  # never half-closes, as Envoy until it resets the stream
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Process(whole_exchange_then_silence())
+        kinds = [response.WhichOneof("response") for response in await asyncio.wait_for(responses(call), 5)]
+        code = await asyncio.wait_for(call.code(), 5)
+        release.set()
+    assert kinds == ["request_headers", "request_body", "response_headers", "response_body"]
+    assert code == grpc.StatusCode.OK
+    assert table.inflight_requests.sum() == 0
+    assert server.servicer.streams_in_flight == 0
