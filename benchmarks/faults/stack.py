@@ -181,6 +181,8 @@ class Stack:
     #: the command before epp's flags (None: `python -m epp.cli`); the soak's --tracemalloc runs traced_epp.py
     epp_launcher: list[str] | None = None
     sim_args: list[str] = field(default_factory=list)
+    #: entries that replace or add to the bootstrap's static runtime layer (the soak's --envoy-runtime)
+    envoy_runtime: dict[str, Any] = field(default_factory=dict)
     workdir: Path = Path("/tmp")
     kube: KubeSimThread | None = None
     kubelet: Kubelet | None = None
@@ -205,7 +207,9 @@ class Stack:
         self._epp_env = {"KUBECONFIG": str(kubeconfig)}
         self.epps = [self._start_epp() for _ in range(self.replicas)]
         self.access_log = self.workdir / "access.log"
-        self.envoy = EnvoyProcess(envoy_config(self.epps, self.access_log))
+        config = envoy_config(self.epps, self.access_log)
+        config["layered_runtime"]["layers"][0]["static_layer"].update(self.envoy_runtime)
+        self.envoy = EnvoyProcess(config)
         self.envoy.start()
         for epp in self.epps:
             wait_until(lambda epp=epp: self.ready_pods(epp) == self.pods, 30, what="EPP sees every pod")

@@ -203,6 +203,19 @@ def table(samples: list[Sample]) -> str:
     return "\n".join(lines)
 
 
+def runtime_entry(entry: str) -> tuple[str, bool | float | str]:
+    """`KEY=VALUE` of --envoy-runtime: true/false become booleans and numbers numbers, as Envoy's runtime reads them."""
+    key, sep, value = entry.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--envoy-runtime {entry!r}: expected KEY=VALUE")
+    if value in ("true", "false"):
+        return key, value == "true"
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -214,12 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         "--tracemalloc", type=Path, metavar="DIR",
         help="run epp under tracemalloc, a heap snapshot into DIR each minute (benchmarks/soak/heapdiff.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--envoy-runtime", action="append", default=[], metavar="KEY=VALUE",
+        help="set an Envoy runtime key (e.g. envoy.reloadable_features.ext_proc_graceful_grpc_close=false)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    runtime = dict(runtime_entry(entry) for entry in args.envoy_runtime)
     workdir = Path(tempfile.mkdtemp(prefix="epp-soak-"))
     sim_args = ["--lora-modules", *ADAPTERS, "--max-loras", "2"]
     launcher = [sys.executable, str(HERE / "traced_epp.py"), str(args.tracemalloc)] if args.tracemalloc else None
     stack = Stack(pods=BASE_PODS, replicas=1, workdir=workdir, sim_args=sim_args, epp_launcher=launcher,
-                  epp_args=["--stream-idle-timeout", "30s"])  # fmt: skip
+                  epp_args=["--stream-idle-timeout", "30s"], envoy_runtime=runtime)  # fmt: skip
     samples: list[Sample] = []
     churn: Churn | None = None
     load: MixedLoad | None = None
@@ -250,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = stack.wait_quiet()
         final = sample(stack, load, started, sum(s.sent for s in samples))
         samples.append(final)
+        streams = stack.envoy.stats("cluster.epp.upstream_rq_")
+        resets = streams.get("cluster.epp.upstream_rq_tx_reset", 0), streams.get("cluster.epp.upstream_rq_total", 0)
     finally:
         if churn is not None:
             churn.halt.set()
@@ -271,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{sent} requests, {failed} failed; {churn.joins} joins, {churn.leaves} leaves, {churn.metric_faults} "
         f"metrics faults, {churn.rewrites} rewrite changes; {load.skipped if load else 0} sends skipped (the client"
         f" fell over {MAX_LAG_S:g} s behind); churn errors: {churn.errors[:3] or 'none'}; "
-        f"in-flight once quiet: {quiet}; RSS growth after minute {args.warmup_minutes:g}: {growth:+.1f} %"
+        f"in-flight once quiet: {quiet}; ext_proc streams Envoy reset: {resets[0]} of {resets[1]}; "
+        f"RSS growth after minute {args.warmup_minutes:g}: {growth:+.1f} %"
     )
     if args.json:
         args.json.write_text(json.dumps({"samples": [asdict(s) for s in samples], "rss_growth_pct": growth}))

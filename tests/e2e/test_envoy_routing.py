@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -109,3 +110,22 @@ def test_epp_down_fails_closed_but_fail_open_still_serves(backends: EchoBackends
         closed.stop()
         opened.stop()
         epp.stop()
+
+
+def test_envoy_closes_every_ext_proc_stream_without_a_reset(backends: EchoBackends, envoy: EnvoyProcess) -> None:
+    """The bootstrap's graceful close: Envoy half-closes and takes epp's OK status instead of resetting the
+    stream (a reset makes grpcio's asyncio server leak each failed batch's native memory)."""
+    before = envoy.stats("cluster.epp.upstream_rq_")
+    for i in range(10):
+        assert post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": f"p{i}"})[0] == 200
+    assert post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": "s", "stream": True})[0] == 200
+    assert post(envoy.listener_port, "/v1/completions", {"prompt": "no model"})[0] == 400
+    deadline = time.monotonic() + 5
+    while True:
+        after = envoy.stats("cluster.epp.upstream_rq_")
+        done = after["cluster.epp.upstream_rq_completed"] - before.get("cluster.epp.upstream_rq_completed", 0)
+        if done >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert done == 12, "every stream ended with epp's status"
+    assert after["cluster.epp.upstream_rq_tx_reset"] == before.get("cluster.epp.upstream_rq_tx_reset", 0)
