@@ -110,6 +110,9 @@ def start_nginx(ports: list[int], workdir: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+GRACEFUL_CLOSE = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
+
+
 def direct_bootstrap(listener: int, admin: int, backends: list[int]) -> dict[str, Any]:
     config = render_bootstrap("envoy", listener, admin, 1)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -166,7 +169,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--bodies", default="1024,65536")
-    parser.add_argument("--configs", default="direct,bare-fd,epp-fd,bare-buffered,epp-buffered")
+    parser.add_argument(
+        "--configs", default="direct,bare-fd,epp-fd,bare-buffered,epp-buffered",
+        help="SERVER-MODE, SERVER bare|epp|shell, MODE fd|buffered|fdrst (fd with Envoy resetting each stream)",
+    )  # fmt: skip
     parser.add_argument("--epp-args", default="", help="extra epp flags, e.g. '--config-file config/default.yaml'")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
@@ -206,12 +212,15 @@ def main() -> int:
                 config = direct_bootstrap(listener, admin, backend_ports)
             else:
                 server, mode = name.split("-")
-                body_mode = "FULL_DUPLEX_STREAMED" if mode == "fd" else "BUFFERED"
-                response_mode = "FULL_DUPLEX_STREAMED" if mode == "fd" else "NONE"
+                # "fdrst": full duplex with Envoy's default stream end (RST_STREAM), not the bootstraps' graceful close
+                body_mode = "FULL_DUPLEX_STREAMED" if mode.startswith("fd") else "BUFFERED"
+                response_mode = "FULL_DUPLEX_STREAMED" if mode.startswith("fd") else "NONE"
                 config = render_bootstrap(
                     "envoy", listener, admin, server_port[server], epp_tls=False,
                     request_body_mode=body_mode, response_body_mode=response_mode,
                 )  # fmt: skip
+                if mode == "fdrst":
+                    config["layered_runtime"]["layers"][0]["static_layer"][GRACEFUL_CLOSE] = False
             envoys[name] = EnvoyProcess(config, concurrency=1)
             envoys[name].start()
         print(f"# ext_proc benchmark — {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
