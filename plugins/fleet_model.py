@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import mul
 
 import numpy as np
 
@@ -99,8 +100,13 @@ class FleetModel:
         self.noise = noise
         self.updated = 0.0
         #: the slowness predictions use: this replica's own estimate, or the precision-weighted mean of every
-        #: replica's when they are shared
-        self.slowness = np.ones(capacity)
+        #: replica's when they are shared (read-only: set_slowness() writes it and keeps `varied` true to it)
+        self._slowness = np.ones(capacity)
+        self.slowness = self._slowness.view()
+        self.slowness.flags.writeable = False
+        #: whether any endpoint's slowness has been set to other than 1 (until then predictions skip multiplying
+        #: by it, which would change nothing)
+        self.varied = False
         #: this replica's own estimate (learned from its own responses) and its variance in log space
         self.own = np.ones(capacity)
         self.own_variance = np.full(capacity, PRIOR_LOG_VARIANCE)
@@ -118,7 +124,8 @@ class FleetModel:
         """A new endpoint in `slot`: the fleet's median slowness."""
         learned = self.observations > 0
         learned[slot] = False
-        self.own[slot] = self.slowness[slot] = float(np.median(self.own[learned])) if learned.any() else 1.0
+        self.own[slot] = float(np.median(self.own[learned])) if learned.any() else 1.0
+        self.set_slowness(slot, float(self.own[slot]))
         self.own_variance[slot] = PRIOR_LOG_VARIANCE
         self.observations[slot] = 0.0
         self.last_seen[slot] = 0.0
@@ -135,9 +142,13 @@ class FleetModel:
         precision = float(self.precision[slot])
         if precision > 1e-9:
             mean = float(self.weighted_log[slot]) / precision + LOG_FLOOR
-            self.slowness[slot] = min(max(math.exp(mean), SLOWNESS_FLOOR), SLOWNESS_CEILING)
+            self.set_slowness(slot, min(max(math.exp(mean), SLOWNESS_FLOOR), SLOWNESS_CEILING))
         else:
-            self.slowness[slot] = self.own[slot]
+            self.set_slowness(slot, float(self.own[slot]))
+
+    def set_slowness(self, slot: int, value: float) -> None:
+        self._slowness[slot] = value
+        self.varied = self.varied or value != 1.0
 
     def _publish(self, slot: int) -> None:
         """This replica's own estimate at `slot` changed: update its part of the shared sums."""
@@ -150,29 +161,30 @@ class FleetModel:
         self.refresh(slot)
 
     def fleet_prediction(self, x: Sequence[float]) -> float:
-        return sum(c * v for c, v in zip(self.coefficients, x, strict=True))
+        seconds: float = sum(map(mul, self.coefficients, x))
+        return seconds
 
     def predict(self, slot: int, x: Sequence[float]) -> float:
         return float(self.slowness[slot]) * self.fleet_prediction(x)
 
     def learn(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
-        own = float(self.own[slot])
-        fleet = max(self.fleet_prediction(x), 1e-4)
         rate = self.slowness_rate
         if rate > 0 and (
             self.observations[slot] >= WARMUP_OBSERVATIONS or self.observations.sum() >= 4 * WARMUP_OBSERVATIONS
         ):
+            own = float(self.own[slot])
+            fleet = max(self.fleet_prediction(x), 1e-4)
             step = math.log(max(seconds, 1e-6) / (own * fleet))
             step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
             self.own[slot] = min(max(own * math.exp(rate * step), SLOWNESS_FLOOR), SLOWNESS_CEILING)
             # an exponentially weighted mean's variance: the old one's shrunk by (1 - rate)^2, plus this step's noise
             self.own_variance[slot] = (1 - rate) ** 2 * self.own_variance[slot] + (rate * self.noise) ** 2
             self._publish(slot)
-        slowness = float(self.slowness[slot])
+        slowness = self.slowness.item(slot)
         self.observations[slot] += 1
         self.last_seen[slot] = now
         self._learned += 1
-        if self.slowness_rate > 0 and self._learned % RELAX_EVERY == 0:
+        if rate > 0 and self._learned % RELAX_EVERY == 0:
             self._relax(now)
         self._fit(x, seconds / slowness, now)
 
@@ -192,24 +204,26 @@ class FleetModel:
                 self.refresh(slot)
 
     def _fit(self, x: Sequence[float], y: float, now: float) -> None:
+        # Sums are sum(map(mul, ...)) rather than generator expressions: the same additions in the same order, without
+        # a Python frame per term (this runs at every streamed response's first chunk).
         n = self.features_count
         c = self.covariance
         elapsed = min(now - self.updated, 600.0) if self.updated > 0 else 0.0
         self.updated = now
-        for i in range(n):  # the coefficients may drift (a new model version, another traffic mix)
-            c[i * n + i] = min(c[i * n + i] + self.drift[i] * max(elapsed, 0.01), self.max_variance[i])
+        step = max(elapsed, 0.01)
+        for i, (drift, ceiling) in enumerate(zip(self.drift, self.max_variance, strict=True)):
+            # the coefficients may drift (a new model version, another traffic mix)
+            c[i * n + i] = min(c[i * n + i] + drift * step, ceiling)
         theta = self.coefficients
-        px = [sum(c[i * n + j] * x[j] for j in range(n)) for i in range(n)]
-        variance = sum(x[i] * px[i] for i in range(n)) + (self.noise * y) ** 2 + 1e-8
-        error = y - sum(theta[i] * x[i] for i in range(n))
+        px = [sum(map(mul, c[i * n : i * n + n], x)) for i in range(n)]
+        variance = sum(map(mul, x, px)) + (self.noise * y) ** 2 + 1e-8
+        error = y - sum(map(mul, theta, x))
         limit = 3.0 * math.sqrt(variance)
         error = min(max(error, -limit), limit)
         gain = [v / variance for v in px]
-        for i in range(n):
-            theta[i] = max(theta[i] + gain[i] * error, self.floors[i])
-        for i in range(n):
-            for j in range(n):
-                c[i * n + j] -= gain[i] * px[j]
+        for i, floor in enumerate(self.floors):
+            theta[i] = max(theta[i] + gain[i] * error, floor)
+        c[:] = [c[i * n + j] - gain[i] * px[j] for i in range(n) for j in range(n)]
         for i in range(n):  # keep it a covariance despite rounding: positive variances, |correlation| <= 1
             c[i * n + i] = max(c[i * n + i], 1e-12)
         for i in range(n):

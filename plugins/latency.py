@@ -8,25 +8,24 @@ For each candidate the producer predicts how long this request would wait for it
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
   less the part of the head request's prefill the endpoint has probably computed since (plugins/prefill_drain.py);
-- own uncached prefill: this request's prompt tokens minus those the endpoint holds (the approximate prefix
-  index's match), so a warm endpoint is priced by what it saves, not by a weight;
+- own uncached prefill: this request's prompt tokens minus those the endpoint holds (the approximate prefix index's
+  match), so a warm endpoint is priced by what it saves, not by a weight;
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
-- waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others
-  finish, whatever their length).
+- waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others finish,
+  whatever their length).
 
-The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to
-the first streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the
-server reports in `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A
-per-endpoint slowness factor multiplies them; it is learned only with slownessRate > 0 (default 0: a slower
-or degraded server is priced by its own queue, which drains slower). Each endpoint's
-miss factor (prompt tokens it really computed over those the index expected) scales the uncached part;
-requests the server reports waiting beyond this EPP's own count as typical prompts. Prompt tokens are
-estimated from bytes with a ratio learned from the same `usage` reports.
+The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
+streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
+`usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
+multiplies them; it is learned only with slownessRate > 0 (default 0: a slower or degraded server is priced by its
+own queue, which drains slower). Each endpoint's miss factor (prompt tokens it really computed over those the index
+expected) scales the uncached part; requests the server reports waiting beyond this EPP's own count as typical
+prompts. Prompt tokens are estimated from bytes with a ratio learned from the same `usage` reports.
 
-The producer also prices what a pick costs other requests: the prefill the engine would spend recomputing
-requests it preempts if this one outgrew the endpoint's KV cache (`overflow`), and which part of the prompt
-is a common prefix that every endpoint should hold (`common`, `lift`; see plugins/prefix_demand.py).
-The scorer (plugins/latency_scorer.py) scores fastest / predicted; the model is plugins/fleet_model.py.
+The producer also prices what a pick costs other requests: the prefill the engine would spend recomputing requests
+it preempts if this one outgrew the endpoint's KV cache (`overflow`), and which part of the prompt is a common
+prefix that every endpoint should hold (`common`, `lift`; see plugins/prefix_demand.py). The scorer
+(plugins/latency_scorer.py) scores fastest / predicted; the model is plugins/fleet_model.py.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from epp.plugins.fleet_model import (
     ttft_features,
     ttft_model,
 )
-from epp.plugins.prefill_drain import QueuedPrefillDrain
+from epp.plugins.prefill_drain import Floats, QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
@@ -57,9 +56,10 @@ from epp.scheduling.plugin import CycleState, DataProducer
 from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 
 KEY: StateKey[Prediction] = StateKey("predicted-ttft")
+_ZERO, _ONE = np.array(0.0), np.array(1.0)  # 0-d: numpy need not convert a Python float operand on every call
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prediction:
     """Predicted TTFT (seconds) and this request's uncached prompt tokens per candidate, aligned."""
 
@@ -76,8 +76,8 @@ class Prediction:
     queueing: npt.NDArray[np.float64]
     #: output tokens this request is expected to generate (its max_tokens, at most the mean seen so far)
     output_tokens: float
-    #: seconds per uncached prompt token on each candidate
-    per_token: npt.NDArray[np.float64]
+    #: seconds per uncached prompt token on each candidate (one float when it is the same on every candidate)
+    per_token: npt.NDArray[np.float64] | float
     #: the fraction of the request's blocks that is a common prefix (see PrefixDemand): no candidate is preferred
     #: for holding it ...
     common: float
@@ -183,6 +183,8 @@ class PredictedTTFTProducer(DataProducer):
         self.decode.refresh(slot)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
+        # Each numpy call here costs its overhead, not its arithmetic: see benchmarks/README.md, "Decision cost of the
+        # built-in default", for why reductions go through argmax/count_nonzero and constants are 0-d arrays.
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match = state.read(PREFIX_KEY)
@@ -196,44 +198,48 @@ class PredictedTTFTProducer(DataProducer):
             self.demand.count(hashes, match.total_blocks)
             common_blocks = self.demand.common_blocks(hashes, blocks)
             block_tokens = match.block_bytes / self.bytes_per_token
-            uncached = np.multiply(blocks, -block_tokens, dtype=np.float64)
+            uncached = blocks * np.float64(-block_tokens)
             uncached += prompt_tokens
             if self.misses:  # some endpoint computes more than the index expects: scale up, up to the prompt
-                uncached *= self.miss_factor.take(candidates)
-                np.clip(uncached, 1.0, prompt_tokens, out=uncached)
+                uncached *= self.miss_factor[candidates]
+                np.maximum(uncached, _ONE, out=uncached)
+                np.minimum(uncached, prompt_tokens, out=uncached)
             else:
-                np.maximum(uncached, 1.0, out=uncached)
+                np.maximum(uncached, _ONE, out=uncached)
         else:
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
         table = state.table
         base, per_decode, per_prefill, per_request = model.coefficients
-        slowness = model.slowness.take(candidates)
-        per_token = slowness * (per_prefill / PREFILL_UNIT)
-        queued = self.queued_tokens.take(candidates)
-        waiting = self.queued_requests.take(candidates)
-        if queued.any():
+        prefill_rate = np.array(per_prefill / PREFILL_UNIT)
+        # seconds per uncached prompt token: the same on every endpoint until some endpoint's slowness is not 1
+        slowness = model.slowness[candidates] if model.varied else None
+        per_token = float(prefill_rate) if slowness is None else slowness * prefill_rate
+        queued = self.queued_tokens[candidates]
+        waiting = self.queued_requests[candidates]
+        if np.count_nonzero(queued):
             queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
-        decoding = table.inflight_requests.take(candidates)
+        decoding = table.inflight_requests[candidates]
         decoding -= waiting
-        np.maximum(decoding, 0.0, out=decoding)
+        np.maximum(decoding, _ZERO, out=decoding)
         # requests the server reported waiting beyond all this EPP had in flight there at that scrape (another
         # replica's, or sent around the EPP): their size is unknown, so each counts as a typical prompt, uncached
-        external = table.waiting_queue.take(candidates)
-        external -= table.scrape_inflight_requests.take(candidates)
-        if external.max() > 0:
-            np.maximum(external, 0.0, out=external)
+        external = table.waiting_queue[candidates]
+        external -= table.scrape_inflight_requests[candidates]
+        if external[external.argmax()] > 0:
+            np.maximum(external, _ZERO, out=external)
             waiting = waiting + external
             queued = queued + external * self.prompt_tokens
-        queueing = queued * (per_prefill / PREFILL_UNIT)
+        queueing = queued * prefill_rate
         if per_request:
             queueing += waiting * (per_request / REQUEST_UNIT)
-        queueing *= slowness
-        seconds = uncached * (per_prefill / PREFILL_UNIT)
+        seconds = uncached * prefill_rate
         seconds += base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
-        seconds *= slowness
+        if slowness is not None:
+            queueing *= slowness
+            seconds *= slowness
         seconds += queueing
         limit = _max_tokens(state.request)
         output = min(limit, self.output_tokens) if limit else self.output_tokens
@@ -243,11 +249,11 @@ class PredictedTTFTProducer(DataProducer):
         if common_blocks and blocks is not None and match is not None:
             common = common_blocks / match.total_blocks
             short = np.maximum(common_blocks - blocks, 0) * block_tokens
-            if short.max() > 0:
+            if short[short.argmax()] > 0:
                 if self.misses:
-                    short *= self.miss_factor.take(candidates)
-                lift = np.minimum(short, uncached - 1.0)
-                np.maximum(lift, 0.0, out=lift)
+                    short *= self.miss_factor[candidates]
+                lift = np.minimum(short, uncached - _ONE)
+                np.maximum(lift, _ZERO, out=lift)
                 lift *= per_token
         prediction = Prediction(
             candidates,
@@ -267,33 +273,29 @@ class PredictedTTFTProducer(DataProducer):
         state.write(KEY, prediction)
 
     def _advance_drain(self, slot: int) -> None:
-        per_token = float(self.model.slowness[slot]) * self.model.coefficients[2] / PREFILL_UNIT
+        per_token = self.model.slowness.item(slot) * self.model.coefficients[2] / PREFILL_UNIT
         self.drain.advance_one(
-            slot, float(self.queued_tokens[slot]), float(self.queued_requests[slot]), per_token, self.clock()
+            slot, self.queued_tokens.item(slot), self.queued_requests.item(slot), per_token, self.clock()
         )
 
     def _overflow(
-        self,
-        table: EndpointTable,
-        candidates: SlotArray,
-        uncached: npt.NDArray[np.float64],
-        output: float,
-        per_token: npt.NDArray[np.float64],
-    ) -> npt.NDArray[np.float64] | None:
+        self, table: EndpointTable, candidates: SlotArray, uncached: Floats, output: float, per_token: Floats | float
+    ) -> Floats | None:
         """Seconds of prefill to recompute what this request's KV need (uncached prompt + expected output) would
         preempt there, once everything in flight has grown to its expected length; None: no candidate overflows."""
-        capacity = table.cache_num_blocks.take(candidates)
-        capacity *= table.cache_block_size.take(candidates)
-        if capacity.min() <= 0:  # a cache size not scraped yet: nothing to compare with
+        capacity = table.cache_num_blocks[candidates]
+        capacity *= table.cache_block_size[candidates]
+        if capacity[capacity.argmin()] <= 0:  # a cache size not scraped yet: nothing to compare with
             return None
-        held = self.kv_tokens.take(candidates)
-        np.maximum(held, table.kv_usage.take(candidates) * capacity, out=held)  # another replica's, reported
+        held = self.kv_tokens[candidates]
+        np.maximum(held, table.kv_usage[candidates] * capacity, out=held)  # another replica's, reported
         held += uncached
         held += output
         held -= capacity
-        if held.max() <= 0:
+        if held[held.argmax()] <= 0:
             return None
-        np.clip(held, 0.0, uncached + output, out=held)
+        np.maximum(held, _ZERO, out=held)
+        np.minimum(held, uncached + output, out=held)
         held *= per_token
         return held
 
@@ -320,12 +322,12 @@ class PredictedTTFTProducer(DataProducer):
         prediction = state.read(KEY)
         if prediction is None:
             return
-        slot = int(result.primary[0])
+        slot = result.primary.item(0)
         candidates = prediction.candidates
         i = int(candidates.searchsorted(slot))  # candidates are sorted slots
-        if i >= len(candidates) or candidates[i] != slot:
+        if i >= len(candidates) or candidates.item(i) != slot:
             return
-        uncached = float(prediction.uncached[i])
+        uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
         self.queued_tokens[slot] += uncached
         self.queued_requests[slot] += 1.0
@@ -333,12 +335,12 @@ class PredictedTTFTProducer(DataProducer):
         self.kv_tokens[slot] += kv_need
         note = _Note(
             slot,
-            float(state.table.epoch[slot]),
+            state.table.epoch.item(slot),
             uncached,
-            float(prediction.queued[i]),
-            float(prediction.decoding[i]),
-            float(prediction.waiting[i]),
-            float(prediction.seconds[i]),
+            prediction.queued.item(i),
+            prediction.decoding.item(i),
+            prediction.waiting.item(i),
+            prediction.seconds.item(i),
             len(state.request.prompt_bytes),
             kv_need,
         )
@@ -349,21 +351,21 @@ class PredictedTTFTProducer(DataProducer):
             return
         note.released = True
         table = self.table
-        if table is None or table.epoch[note.slot] != note.epoch:
+        if table is None or table.epoch.item(note.slot) != note.epoch:
             return  # the endpoint left; its slot's queue was reset then
         slot = note.slot
         self._advance_drain(slot)
         self.drain.finished(slot, note.uncached)
-        self.queued_tokens[slot] = max(self.queued_tokens[slot] - note.uncached, 0.0)
-        self.queued_requests[slot] = max(self.queued_requests[slot] - 1.0, 0.0)
+        self.queued_tokens[slot] = max(self.queued_tokens.item(slot) - note.uncached, 0.0)
+        self.queued_requests[slot] = max(self.queued_requests.item(slot) - 1.0, 0.0)
 
     def _release_kv(self, note: _Note) -> None:
         if note.kv_released:
             return
         note.kv_released = True
         table = self.table
-        if table is not None and table.epoch[note.slot] == note.epoch:
-            self.kv_tokens[note.slot] = max(self.kv_tokens[note.slot] - note.kv_need, 0.0)
+        if table is not None and table.epoch.item(note.slot) == note.epoch:
+            self.kv_tokens[note.slot] = max(self.kv_tokens.item(note.slot) - note.kv_need, 0.0)
 
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
         """Learn the TTFT now, with the index's estimate of the uncached prompt: a response's usage comes only at
@@ -380,7 +382,7 @@ class PredictedTTFTProducer(DataProducer):
         if self.decode_used:
             note.first_at = now
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
-        if table.epoch[note.slot] == note.epoch:
+        if table.epoch.item(note.slot) == note.epoch:
             work = note.queued + max(note.uncached, 1.0)
             self.model.learn(note.slot, ttft_features(note.decoding, work, note.waiting), ttft, now)
 
@@ -397,7 +399,7 @@ class PredictedTTFTProducer(DataProducer):
             ratio = note.prompt_bytes / usage.prompt_tokens
             if 0.5 < ratio < 64:
                 self.bytes_per_token += 0.05 * (ratio - self.bytes_per_token)
-        if table.epoch[note.slot] != note.epoch:
+        if table.epoch.item(note.slot) != note.epoch:
             return
         if usage.cached_reported:
             self._learn_misses(note, max(usage.prompt_tokens - usage.cached_tokens, 1))

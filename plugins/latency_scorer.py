@@ -17,6 +17,7 @@ PRESSURE_ONSET = 0.2
 #: the least pressure affinity counts with, so a group stays together while queues are short too (it was 0 while
 #: one popular system prompt would pile onto its first holders; such a prefix is common now and pulls nowhere)
 AFFINITY_FLOOR = 0.1
+_ONE = np.array(1.0)  # a 0-d operand numpy need not convert from a Python float on every call
 
 
 @dataclass
@@ -83,9 +84,11 @@ class PredictedTTFTScorer(Scorer):
             pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
             pressure = max((pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET), AFFINITY_FLOOR)
             if pressure > 0:
-                held = prediction.at(candidates, prediction.held)
-                apart = np.maximum(held - prediction.common, 0.0)
-                discount = 1.0 + (self.affinity * pressure) * apart
+                apart = prediction.at(candidates, prediction.held)
+                if prediction.common:
+                    apart = np.maximum(apart - prediction.common, 0.0)
+                discount = (self.affinity * pressure) * apart
+                discount += _ONE
                 seconds = seconds / discount
-        result: Scores = seconds.min() / seconds
+        result: Scores = seconds[seconds.argmin()] / seconds
         return result

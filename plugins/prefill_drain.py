@@ -25,6 +25,8 @@ DRAIN_SHARE = 0.5
 DRAIN_CAP = 0.9
 
 Floats = npt.NDArray[np.float64]
+# as 0-d arrays: an operand numpy need not convert from a Python float on every call
+_SHARE, _CAP, _ONE = np.array(DRAIN_SHARE), np.array(DRAIN_CAP), np.array(1.0)
 
 
 class QueuedPrefillDrain:
@@ -40,14 +42,20 @@ class QueuedPrefillDrain:
         self.updated_at[slot] = now
 
     def advance(
-        self, slots: SlotArray, queued: Floats, queued_requests: Floats, seconds_per_token: Floats, now: float
+        self, slots: SlotArray, queued: Floats, queued_requests: Floats, seconds_per_token: Floats | float, now: float
     ) -> Floats:
-        """Bring the slots' drained tokens up to `now` and return them (aligned with `slots`)."""
-        drained = self.drained.take(slots)
-        elapsed = now - self.updated_at.take(slots)
-        drained += elapsed * DRAIN_SHARE / np.maximum(seconds_per_token, 1e-9)
-        head = queued * DRAIN_CAP
-        head /= np.maximum(queued_requests, 1.0)
+        """Bring the slots' drained tokens up to `now` and return them (aligned with `slots`); `seconds_per_token`
+        per slot, or one float for all."""
+        drained = self.drained[slots]
+        elapsed = now - self.updated_at[slots]
+        elapsed *= _SHARE
+        if isinstance(seconds_per_token, float):
+            elapsed /= max(seconds_per_token, 1e-9)
+        else:
+            elapsed /= np.maximum(seconds_per_token, 1e-9)
+        drained += elapsed
+        head = queued * _CAP
+        head /= np.maximum(queued_requests, _ONE)
         np.minimum(drained, head, out=drained)
         self.drained[slots] = drained
         self.updated_at[slots] = now
@@ -56,10 +64,11 @@ class QueuedPrefillDrain:
     def advance_one(
         self, slot: int, queued: float, queued_requests: float, seconds_per_token: float, now: float
     ) -> None:
-        drained = self.drained[slot] + (now - self.updated_at[slot]) * DRAIN_SHARE / max(seconds_per_token, 1e-9)
+        elapsed = now - self.updated_at.item(slot)
+        drained = self.drained.item(slot) + elapsed * DRAIN_SHARE / max(seconds_per_token, 1e-9)
         self.drained[slot] = min(drained, queued * DRAIN_CAP / max(queued_requests, 1.0))
         self.updated_at[slot] = now
 
     def finished(self, slot: int, tokens: float) -> None:
         """A queued request produced its first token: its tokens leave the queue and the drained count."""
-        self.drained[slot] = max(self.drained[slot] - tokens, 0.0)
+        self.drained[slot] = max(self.drained.item(slot) - tokens, 0.0)

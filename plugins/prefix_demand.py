@@ -43,21 +43,25 @@ class PrefixDemand:
         #: the decayed count of all requests (the denominator of a share)
         self.total = 0.0
         self._decay = math.log(2.0) / HALF_LIFE
+        #: what one request's decay multiplies a count by
+        self._step = math.exp(-self._decay)
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
         self.requests += 1
         now = self.requests
-        self.total = self.total * math.exp(-self._decay) + 1.0
+        self.total = self.total * self._step + 1.0
         counts = self.counts
+        decay = self._decay
+        reach = min(len(hashes), total_blocks)
         for depth in CHECKPOINTS:
-            if depth <= len(hashes) and depth <= total_blocks:
+            if depth <= reach:
                 key = hashes[depth - 1]
                 previous = counts.get(key)
                 if previous is None:
                     counts[key] = (1.0, now)
                 else:
-                    counts[key] = (previous[0] * math.exp(-self._decay * (now - previous[1])) + 1.0, now)
+                    counts[key] = (previous[0] * math.exp(-decay * (now - previous[1])) + 1.0, now)
         if len(counts) > MAX_PREFIXES:
             self._forget()
 
@@ -70,21 +74,27 @@ class PrefixDemand:
         entry = self.counts.get(key)
         if entry is None:
             return 0.0
+        if entry[1] == self.requests:  # counted by this request: no decay yet
+            return entry[0]
         return entry[0] * math.exp(-self._decay * (self.requests - entry[1]))
 
     def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
         request's blocks each candidate holds); 0 when there is none."""
-        deepest = int(blocks.max()) if len(blocks) else 0
         n = len(blocks)
+        deepest = int(blocks[blocks.argmax()]) if n else 0
         # what at least half the candidates hold is common too (one system prompt everyone already has)
         held_by_half = int(_median(blocks)) if np.count_nonzero(blocks) * 2 >= n > 0 else 0
+        reach = min(deepest, len(hashes))
+        if reach < CHECKPOINTS[-1]:
+            return held_by_half
+        least = MIN_REQUESTS_PER_CANDIDATE * n
         for depth in CHECKPOINTS:
-            if depth > deepest or depth > len(hashes):
+            if depth > reach:
                 continue
             seen = self.recent(hashes[depth - 1])
             needed = seen / self.total * n
-            if needed <= 1.0 or seen < MIN_REQUESTS_PER_CANDIDATE * n:  # one holder is enough, and it has one
+            if needed <= 1.0 or seen < least:  # one holder is enough, and it has one
                 continue
             holding = blocks >= depth
             holders = int(np.count_nonzero(holding))

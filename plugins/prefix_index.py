@@ -88,6 +88,7 @@ class PrefixIndex:
         self.bits = bits
         self.mask = (1 << bits) - 1
         self._mask64 = np.uint64(self.mask)
+        self._mask_i64 = np.int64(self.mask)
         self.keys = np.zeros(1 << bits, dtype=np.uint64)
         self.slots = np.full(1 << bits, -1, dtype=np.int32)
         self.stamps = np.zeros(1 << bits, dtype=np.uint32)
@@ -140,16 +141,17 @@ class PrefixIndex:
     def walk(self, keys: Keys, minlength: int = 0) -> Walk:
         """`match_by_slot` (at least `minlength` long when any hash is held), the number of hashes walked
         (len(keys) when every one is held) and where their entries were."""
-        window = (keys.view(np.int64) & self.mask) + _COLUMN_OFFSETS  # (window, hashes)
-        window &= self.mask
+        mask = self._mask_i64
+        window = (keys.view(np.int64) & mask) + _COLUMN_OFFSETS  # (window, hashes)
+        window &= mask
         seen = self.keys.take(window)
         hit = seen == keys
-        held = hit.any(axis=0)
+        held = np.logical_or.reduce(hit, axis=0)
         if not held[0]:
             return Walk(_NOTHING, 0)
         more_rows, more_positions = _NO_POSITIONS, _NO_POSITIONS
         unfinished = np.logical_and.reduce(seen, axis=0)  # no empty bucket in the window: the run goes on
-        if unfinished.any():
+        if np.count_nonzero(unfinished):
             rows = np.flatnonzero(unfinished)
             found_rows, more_positions = self._scan(keys[rows], start=window[-1, rows] + 1)
             more_rows = rows[found_rows]
@@ -159,8 +161,9 @@ class PrefixIndex:
             walked = len(keys)
         else:
             hit, window = hit[:, :walked], window[:, :walked]
-            inside = more_rows < walked
-            more_rows, more_positions = more_rows[inside], more_positions[inside]
+            if len(more_rows):
+                inside = more_rows < walked
+                more_rows, more_positions = more_rows[inside], more_positions[inside]
         holders = self.slots.take(window[hit])
         if len(more_rows):
             holders = np.concatenate((holders, self.slots.take(more_positions)))

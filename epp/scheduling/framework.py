@@ -85,17 +85,24 @@ class _Profile:
                 record.kept.append(candidates)
             if len(candidates) == 0:
                 raise SchedulingError(NO_ENDPOINTS, record)
-        total = np.zeros(len(candidates))
+        total = None
         for scorer, weight, bounded, timer in self.scorers:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
-            total += weight * scores
+            if total is None:
+                total = scores * weight
+            elif weight == 1.0:
+                total += scores
+            else:
+                total += weight * scores
             if record is not None:
                 record.scores.append(scores)
             now = clock()
             timer.observe(now - started)
             started = now
+        if total is None:
+            total = np.zeros(len(candidates))
         picked = self.picker.pick(state, candidates, total)
         self.picker_timer.observe(clock() - started)
         if record is not None:

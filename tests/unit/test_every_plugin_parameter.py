@@ -245,7 +245,7 @@ def ttft_scorer(raw: Raw) -> object:
     table = pool(3)
     producer = make(PredictedTTFTProducer)
     producer.bind(table)
-    producer.decode.slowness[0] = 10.0  # endpoint 0 decodes ten times slower
+    producer.decode.set_slowness(0, 10.0)  # endpoint 0 decodes ten times slower
     scorer = make(PredictedTTFTScorer, raw)
     scorer.connect({"producer": producer})
     candidates = slots(0, 1, 2)

@@ -180,7 +180,7 @@ def test_decode_weight_adds_the_predicted_decode_time() -> None:
     scheduler = build_scheduler(load_config_text(config, "t"), table)
     producer = scheduler.plugins["predicted-ttft-producer"]
     assert isinstance(producer, PredictedTTFTProducer)
-    producer.decode.slowness[0] = 10.0  # endpoint 0 decodes ten times slower
+    producer.decode.set_slowness(0, 10.0)  # endpoint 0 decodes ten times slower
     director = Director(table, scheduler, hooks=scheduler)
     picks = {_decide(director, "p" * 400 + str(i), f"r{i}").charged_slot for i in range(5)}  # type: ignore[attr-defined]
     assert picks == {1}
