@@ -91,6 +91,8 @@ class Replicas:
     sharing: bool = True
     delay: float = 0.0
     spread: str = "alternate"
+    #: the streams the delay applies to (the others' records are applied at once): which staleness costs what
+    delayed: frozenset[str] = frozenset(("load", "inserts"))
 
     @property
     def label(self) -> str:
@@ -188,11 +190,11 @@ def simulate(
         exchange = routers[sender].exchange
         if exchange is None:
             return
-        for stream, fields in exchange.outgoing(False, 0.0):
+        for stream, fields in exchange.outgoing(False, clock[0]):
             for peer in range(replicas.count):
                 if peer == sender:
                     continue
-                if replicas.delay <= 0:
+                if replicas.delay <= 0 or stream not in replicas.delayed:
                     receive(peer, stream, fields)
                 else:
                     deliveries.append((peer, stream, fields))
@@ -202,7 +204,7 @@ def simulate(
         exchange = routers[peer].exchange
         assert exchange is not None
         if stream == "load":
-            exchange.apply_load(fields, None, clock[0])
+            exchange.apply_load(fields, clock[0], clock[0])
         else:
             exchange.apply_inserts([fields], None)
 

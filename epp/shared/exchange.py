@@ -17,13 +17,18 @@ from typing import Any, Literal, TypeVar
 from epp.datastore.table import EndpointTable
 from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
 from epp.shared.columns import SharedColumns
-from epp.shared.inserts import InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.inserts import AnticipatesPeers, InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
 from epp.shared.metrics import DROPPED, PEERS, RECORDS, STALENESS
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
 Fields = Mapping[bytes, bytes]
 Stream = Literal["load", "inserts"]
+
+#: weight of each load report's staleness in the running estimate of how late peers' changes are seen
+STALENESS_WEIGHT = 0.05
+#: a larger estimate (clocks far apart, a stalled process) is taken as this
+STALENESS_CAP = 0.25
 
 #: the director's in-flight columns, shared under these names
 INFLIGHT_COLUMNS = {
@@ -61,16 +66,25 @@ class Exchange:
                 plugin.replicate = outbox
                 self.learners[name] = plugin
                 self.outboxes.append(outbox)
+            if isinstance(plugin, AnticipatesPeers):
+                plugin.replica_place = self.replica_place
+        #: running mean of the load reports' staleness (seconds from a peer's change to its application here)
+        self.staleness = 0.0
 
-    def outgoing(self, full: bool, changed_at: float) -> list[tuple[Stream, dict[bytes, bytes]]]:
+    def replica_place(self) -> tuple[int, int, float]:
+        """(this replica's rank among the live replicas, by id; how many are live; how late peers' changes are
+        seen here, in seconds)."""
+        return self.columns.peers_before(self.replica), self.columns.peers + 1, self.staleness
+
+    def outgoing(self, full: bool, changed_at: float | None) -> list[tuple[Stream, dict[bytes, bytes]]]:
         """The entries to publish now: this replica's changed (all, with `full`) numbers, as made at
-        `changed_at` (wall time; 0: now), then one batch of waiting inserts per plugin. What is returned counts
-        as published."""
+        `changed_at` (wall time; None: now), then one batch of waiting inserts per plugin. What is returned
+        counts as published."""
         self.columns.settle()
         hostports, values = self.columns.changes(full=full)
         entries: list[tuple[Stream, dict[bytes, bytes]]] = []
         if full or hostports:
-            made = changed_at or time.time()
+            made = time.time() if changed_at is None else changed_at
             kind = FULL if full else DELTA
             entries.append(("load", encode_load(self.replica, made, kind, self.columns.names, hostports, values)))
         for outbox in self.outboxes:
@@ -93,7 +107,9 @@ class Exchange:
             full = report.kind == FULL
             self.columns.receive(report.replica, report.names, report.hostports, report.values, full, now)
             if wall is not None:
-                STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
+                late = max(wall - report.sent_at, 0.0)
+                STALENESS.distribution("load").observe(late)
+                self.staleness += STALENESS_WEIGHT * (min(late, STALENESS_CAP) - self.staleness)
         PEERS.value().set(float(self.columns.peers))
 
     def apply_inserts(self, records: list[Fields], wall: float | None) -> None:

@@ -240,7 +240,7 @@ class SharedState:
         """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts, then
         an XREAD (not blocking) of what peers wrote since the last read. False: there was nothing to send."""
         changed_at, self._changed_at = self._changed_at, 0.0
-        entries = self.exchange.outgoing(full, changed_at)
+        entries = self.exchange.outgoing(full, changed_at or None)
         if not entries:
             return False
         commands: list[Command] = [

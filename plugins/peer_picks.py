@@ -1,0 +1,88 @@
+"""Picks other replicas make that this one cannot see yet (active-active replicas, epp.shared).
+
+A peer's pick reaches this replica's view a few tens of milliseconds after it was made. Two replicas that see
+the same pool within that window compute the same best endpoint and both send a request there: the pile-up
+sharing was meant to prevent, only shorter. On the virtual fleet (benchmarks/routing/virtual_fleet.py, two
+replicas) a 10 ms delay cost 6 to 50 % of one
+replica's TTFT p90 (shared prefixes, chat, unique prompts).
+
+So each replica prefers its own part of the pool when candidates are close: endpoints are placed on a circle by
+a hash of their address (the same on every replica), and a replica of rank r among n (their ids' order, also
+the same everywhere) measures each endpoint's distance from its own start r / n, going round. A candidate's
+price gets `distance x reach x one request's prefill there` added, where `reach` (at most 1) is how many
+picks the other replicas make in the window where neither sees the other's: a staleness before this pick and
+one after, at this replica's own pick rate (a gateway spreads requests evenly). Replicas that see the same
+near-equal candidates then take them from different ends; a candidate better by more than a request's
+prefill is taken whatever the distance; with no peers, or their changes seen at once, nothing changes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+#: weight of each interval between picks in the running mean that gives the pick rate
+RATE_WEIGHT = 0.05
+#: a peer's pick collides with this one when made up to a staleness before it (not seen here yet) or after it
+#: (made before the peer sees this one)
+WINDOWS = 2.0
+
+Floats = npt.NDArray[np.float64]
+#: () -> (this replica's rank among the live replicas, how many are live, seconds until a peer's change is
+#: seen here)
+ReplicaPlace = Callable[[], tuple[int, int, float]]
+
+
+class PickRate:
+    """This replica's picks a second, as a running mean of the intervals between them."""
+
+    def __init__(self) -> None:
+        self.interval = 0.0
+        self.last = 0.0
+
+    def pick(self, now: float) -> None:
+        if self.last > 0:
+            gap = max(now - self.last, 0.0)
+            self.interval = gap if self.interval <= 0 else self.interval + RATE_WEIGHT * (gap - self.interval)
+        self.last = now
+
+    def per_second(self) -> float:
+        return 1.0 / self.interval if self.interval > 0 else 0.0
+
+
+def reach(replicas: int, staleness: float, rate: float) -> float:
+    """How many picks of the other replicas can collide with one of this replica's, at most 1."""
+    return min((replicas - 1) * WINDOWS * staleness * rate, 1.0)
+
+
+class Circle:
+    """Each endpoint's place on the circle [0, 1), from a hash of its address (cached)."""
+
+    def __init__(self) -> None:
+        self._places: dict[str, float] = {}
+
+    def places(self, hostports: Sequence[str]) -> Floats:
+        places = self._places
+        if len(places) > 100_000:  # endpoints come and go: never grow without bound
+            places.clear()
+        found = np.empty(len(hostports))
+        for i, hostport in enumerate(hostports):
+            place = places.get(hostport)
+            if place is None:
+                place = places[hostport] = zlib.crc32(hostport.encode()) / 2**32
+            found[i] = place
+        return found
+
+
+def step_aside(seconds: Floats, per_pick: Floats, places: Floats, rank: int, replicas: int, reach: float) -> Floats:
+    """`seconds` (each candidate's price, lower is better) plus `reach x per_pick x` its distance round the
+    circle from this replica's start; a new array."""
+    distance = places - rank / replicas
+    np.mod(distance, 1.0, out=distance)
+    distance *= per_pick
+    distance *= reach
+    distance += seconds
+    return distance
