@@ -100,7 +100,7 @@ class PredictedTTFTScorer(Scorer):
             share = reach(replicas, staleness, self.pick_rate.per_second())
             if share > 0:  # one request's own prefill there, the cost of a collision
                 per_pick = prediction.at(candidates, prediction.uncached * prediction.per_token) / discount
-                places = self.circle.places([state.table.hostports[int(s)] for s in candidates])
+                places = self.circle.places(state.table, candidates)
                 seconds = step_aside(seconds, per_pick, places, rank, replicas, share)
         result: Scores = seconds.min() / seconds
         return result

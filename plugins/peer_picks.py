@@ -19,10 +19,12 @@ prefill is taken whatever the distance; with no peers, or their changes seen at 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+
+from epp.datastore.table import EndpointTable, SlotArray
 
 #: weight of each interval between picks in the running mean that gives the pick rate
 RATE_WEIGHT = 0.05
@@ -59,22 +61,18 @@ def reach(replicas: int, staleness: float, rate: float) -> float:
 
 
 class Circle:
-    """Each endpoint's place on the circle [0, 1), from a hash of its address (cached)."""
+    """Each endpoint's place on the circle [0, 1), from a hash of its address, per table slot (recomputed when the
+    table's endpoints change)."""
 
     def __init__(self) -> None:
-        self._places: dict[str, float] = {}
+        self._generation = -1
+        self._places: Floats = np.zeros(0)
 
-    def places(self, hostports: Sequence[str]) -> Floats:
-        places = self._places
-        if len(places) > 100_000:  # endpoints come and go: never grow without bound
-            places.clear()
-        found = np.empty(len(hostports))
-        for i, hostport in enumerate(hostports):
-            place = places.get(hostport)
-            if place is None:
-                place = places[hostport] = zlib.crc32(hostport.encode()) / 2**32
-            found[i] = place
-        return found
+    def places(self, table: EndpointTable, candidates: SlotArray) -> Floats:
+        if table.generation != self._generation:
+            self._places = np.array([zlib.crc32(hostport.encode()) / 2**32 for hostport in table.hostports])
+            self._generation = table.generation
+        return self._places.take(candidates)
 
 
 def step_aside(seconds: Floats, per_pick: Floats, places: Floats, rank: int, replicas: int, reach: float) -> Floats:

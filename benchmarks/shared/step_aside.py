@@ -1,7 +1,8 @@
-"""What keeping replicas apart costs a pick: the built-in default profile's decision with predicted-ttft-scorer's
-step-aside on (as with --shared-state and a peer whose picks arrive 20 ms late) and off, interleaved round by
-round, for pools of several sizes. Prints µs per decision, medians over the rounds, and the ratio within each
-round.
+"""What keeping replicas apart costs a pick: the work predicted-ttft-scorer adds with --shared-state (the pick rate,
+the reach, the candidates' places on the circle, the step-aside; plugins/peer_picks.py) timed alone, beside the
+built-in default profile's whole decision without it, for pools of several sizes, interleaved round by round.
+(Timing whole decisions with it on and off would compare different picks: it sends requests elsewhere, and the
+prefix index and queues then differ.) Prints µs per pick, medians over the rounds.
 
 `python benchmarks/shared/step_aside.py [--rounds 5] [--decisions 2000] [--endpoints 8,64,256]`
 """
@@ -12,25 +13,40 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import orjson
 
 from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
-from epp.plugins.latency_scorer import PredictedTTFTScorer
+from epp.plugins.peer_picks import Circle, PickRate, reach, step_aside
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 
 
-def router(endpoints: int, apart: bool) -> Director:
+def router(endpoints: int) -> Director:
     table = EndpointTable(endpoints)
     for i in range(endpoints):
         table.add(Endpoint(f"10.{i // 250}.{i % 250}.1", 8000, name=f"server-{i}"))
     scheduler = build_scheduler(default_config(), table)
-    scorer = next(p for p in scheduler.plugins.values() if isinstance(p, PredictedTTFTScorer))
-    if apart:
-        scorer.replica_place = lambda: (1, 2, 0.02)
     return Director(table, scheduler, hooks=scheduler)
+
+
+def step_aside_cost(director: Director, picks: int) -> float:
+    """µs per pick of what the scorer adds, on every endpoint of the director's pool as candidates."""
+    table = director.table
+    candidates = table.live_slots()
+    rng = np.random.default_rng(1)
+    seconds = rng.uniform(0.05, 0.2, len(candidates))
+    per_pick = rng.uniform(0.01, 0.06, len(candidates))
+    rate, circle = PickRate(), Circle()
+    started = time.perf_counter()
+    for i in range(picks):
+        rate.pick(1.0 + i * 0.01)
+        share = reach(2, 0.02, rate.per_second())
+        places = circle.places(table, candidates)
+        step_aside(seconds, per_pick, places, 1, 2, share)
+    return (time.perf_counter() - started) / picks * 1e6
 
 
 def per_decision(director: Director, decisions: int) -> float:
@@ -50,19 +66,20 @@ def main() -> int:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--endpoints", default="8,64,256")
     args = parser.parse_args()
-    print("| endpoints | off µs/decision | step-aside on µs/decision | on / off (rounds) |")
+    print("| endpoints | decision µs (default profile) | step-aside µs | share of the decision (rounds) |")
     print("|---:|---:|---:|---|")
     for endpoints in (int(n) for n in args.endpoints.split(",")):
-        off, on, ratios = [], [], []
+        decisions, added, shares = [], [], []
         for _ in range(args.rounds):
-            plain = per_decision(router(endpoints, False), args.decisions)
-            apart = per_decision(router(endpoints, True), args.decisions)
-            off.append(plain)
-            on.append(apart)
-            ratios.append(apart / plain)
-        rounds = ", ".join(f"{r:.3f}" for r in ratios)
-        print(f"| {endpoints} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
-              f"{statistics.median(ratios):.3f} ({rounds}) |")  # fmt: skip
+            director = router(endpoints)
+            decision = per_decision(director, args.decisions)
+            extra = step_aside_cost(director, args.decisions)
+            decisions.append(decision)
+            added.append(extra)
+            shares.append(extra / decision)
+        rounds = ", ".join(f"{r:.1%}" for r in shares)
+        print(f"| {endpoints} | {statistics.median(decisions):.1f} | {statistics.median(added):.1f} | "
+              f"{statistics.median(shares):.1%} ({rounds}) |")  # fmt: skip
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from epp.datastore.table import Endpoint, EndpointTable
 from epp.plugins.peer_picks import Circle, PickRate, reach, step_aside
 
 
@@ -24,7 +25,12 @@ def test_pick_rate_follows_the_intervals() -> None:
 
 
 def test_two_replicas_take_equal_candidates_from_different_ends_and_a_clearly_better_one_both() -> None:
-    places = Circle().places([f"10.0.0.{i}:8000" for i in range(1, 9)])
+    table = EndpointTable(8)
+    for i in range(1, 9):
+        table.add(Endpoint(f"10.0.0.{i}", 8000, name=f"server-{i}"))
+    circle = Circle()
+    places = circle.places(table, table.live_slots())
+    assert np.array_equal(circle.places(table, table.live_slots()[::-1]), places[::-1])
     assert len(set(places.tolist())) == 8 and (places >= 0).all() and (places < 1).all()
     per_pick = np.full(8, 0.06)
     equal = np.full(8, 0.1)
