@@ -176,7 +176,7 @@ class PredictedTTFTProducer(DataProducer):
         model = self.model.shared_columns("slowness") if self.parameters.slowness_rate > 0 else {}
         decode = self.decode.shared_columns("decode-slowness") if self.decode_used else {}
         queue = {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
-        return {**queue, "prefilled-tokens": self.drain.prefilled, **model, **decode}
+        return {**queue, "prefilled-tokens": self.drain.prefilled, "kv-tokens": self.kv_tokens, **model, **decode}
 
     def peers_changed(self, slot: int) -> None:
         self.model.refresh(slot)

@@ -98,3 +98,15 @@ def test_replicas_that_see_the_same_pool_take_close_candidates_from_different_en
         a.send_to(b, late=0.02)
         b.send_to(a, late=0.02)
     assert all(slot_a != slot_b for slot_a, slot_b in picks), picks
+
+
+def test_the_kv_a_peer_charged_counts_in_this_replicas_overflow_price_until_its_request_ends() -> None:
+    a, b, _ = pair()
+    decision = a.decide("a prompt that will hold KV for a while " * 100)
+    slot = decision.charged_slot
+    a.send_to(b)
+    assert b.producer.kv_tokens[slot] == a.producer.kv_tokens[slot] > 500
+    a.director.first_chunk(decision, streamed=True)
+    a.director.complete(decision, None)
+    a.send_to(b)
+    assert b.producer.kv_tokens[slot] == 0.0
