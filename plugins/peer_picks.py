@@ -8,12 +8,16 @@ replica's TTFT p90 (shared prefixes, chat, unique prompts).
 
 So each replica prefers its own part of the pool when candidates are close: endpoints are placed on a circle by
 a hash of their address (the same on every replica), and a replica of rank r among n (their ids' order, also
-the same everywhere) measures each endpoint's distance from its own start r / n, going round. A candidate's
-price gets `distance x reach x one request's prefill there` added, where `reach` (at most 1) is how many
-picks the other replicas make in the window where neither sees the other's: a staleness before this pick and
-one after, at this replica's own pick rate (a gateway spreads requests evenly). Replicas that see the same
-near-equal candidates then take them from different ends; a candidate better by more than a request's
-prefill is taken whatever the distance; with no peers, or their changes seen at once, nothing changes.
+the same everywhere) measures each endpoint's distance from its own point r / n, the shorter way round, as a
+fraction of half the circle. A candidate's price gets `distance x reach x one request's prefill there` added,
+where `reach` (at most 1) is how many picks the other replicas make in the window where neither sees the
+other's: a staleness before this pick and one after, at this replica's own pick rate (a gateway spreads
+requests evenly). Replicas that see the same near-equal candidates then take them from different parts of the
+pool; a candidate better by more than a request's prefill is taken whatever the distance; with no peers, or
+their changes seen at once, nothing changes. The shorter way round matters: measured one way round, an endpoint
+just before a replica's point is far for that replica and half-way for the other, so every replica priced it
+up (the endpoints just after the points were favoured by all); the shorter way, two replicas' distances to any
+endpoint add up to the same half circle.
 """
 
 from __future__ import annotations
@@ -76,10 +80,12 @@ class Circle:
 
 
 def step_aside(seconds: Floats, per_pick: Floats, places: Floats, rank: int, replicas: int, reach: float) -> Floats:
-    """`seconds` (each candidate's price, lower is better) plus `reach x per_pick x` its distance round the
-    circle from this replica's start; a new array."""
+    """`seconds` (each candidate's price, lower is better) plus `reach x per_pick x` its distance from this
+    replica's point, the shorter way round, over half the circle; a new array."""
     distance = places - rank / replicas
     np.mod(distance, 1.0, out=distance)
+    np.minimum(distance, 1.0 - distance, out=distance)
+    distance *= 2.0
     distance *= per_pick
     distance *= reach
     distance += seconds

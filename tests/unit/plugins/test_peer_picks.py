@@ -41,3 +41,12 @@ def test_two_replicas_take_equal_candidates_from_different_ends_and_a_clearly_be
     better[3] = 0.03  # better by more than a request's prefill: wherever it lies on the circle
     assert {int(np.argmin(step_aside(better, per_pick, places, rank, 2, 1.0))) for rank in (0, 1)} == {3}
     assert np.array_equal(step_aside(equal, per_pick, places, 1, 2, 0.0), equal)  # no reach: unchanged
+
+
+def test_two_replicas_price_every_endpoint_up_by_the_same_total() -> None:
+    # measured the shorter way round, the distances to the two replicas' points add up to half the circle: no
+    # endpoint is priced up (or favoured) by both
+    places = np.linspace(0.0, 0.99, 100)
+    zero, one = np.zeros(100), np.ones(100)
+    total = step_aside(zero, one, places, 0, 2, 1.0) + step_aside(zero, one, places, 1, 2, 1.0)
+    assert np.allclose(total, 1.0)
