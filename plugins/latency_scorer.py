@@ -60,7 +60,7 @@ class PredictedTTFTScorer(Scorer):
         self.decode_weight = parameters.decode_weight
         self.producer: PredictedTTFTProducer | None = None
         #: with --shared-state: this replica's rank, the live replicas and how late their picks are seen here; close
-        #: candidates are then taken from this replica's own part of the pool (plugins/peer_picks.py)
+        #: calls then go to this replica's own part of the pool (plugins/peer_picks.py)
         self.replica_place: ReplicaPlace | None = None
         self.pick_rate = PickRate()
         self.circle = Circle()
@@ -100,7 +100,7 @@ class PredictedTTFTScorer(Scorer):
             share = reach(replicas, staleness, self.pick_rate.per_second())
             if share > 0:  # one request's own prefill there, the cost of a collision
                 per_pick = prediction.at(candidates, prediction.uncached * prediction.per_token) / discount
-                places = self.circle.places(state.table, candidates)
-                seconds = step_aside(seconds, per_pick, places, rank, replicas, share)
+                owners = self.circle.owners(state.table, replicas).take(candidates)
+                seconds = step_aside(seconds, per_pick, owners, rank, share)
         result: Scores = seconds.min() / seconds
         return result

@@ -6,18 +6,16 @@ sharing was meant to prevent, only shorter. On the virtual fleet (benchmarks/rou
 replicas) a 10 ms delay cost 6 to 50 % of one
 replica's TTFT p90 (shared prefixes, chat, unique prompts).
 
-So each replica prefers its own part of the pool when candidates are close: endpoints are placed on a circle by
-a hash of their address (the same on every replica), and a replica of rank r among n (their ids' order, also
-the same everywhere) measures each endpoint's distance from its own point r / n, the shorter way round, as a
-fraction of half the circle. A candidate's price gets `distance x reach x one request's prefill there` added,
-where `reach` (at most 1) is how many picks the other replicas make in the window where neither sees the
-other's: a staleness before this pick and one after, at this replica's own pick rate (a gateway spreads
-requests evenly). Replicas that see the same near-equal candidates then take them from different parts of the
-pool; a candidate better by more than a request's prefill is taken whatever the distance; with no peers, or
-their changes seen at once, nothing changes. The shorter way round matters: measured one way round, an endpoint
-just before a replica's point is far for that replica and half-way for the other, so every replica priced it
-up (the endpoints just after the points were favoured by all); the shorter way, two replicas' distances to any
-endpoint add up to the same half circle.
+So the replicas deal the pool out among themselves for close calls: endpoints in the order of a hash of their
+address (the same on every replica) go to the n live replicas in turn (replica r, by the order of their ids,
+gets every n-th from the r-th). A candidate another replica owns gets `reach x one request's prefill there` added
+to its price, where `reach` (at most 1) is how many picks the other replicas make in the window where neither
+sees the other's: a staleness before this pick and one after, at this replica's own pick rate (a gateway
+spreads requests evenly). Replicas that see the same near-equal candidates then take their own; a candidate
+better by more than a request's prefill is taken by any; every endpoint is some replica's own, so none is left
+out; with no peers, or their changes seen at once, nothing changes. (A first version placed endpoints on a
+circle and priced them by their distance from each replica's point: endpoints far from every point starved,
+none of the 1,024 chat requests on one of 8 servers.)
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from epp.datastore.table import EndpointTable, SlotArray
+from epp.datastore.table import EndpointTable
 
 #: weight of each interval between picks in the running mean that gives the pick rate
 RATE_WEIGHT = 0.05
@@ -65,28 +63,28 @@ def reach(replicas: int, staleness: float, rate: float) -> float:
 
 
 class Circle:
-    """Each endpoint's place on the circle [0, 1), from a hash of its address, per table slot (recomputed when the
-    table's endpoints change)."""
+    """Which replica each endpoint belongs to: endpoints in the order of a hash of their address (the same on every
+    replica), dealt out to the n replicas in turn (recomputed when the pool or n changes)."""
 
     def __init__(self) -> None:
-        self._generation = -1
-        self._places: Floats = np.zeros(0)
+        self._key: tuple[int, int] = (-1, 0)
+        self._owners = np.zeros(0, dtype=np.intp)
 
-    def places(self, table: EndpointTable, candidates: SlotArray) -> Floats:
-        if table.generation != self._generation:
-            self._places = np.array([zlib.crc32(hostport.encode()) / 2**32 for hostport in table.hostports])
-            self._generation = table.generation
-        return self._places.take(candidates)
+    def owners(self, table: EndpointTable, replicas: int) -> npt.NDArray[np.intp]:
+        if (table.generation, replicas) != self._key:
+            places = np.array([zlib.crc32(h.encode()) if h else 2**32 for h in table.hostports], dtype=np.float64)
+            order = np.argsort(places, kind="stable")
+            owners = np.empty(len(places), dtype=np.intp)
+            owners[order] = np.arange(len(places)) % max(replicas, 1)
+            self._owners = owners
+            self._key = (table.generation, replicas)
+        return self._owners
 
 
-def step_aside(seconds: Floats, per_pick: Floats, places: Floats, rank: int, replicas: int, reach: float) -> Floats:
-    """`seconds` (each candidate's price, lower is better) plus `reach x per_pick x` its distance from this
-    replica's point, the shorter way round, over half the circle; a new array."""
-    distance = places - rank / replicas
-    np.mod(distance, 1.0, out=distance)
-    np.minimum(distance, 1.0 - distance, out=distance)
-    distance *= 2.0
-    distance *= per_pick
-    distance *= reach
-    distance += seconds
-    return distance
+def step_aside(seconds: Floats, per_pick: Floats, owners: npt.NDArray[np.intp], rank: int, reach: float) -> Floats:
+    """`seconds` (each candidate's price, lower is better) plus `reach x per_pick` at the candidates another replica
+    owns; a new array."""
+    priced = per_pick * reach
+    priced *= owners != rank
+    priced += seconds
+    return priced

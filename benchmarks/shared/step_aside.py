@@ -1,5 +1,5 @@
 """What keeping replicas apart costs a pick: the work predicted-ttft-scorer adds with --shared-state (the pick rate,
-the reach, the candidates' places on the circle, the step-aside; plugins/peer_picks.py) timed alone, beside the
+the reach, the candidates' owners, the step-aside; plugins/peer_picks.py) timed alone, beside the
 built-in default profile's whole decision without it, for pools of several sizes, interleaved round by round.
 (Timing whole decisions with it on and off would compare different picks: it sends requests elsewhere, and the
 prefix index and queues then differ.) Prints µs per pick, medians over the rounds.
@@ -44,8 +44,8 @@ def step_aside_cost(director: Director, picks: int) -> float:
     for i in range(picks):
         rate.pick(1.0 + i * 0.01)
         share = reach(2, 0.02, rate.per_second())
-        places = circle.places(table, candidates)
-        step_aside(seconds, per_pick, places, 1, 2, share)
+        owners = circle.owners(table, 2).take(candidates)
+        step_aside(seconds, per_pick, owners, 1, share)
     return (time.perf_counter() - started) / picks * 1e6
 
 

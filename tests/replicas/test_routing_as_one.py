@@ -76,7 +76,7 @@ def test_a_peers_request_reaching_its_first_token_leaves_the_queued_prefill_this
     assert b.producer.drain.drained[slot] == 0.0
 
 
-def test_replicas_that_see_the_same_pool_take_close_candidates_from_different_ends() -> None:
+def test_replicas_that_see_the_same_pool_take_close_candidates_from_their_own_parts_of_it() -> None:
     a, b, clock = pair()
     # a steady stream through both replicas, each seeing the other's picks 20 ms late
     for i in range(60):

@@ -24,29 +24,22 @@ def test_pick_rate_follows_the_intervals() -> None:
     assert rate.per_second() == pytest.approx(50.0)
 
 
-def test_two_replicas_take_equal_candidates_from_different_ends_and_a_clearly_better_one_both() -> None:
+def test_two_replicas_take_equal_candidates_from_their_own_halves_and_a_clearly_better_one_both() -> None:
     table = EndpointTable(8)
     for i in range(1, 9):
         table.add(Endpoint(f"10.0.0.{i}", 8000, name=f"server-{i}"))
     circle = Circle()
-    places = circle.places(table, table.live_slots())
-    assert np.array_equal(circle.places(table, table.live_slots()[::-1]), places[::-1])
-    assert len(set(places.tolist())) == 8 and (places >= 0).all() and (places < 1).all()
+    owners = circle.owners(table, 2).take(table.live_slots())
+    assert sorted(owners.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]  # every endpoint is one replica's own
+    assert circle.owners(table, 4).take(table.live_slots()).tolist().count(3) == 2
     per_pick = np.full(8, 0.06)
     equal = np.full(8, 0.1)
-    first = int(np.argmin(step_aside(equal, per_pick, places, 0, 2, 1.0)))
-    second = int(np.argmin(step_aside(equal, per_pick, places, 1, 2, 1.0)))
-    assert first != second
+    for rank in (0, 1):
+        priced = step_aside(equal, per_pick, owners, rank, 1.0)
+        assert np.array_equal(priced == 0.1, owners == rank)  # the other's are priced up, its own are not
     better = equal.copy()
-    better[3] = 0.03  # better by more than a request's prefill: wherever it lies on the circle
-    assert {int(np.argmin(step_aside(better, per_pick, places, rank, 2, 1.0))) for rank in (0, 1)} == {3}
-    assert np.array_equal(step_aside(equal, per_pick, places, 1, 2, 0.0), equal)  # no reach: unchanged
-
-
-def test_two_replicas_price_every_endpoint_up_by_the_same_total() -> None:
-    # measured the shorter way round, the distances to the two replicas' points add up to half the circle: no
-    # endpoint is priced up (or favoured) by both
-    places = np.linspace(0.0, 0.99, 100)
-    zero, one = np.zeros(100), np.ones(100)
-    total = step_aside(zero, one, places, 0, 2, 1.0) + step_aside(zero, one, places, 1, 2, 1.0)
-    assert np.allclose(total, 1.0)
+    better[int(np.flatnonzero(owners == 1)[0])] = 0.03  # better by more than a request's prefill: taken by both
+    assert {int(np.argmin(step_aside(better, per_pick, owners, rank, 1.0))) for rank in (0, 1)} == {
+        int(np.flatnonzero(owners == 1)[0])
+    }
+    assert np.array_equal(step_aside(equal, per_pick, owners, 0, 0.0), equal)  # no reach: unchanged
