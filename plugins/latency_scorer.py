@@ -9,7 +9,7 @@ import numpy as np
 
 from epp.datastore.table import SlotArray
 from epp.plugins.latency import KEY, PredictedTTFTProducer
-from epp.plugins.peer_picks import Circle, PickRate, ReplicaPlace, reach, step_aside
+from epp.plugins.peer_picks import Owners, PickRate, ReplicaPlace, reach, step_aside
 from epp.scheduling.plugin import CycleState, Plugin, Scorer, Scores, require_non_negative
 
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
@@ -63,7 +63,7 @@ class PredictedTTFTScorer(Scorer):
         #: calls then go to this replica's own part of the pool (plugins/peer_picks.py)
         self.replica_place: ReplicaPlace | None = None
         self.pick_rate = PickRate()
-        self.circle = Circle()
+        self.owners = Owners()
 
     def connect(self, plugins: Mapping[str, Plugin]) -> None:
         """Find the producer whose decode model the decode term reads."""
@@ -100,7 +100,7 @@ class PredictedTTFTScorer(Scorer):
             share = reach(replicas, staleness, self.pick_rate.per_second())
             if share > 0:  # one request's own prefill there, the cost of a collision
                 per_pick = prediction.at(candidates, prediction.uncached * prediction.per_token) / discount
-                owners = self.circle.owners(state.table, replicas).take(candidates)
+                owners = self.owners.of(state.table, replicas).take(candidates)
                 seconds = step_aside(seconds, per_pick, owners, rank, share)
         result: Scores = seconds.min() / seconds
         return result

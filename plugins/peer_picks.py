@@ -62,7 +62,7 @@ def reach(replicas: int, staleness: float, rate: float) -> float:
     return min((replicas - 1) * WINDOWS * staleness * rate, 1.0)
 
 
-class Circle:
+class Owners:
     """Which replica each endpoint belongs to: endpoints in the order of a hash of their address (the same on every
     replica), dealt out to the n replicas in turn (recomputed when the pool or n changes)."""
 
@@ -70,7 +70,7 @@ class Circle:
         self._key: tuple[int, int] = (-1, 0)
         self._owners = np.zeros(0, dtype=np.intp)
 
-    def owners(self, table: EndpointTable, replicas: int) -> npt.NDArray[np.intp]:
+    def of(self, table: EndpointTable, replicas: int) -> npt.NDArray[np.intp]:
         if (table.generation, replicas) != self._key:
             places = np.array([zlib.crc32(h.encode()) if h else 2**32 for h in table.hostports], dtype=np.float64)
             order = np.argsort(places, kind="stable")

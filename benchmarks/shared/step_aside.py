@@ -19,7 +19,7 @@ import orjson
 from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.director import Director
-from epp.plugins.peer_picks import Circle, PickRate, reach, step_aside
+from epp.plugins.peer_picks import Owners, PickRate, reach, step_aside
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 
@@ -39,12 +39,12 @@ def step_aside_cost(director: Director, picks: int) -> float:
     rng = np.random.default_rng(1)
     seconds = rng.uniform(0.05, 0.2, len(candidates))
     per_pick = rng.uniform(0.01, 0.06, len(candidates))
-    rate, circle = PickRate(), Circle()
+    rate, owners_of = PickRate(), Owners()
     started = time.perf_counter()
     for i in range(picks):
         rate.pick(1.0 + i * 0.01)
         share = reach(2, 0.02, rate.per_second())
-        owners = circle.owners(table, 2).take(candidates)
+        owners = owners_of.of(table, 2).take(candidates)
         step_aside(seconds, per_pick, owners, 1, share)
     return (time.perf_counter() - started) / picks * 1e6
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from epp.datastore.table import Endpoint, EndpointTable
-from epp.plugins.peer_picks import Circle, PickRate, reach, step_aside
+from epp.plugins.peer_picks import Owners, PickRate, reach, step_aside
 
 
 def test_reach_is_nothing_alone_or_with_peers_seen_at_once_and_at_most_one() -> None:
@@ -28,10 +28,10 @@ def test_two_replicas_take_equal_candidates_from_their_own_halves_and_a_clearly_
     table = EndpointTable(8)
     for i in range(1, 9):
         table.add(Endpoint(f"10.0.0.{i}", 8000, name=f"server-{i}"))
-    circle = Circle()
-    owners = circle.owners(table, 2).take(table.live_slots())
+    owners_of = Owners()
+    owners = owners_of.of(table, 2).take(table.live_slots())
     assert sorted(owners.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]  # every endpoint is one replica's own
-    assert circle.owners(table, 4).take(table.live_slots()).tolist().count(3) == 2
+    assert owners_of.of(table, 4).take(table.live_slots()).tolist().count(3) == 2
     per_pick = np.full(8, 0.06)
     equal = np.full(8, 0.1)
     for rank in (0, 1):
