@@ -172,15 +172,17 @@ class PredictedTTFTProducer(DataProducer):
         table.subscribe(on_change)
 
     def shared_columns(self) -> dict[str, npt.NDArray[np.float64]]:
-        """With --shared-state, other replicas' queued prefill and slowness estimates at the same endpoint are added
-        into these arrays (epp.shared.columns): change only this replica's own, and never rebind them after bind()."""
+        """With --shared-state peers' values for the same endpoint are added into these (epp.shared.columns)."""
         model = self.model.shared_columns("slowness") if self.parameters.slowness_rate > 0 else {}
         decode = self.decode.shared_columns("decode-slowness") if self.decode_used else {}
-        return {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests, **model, **decode}
+        queue = {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
+        return {**queue, "prefilled-tokens": self.drain.prefilled, "kv-tokens": self.kv_tokens, **model, **decode}
 
     def peers_changed(self, slot: int) -> None:
         self.model.refresh(slot)
         self.decode.refresh(slot)
+        self._advance_drain(slot)
+        self.drain.peers_finished(slot)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         # Each numpy call here costs its overhead, not its arithmetic: see benchmarks/README.md, "Decision cost of the
@@ -355,7 +357,7 @@ class PredictedTTFTProducer(DataProducer):
             return  # the endpoint left; its slot's queue was reset then
         slot = note.slot
         self._advance_drain(slot)
-        self.drain.finished(slot, note.uncached)
+        self.drain.released(slot, note.uncached)
         self.queued_tokens[slot] = max(self.queued_tokens.item(slot) - note.uncached, 0.0)
         self.queued_requests[slot] = max(self.queued_requests.item(slot) - 1.0, 0.0)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from epp.datastore.table import SlotArray
 from epp.plugins.latency import KEY, PredictedTTFTProducer
+from epp.plugins.peer_picks import Owners, PickRate, ReplicaPlace, reach, step_aside
 from epp.scheduling.plugin import CycleState, Plugin, Scorer, Scores, require_non_negative
 
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
@@ -59,6 +60,11 @@ class PredictedTTFTScorer(Scorer):
         self.affinity = parameters.prefix_affinity
         self.decode_weight = parameters.decode_weight
         self.producer: PredictedTTFTProducer | None = None
+        #: with --shared-state: this replica's rank, the live replicas and how late their picks are seen here; close
+        #: calls then go to this replica's own part of the pool (plugins/peer_picks.py)
+        self.replica_place: ReplicaPlace | None = None
+        self.pick_rate = PickRate()
+        self.owners = Owners()
 
     def connect(self, plugins: Mapping[str, Plugin]) -> None:
         """Find the producer whose decode model the decode term reads."""
@@ -79,6 +85,7 @@ class PredictedTTFTScorer(Scorer):
         if self.decode_weight > 0 and self.producer is not None:
             decode = self.producer.decode_seconds(state, prediction)
             seconds = seconds + self.decode_weight * prediction.at(candidates, decode)
+        discount: float | np.ndarray = 1.0
         if self.affinity > 0:
             # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
             pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
@@ -90,5 +97,13 @@ class PredictedTTFTScorer(Scorer):
                 discount = (self.affinity * pressure) * apart
                 discount += _ONE
                 seconds = seconds / discount
+        if self.replica_place is not None and self.producer is not None:
+            self.pick_rate.pick(self.producer.clock())
+            rank, replicas, staleness = self.replica_place()
+            share = reach(replicas, staleness, self.pick_rate.per_second())
+            if share > 0:  # one request's own prefill there, the cost of a collision
+                per_pick = prediction.at(candidates, prediction.uncached * prediction.per_token) / discount
+                owners = self.owners.of(state.table, replicas).take(candidates)
+                seconds = step_aside(seconds, per_pick, owners, rank, share)
         result: Scores = seconds[seconds.argmin()] / seconds
         return result

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import random
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 HERE = Path(__file__).resolve().parent
@@ -38,10 +40,11 @@ from epp.director import Decision, Director  # noqa: E402
 from epp.requests.openai import parse_openai_body  # noqa: E402
 from epp.scheduling.framework import build_scheduler  # noqa: E402
 from epp.scheduling.types import StateKey, Usage  # noqa: E402
-from vllmsim.engine import Engine, EngineConfig, Sequence  # noqa: E402
+from epp.shared.exchange import Exchange  # noqa: E402
+from vllmsim.engine import Engine, EngineConfig  # noqa: E402
 from vllmsim.server import prompt_text  # noqa: E402
 
-ARRIVAL, STEP, SCRAPE, SLOWDOWN = 0, 1, 2, 3
+ARRIVAL, STEP, SCRAPE, SLOWDOWN, DELIVER = 0, 1, 2, 3, 4
 
 #: what the predicted-TTFT producer keeps with each pick (its name is the default plugin name)
 PREDICTION_NOTE: StateKey[object] = StateKey("predicted-ttft-producer")
@@ -74,6 +77,59 @@ class Result:
         return sum(o.output_tokens for o in self.outcomes) / self.duration
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """How many EPP replicas route the workload and what they share.
+
+    `sharing`: each replica's epp.shared Exchange publishes what changed after every pick, first chunk and
+    completion, and the peers apply those very records `delay` model seconds later (0: at once); otherwise the
+    replicas are independent. `spread`: how arrivals reach the replicas — `alternate` (in turn, as Envoy's
+    round robin or least-request over equally busy replicas does) or `random`. Each replica scrapes the engines
+    on its own phase of the refresh period."""
+
+    count: int = 1
+    sharing: bool = True
+    delay: float = 0.0
+    spread: str = "alternate"
+    #: the streams the delay applies to (the others' records are applied at once): which staleness costs what
+    delayed: frozenset[str] = frozenset(("load", "inserts"))
+
+    @property
+    def label(self) -> str:
+        if self.count == 1:
+            return ""
+        if not self.sharing:
+            return f"+{self.count}i"
+        return f"+{self.count}@{self.delay * 1000:g}ms"
+
+
+@dataclass
+class _Replica:
+    table: EndpointTable
+    director: Director
+    #: the scheduler's plugins by name (none for a peer policy)
+    plugins: dict[str, object] = field(default_factory=dict)
+    exchange: Exchange | None = None
+
+
+def _replica(config_path: Path, count: int, clock: list[float], index: int, seed: int) -> _Replica:
+    table = EndpointTable(max(count, 1))
+    for i in range(count):
+        table.add(Endpoint(f"127.0.0.{i + 1}", 8000, name=f"server-{i}"))
+    if config_path.stem in PEER_POLICIES:
+        return _Replica(table, Director(table, PEER_POLICIES[config_path.stem]()))
+    scheduler = build_scheduler(load_config_file(str(config_path)), table)
+    director = Director(table, scheduler, hooks=scheduler)
+    director.clock = lambda: clock[0]
+    for producer in scheduler.producers:
+        if hasattr(producer, "clock"):
+            producer.clock = lambda: clock[0]  # type: ignore[attr-defined]
+    for plugin in scheduler.plugins.values():  # ties broken at random, reproducibly, independently per replica
+        if isinstance(getattr(plugin, "rng", None), np.random.Generator):
+            plugin.rng = np.random.default_rng([seed, index])  # type: ignore[attr-defined]
+    return _Replica(table, director, dict(scheduler.plugins))
+
+
 def simulate(
     config_path: Path,
     requests: list[Request],
@@ -84,25 +140,20 @@ def simulate(
     slowdown: tuple[int, float, float] | None = None,
     base_model: str = "",
     lora: bool = False,
+    replicas: Replicas = Replicas(),
+    seed: int = 1,
 ) -> Result:
     """Route `requests` (sent at `send_times`, model seconds; a request with `after` waits for that one's
     answer) over engines at `speeds`; `slowdown` = (server, at, speed)."""
     count = len(speeds)
     engines = [Engine(EngineConfig(**{**engine_config.__dict__, "speed": s})) for s in speeds]
-    table = EndpointTable(max(count, 1))
-    for i in range(count):
-        table.add(Endpoint(f"127.0.0.{i + 1}", 8000, name=f"server-{i}"))
-    if config_path.stem in PEER_POLICIES:
-        director = Director(table, PEER_POLICIES[config_path.stem]())
-        scheduler = None
-    else:
-        scheduler = build_scheduler(load_config_file(str(config_path)), table)
-        director = Director(table, scheduler, hooks=scheduler)
     clock = [0.0]
-    director.clock = lambda: clock[0]
-    for producer in scheduler.producers if scheduler is not None else []:
-        if hasattr(producer, "clock"):
-            producer.clock = lambda: clock[0]  # type: ignore[attr-defined]
+    routers = [_replica(config_path, count, clock, r, seed) for r in range(replicas.count)]
+    if replicas.count > 1 and replicas.sharing:
+        for r, router in enumerate(routers):
+            router.exchange = Exchange(router.table, router.plugins, f"replica-{r}", 1 << 20)
+    deliveries: list[tuple[int, str, dict[bytes, bytes]]] = []
+    spread = random.Random(seed)
     events: list[tuple[float, int, int, int]] = []  # (time, kind, order, payload)
     order = iter(range(1 << 62))
     waiting_on: dict[int, list[int]] = {}
@@ -111,13 +162,15 @@ def simulate(
             heapq.heappush(events, (send_times[i], ARRIVAL, next(order), i))
         else:
             waiting_on.setdefault(request.after, []).append(i)
-    heapq.heappush(events, (0.0, SCRAPE, next(order), 0))
+    for r in range(replicas.count):
+        heapq.heappush(events, (refresh_s * r / replicas.count, SCRAPE, next(order), r))
     if slowdown is not None:
         heapq.heappush(events, (slowdown[1], SLOWDOWN, next(order), slowdown[0]))
-    live: dict[tuple[int, int], tuple[int, Decision, Sequence]] = {}
+    live: dict[tuple[int, int], tuple[int, int, Decision]] = {}
     outcomes: dict[int, Outcome] = {}
     busy = [False] * count
     finished = 0
+    arrived = 0
     total = len(requests)
 
     def kick(server: int) -> None:
@@ -132,19 +185,46 @@ def simulate(
                 return
             engine.finish_step()
 
+    def publish(sender: int) -> None:
+        """The sender's changes, to every peer after the delay (none: independent replicas)."""
+        exchange = routers[sender].exchange
+        if exchange is None:
+            return
+        for stream, fields in exchange.outgoing(False, clock[0]):
+            for peer in range(replicas.count):
+                if peer == sender:
+                    continue
+                if replicas.delay <= 0 or stream not in replicas.delayed:
+                    receive(peer, stream, fields)
+                else:
+                    deliveries.append((peer, stream, fields))
+                    heapq.heappush(events, (clock[0] + replicas.delay, DELIVER, next(order), len(deliveries) - 1))
+
+    def receive(peer: int, stream: str, fields: dict[bytes, bytes]) -> None:
+        exchange = routers[peer].exchange
+        assert exchange is not None
+        if stream == "load":
+            exchange.apply_load(fields, clock[0], clock[0])
+        else:
+            exchange.apply_inserts([fields], None)
+
     while events and finished < total:
         at, kind, _, payload = heapq.heappop(events)
         clock[0] = at
         if kind == ARRIVAL:
             request = requests[payload]
+            r = spread.randrange(replicas.count) if replicas.spread == "random" else arrived % replicas.count
+            arrived += 1
+            director = routers[r].director
             raw = orjson.dumps(request.body)
             parsed = parse_openai_body(raw, request.path)
             decision = director.decide(f"r{payload}", request.headers, parsed, raw, None)
+            publish(r)
             server = decision.charged_slot
             model = str(request.body["model"])
             adapter = "" if model == base_model else model
             sequence = engines[server].add(prompt_text(request.body), int(request.body["max_tokens"]), model, adapter)
-            live[(server, sequence.request_id)] = (payload, decision, sequence)
+            live[(server, sequence.request_id)] = (payload, r, decision)
             note = decision.result.recall(PREDICTION_NOTE)
             outcomes[payload] = Outcome(server, at, predicted=getattr(note, "predicted", float("nan")))
             kick(server)
@@ -153,23 +233,26 @@ def simulate(
             busy[server] = False
             produced, done = engines[server].finish_step()
             for sequence in produced:
-                index, decision, _ = live[(server, sequence.request_id)]
+                index, r, decision = live[(server, sequence.request_id)]
                 outcome = outcomes[index]
                 if outcome.output_tokens == 0:
                     outcome.first = at
-                    director.first_chunk(decision, streamed=True)
+                    routers[r].director.first_chunk(decision, streamed=True)
+                    publish(r)
                 outcome.output_tokens += 1
             for sequence in done:
-                index, decision, _ = live.pop((server, sequence.request_id))
+                index, r, decision = live.pop((server, sequence.request_id))
                 outcomes[index].done = at
                 usage = Usage(sequence.prompt_tokens, sequence.generated, 0, sequence.cached, cached_reported=True)
-                director.run_deferred_hooks(decision)
-                director.complete(decision, usage)
+                routers[r].director.run_deferred_hooks(decision)
+                routers[r].director.complete(decision, usage)
+                publish(r)
                 finished += 1
                 for follower in waiting_on.pop(index, []):
                     heapq.heappush(events, (at, ARRIVAL, next(order), follower))
             kick(server)
         elif kind == SCRAPE:
+            table = routers[payload].table
             for server, engine in enumerate(engines):
                 table.waiting_queue[server] = len(engine.waiting)
                 table.running_requests[server] = len(engine.running)
@@ -182,7 +265,9 @@ def simulate(
                 if lora:
                     active, waiting = engine.active_adapters(), engine.waiting_adapters()
                     table.set_lora(server, frozenset(active), frozenset(waiting), float(engine.config.max_loras))
-            heapq.heappush(events, (at + refresh_s, SCRAPE, next(order), 0))
+            heapq.heappush(events, (at + refresh_s, SCRAPE, next(order), payload))
+        elif kind == DELIVER:
+            receive(*deliveries[payload])
         else:
             engines[payload].set_speed(slowdown[2] if slowdown else 1.0)
     queries = sum(e.prefix_queries for e in engines)
@@ -209,7 +294,11 @@ def main() -> int:
     parser.add_argument("--servers", type=int, default=4)
     parser.add_argument("--num-gpu-blocks", type=int, default=0)
     parser.add_argument("--refresh-ms", type=float, default=50.0)
+    parser.add_argument("--share-delays-ms", default="10", help="for NAME+N configs: model ms until a peer applies")
+    parser.add_argument("--spread", choices=("alternate", "random"), default="alternate")
     args, rest = parser.parse_known_args()
+    delays = [float(x) / 1000 for x in args.share_delays_ms.split(",")]
+    configs = [(name, how) for config in args.configs.split(",") for name, how in _replicas_of(config, delays, args)]
     bench = _bench_args(args, rest)
     print("| workload | load | seed | config | TTFT p50 | TTFT p90 | TTFT p99 | out tok/s | hit | share max/min | "
           "pred err p50 | per server |")  # fmt: skip
@@ -228,19 +317,36 @@ def main() -> int:
                 slow = None
                 if workload.slowdown:
                     slow = (0, sends[len(sends) // 2], workload.slowdown)
-                for config in args.configs.split(","):
+                for config, replicas in configs:
                     started = time.monotonic()
-                    result = simulate(HERE / "configs" / f"{config}.yaml", workload.requests, sends, workload.speeds,
-                                      engine_config, args.refresh_ms / 1000, slow, MODEL, lora)  # fmt: skip
+                    path = HERE / "configs" / f"{config}.yaml"
+                    result = simulate(path, workload.requests, sends, workload.speeds, engine_config,
+                                      args.refresh_ms / 1000, slow, MODEL, lora, replicas, seed)  # fmt: skip
                     share = max(result.per_server) / max(min(result.per_server), 1e-9)
                     err = statistics.median(result.prediction_errors) if result.prediction_errors else float("nan")
                     print(
-                        f"| {name} | {load:g} | {seed} | {config} | {result.ttft(0.5):.3f} | {result.ttft(0.9):.3f} | "
-                        f"{result.ttft(0.99):.3f} | {result.output_tokens_per_s:.0f} | {result.hit_rate:.1%} | "
-                        f"{share:.2f} | {err:.1%} | {result.per_server} | <!-- {time.monotonic() - started:.0f}s -->",
+                        f"| {name} | {load:g} | {seed} | {config}{replicas.label} | {result.ttft(0.5):.3f} | "
+                        f"{result.ttft(0.9):.3f} | {result.ttft(0.99):.3f} | {result.output_tokens_per_s:.0f} | "
+                        f"{result.hit_rate:.1%} | {share:.2f} | {err:.1%} | {result.per_server} | "
+                        f"<!-- {time.monotonic() - started:.0f}s -->",
                         flush=True,
                     )
     return 0
+
+
+def _replicas_of(config: str, delays: list[float], args: argparse.Namespace) -> list[tuple[str, Replicas]]:
+    """`recommended` → one replica; `recommended+2` → two sharing replicas, one row per delay; `recommended+2i`
+    → two independent replicas (run.py's names)."""
+    name, _, count = config.partition("+")
+    if not count:
+        return [(name, Replicas())]
+    independent = count.endswith("i")
+    replicas = int(count.removesuffix("i"))
+    if replicas < 1:
+        raise SystemExit(f"{config}: replicas must be 1 or more")
+    if independent:
+        return [(name, Replicas(replicas, sharing=False, spread=args.spread))]
+    return [(name, Replicas(replicas, sharing=True, delay=delay, spread=args.spread)) for delay in delays]
 
 
 def _bench_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:

@@ -10,6 +10,7 @@ sends, and remote numbers are folded into the table's columns between requests.
 - `columns`: per-endpoint numbers summed over live replicas and folded into the columns scorers read;
 - `inserts`: prefix-index inserts sent to and applied from the other replicas;
 - `codec`: the records on the wire (Redis stream entries);
+- `exchange`: one replica's records to publish and the application of its peers', without a transport;
 - `link`: the Redis connections, their background tasks and faults;
 - `metrics`: what the link counts and measures.
 """

@@ -147,6 +147,10 @@ class SharedColumns:
     def peers(self) -> int:
         return len(self._peers)
 
+    def peers_before(self, replica: str) -> int:
+        """Live peers whose ids sort before `replica` (every replica ranks the same way)."""
+        return sum(peer < replica for peer in self._peers)
+
     def peer_total(self, hostport: str) -> Matrix:
         """What the live peers report for this endpoint, summed (this replica's column order)."""
         total = np.zeros(len(self.names))

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable
+from epp.plugins.peer_picks import ReplicaPlace
 
 Keys = npt.NDArray[np.uint64]
 Replicate = Callable[[Sequence[int], Keys], None]
@@ -45,6 +46,16 @@ class SharesColumns(Protocol):
 
     def peers_changed(self, slot: int) -> None:
         """The other replicas' part of these columns changed at `slot` (values derived from them are stale)."""
+
+
+@runtime_checkable
+class AnticipatesPeers(Protocol):
+    """A plugin that keeps replicas that see the same pool from picking the same endpoint within the time their
+    picks take to reach each other (plugins/peer_picks.py): it needs this replica's rank among the live ones
+    (by id, the same order everywhere), their count and that time."""
+
+    #: set by epp.shared when --shared-state is on
+    replica_place: ReplicaPlace | None
 
 
 @dataclass(slots=True)

@@ -25,31 +25,22 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from epp import tasks
 from epp.datastore.table import EndpointTable
-from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
-from epp.shared.columns import SharedColumns
-from epp.shared.inserts import InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
-from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS, STALENESS
+from epp.shared.codec import BYE, encode_load
+from epp.shared.exchange import Exchange
+from epp.shared.metrics import CONNECTED, DROPPED, PEERS, RECORDS
 from epp.shared.settings import SharedStateSettings
 from epp.shared.store import Command, StoreConnection, StoreError
 from epp.shared.streams import entries_after, id_order, stream_entries, xadd, xread
 
 log = logging.getLogger("epp.shared")
-R = TypeVar("R")
-
-#: the director's in-flight columns, shared under these names
-INFLIGHT_COLUMNS = {
-    "inflight/requests": "inflight_requests",
-    "inflight/tokens": "inflight_tokens",
-    "inflight/prompt-tokens": "inflight_prompt_tokens",
-}
 
 
 @dataclass(frozen=True)
@@ -92,20 +83,10 @@ class SharedState:
         self.replica = replica or replica_name()
         self.load_key = f"epp:{scope}:load"
         self.inserts_key = f"epp:{scope}:inserts"
-        self.columns = SharedColumns(table)
-        for name, attribute in INFLIGHT_COLUMNS.items():
-            self.columns.register(name, getattr(table, attribute))
-        self.learners: dict[str, LearnsInserts] = {}
-        self.outboxes: list[InsertOutbox] = []
-        for name, plugin in plugins.items():
-            if isinstance(plugin, SharesColumns):
-                self.columns.register_all(name, plugin.shared_columns(), plugin.peers_changed)
-            if isinstance(plugin, LearnsInserts):
-                dropped = DROPPED.value("outbox_full").inc
-                outbox = InsertOutbox(name, table, self.tuning.outbox_capacity, dropped, self.changed)
-                plugin.replicate = outbox
-                self.learners[name] = plugin
-                self.outboxes.append(outbox)
+        self.exchange = Exchange(table, plugins, self.replica, self.tuning.outbox_capacity, self.changed)
+        self.columns = self.exchange.columns
+        self.learners = self.exchange.learners
+        self.outboxes = self.exchange.outboxes
         #: None until the first command answers or fails
         self.connected: bool | None = None
         self._next_full = 0.0
@@ -258,35 +239,26 @@ class SharedState:
     async def send(self, client: StoreConnection, full: bool, positions: dict[str, str]) -> bool:
         """One pipeline: this replica's changed (or, with `full`, all) shared numbers and its waiting inserts, then
         an XREAD (not blocking) of what peers wrote since the last read. False: there was nothing to send."""
-        self.columns.settle()
         changed_at, self._changed_at = self._changed_at, 0.0
-        hostports, values = self.columns.changes(full=full)
-        entries: list[tuple[str, str, dict[bytes, bytes]]] = []
-        if full or hostports:
-            kind = FULL if full else DELTA
-            made = changed_at or time.time()
-            fields = encode_load(self.replica, made, kind, self.columns.names, hostports, values)
-            entries.append(("load", self.load_key, fields))
-        for outbox in self.outboxes:
-            records = outbox.drain()
-            if records:
-                entries.append(("inserts", self.inserts_key, encode_inserts(self.replica, outbox.plugin, records)))
+        entries = self.exchange.outgoing(full, changed_at or None)
         if not entries:
             return False
         commands: list[Command] = [
-            xadd(key, fields, self.tuning.load_kept if stream == "load" else self.tuning.inserts_kept)
-            for stream, key, fields in entries
+            xadd(self.load_key, fields, self.tuning.load_kept)
+            if stream == "load"
+            else xadd(self.inserts_key, fields, self.tuning.inserts_kept)
+            for stream, fields in entries
         ]
         commands.append(xread(positions))
         try:
             replies = await client.call(*commands)
         except StoreError:
-            lost = sum(len(fields[b"n"]) // 4 for stream, _, fields in entries if stream == "inserts")
+            lost = sum(len(fields[b"n"]) // 4 for stream, fields in entries if stream == "inserts")
             if lost:
                 DROPPED.value("disconnected").inc(lost)
             raise
         self.publish_count += 1
-        for stream, _, _ in entries:
+        for stream, _ in entries:
             RECORDS.value(stream, "sent").inc()
         self.receive(replies[-1], positions)
         return True
@@ -323,7 +295,7 @@ class SharedState:
         self._up()
         replay.reverse()
         for first in range(0, len(replay), 32):  # requests arriving meanwhile are served between chunks
-            self._apply_inserts([fields for _, fields in replay[first : first + 32]], wall=None)
+            self.exchange.apply_inserts([fields for _, fields in replay[first : first + 32]], wall=None)
             await asyncio.sleep(0)
         if replay:
             log.info("replayed %d insert batches from the shared state", len(replay))
@@ -351,50 +323,9 @@ class SharedState:
                 positions[key] = records[-1][0]
             if key == self.load_key:
                 for _, fields in records:
-                    self._apply_load(fields, wall, now)
+                    self.exchange.apply_load(fields, wall, now)
             else:
-                self._apply_inserts([fields for _, fields in records], wall)
-
-    def _peer_record(self, fields: Mapping[bytes, bytes], decode: Callable[[Mapping[bytes, bytes]], R]) -> R | None:
-        """The decoded record, or None for this replica's own records and malformed ones (counted)."""
-        if fields.get(b"r", b"").decode(errors="replace") == self.replica:
-            return None
-        try:
-            return decode(fields)
-        except RecordError as exc:
-            DROPPED.value("malformed").inc()
-            log.debug("ignored a record: %s", exc)
-            return None
-
-    def _apply_load(self, fields: Mapping[bytes, bytes], wall: float, now: float) -> None:
-        report = self._peer_record(fields, decode_load)
-        if report is None:
-            return
-        RECORDS.value("load", "received").inc()
-        if report.kind == BYE:
-            self.columns.forget(report.replica)
-            log.info("replica %s left the shared view (stopped)", report.replica)
-        else:
-            full = report.kind == FULL
-            self.columns.receive(report.replica, report.names, report.hostports, report.values, full, now)
-            STALENESS.distribution("load").observe(max(wall - report.sent_at, 0.0))
-        PEERS.value().set(float(self.columns.peers))
-
-    def _apply_inserts(self, records: list[Mapping[bytes, bytes]], wall: float | None) -> None:
-        """Apply peers' insert batches, those of one plugin together (inserts to one endpoint are merged)."""
-        by_plugin: dict[str, tuple[list[tuple[str, ...]], list[Keys]]] = {}
-        for fields in records:
-            batch = self._peer_record(fields, decode_inserts)
-            if batch is None or batch.plugin not in self.learners:
-                continue  # this replica's own, malformed, or of a plugin this replica's configuration lacks
-            hostports, keys = by_plugin.setdefault(batch.plugin, ([], []))
-            hostports.extend(batch.hostports)
-            keys.extend(batch.keys)
-            if wall is not None:
-                RECORDS.value("inserts", "received").inc()
-                STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
-        for plugin, (hostports, keys) in by_plugin.items():
-            apply_inserts(self.learners[plugin], self.table, hostports, keys)
+                self.exchange.apply_inserts([fields for _, fields in records], wall)
 
 
 async def _failure_of(work: Coroutine[Any, Any, None]) -> StoreError:

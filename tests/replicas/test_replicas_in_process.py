@@ -15,6 +15,7 @@ from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.devstack.redis import RedisServer
 from epp.director import Decision, Director
+from epp.plugins.latency_scorer import PredictedTTFTScorer
 from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
 from epp.plugins.prefix_index import as_keys
 from epp.requests.openai import parse_openai_body
@@ -36,6 +37,7 @@ class Replica:
         scheduler = build_scheduler(default_config(), self.table)
         self.director = Director(self.table, scheduler, hooks=scheduler)
         self.prefix = next(p for p in scheduler.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
+        self.scorer = next(p for p in scheduler.plugins.values() if isinstance(p, PredictedTTFTScorer))
         self.shared = SharedState(parse_shared_state(url), self.table, scheduler.plugins, "test/pool", name, TUNING)
         self.count = 0
 
@@ -98,6 +100,22 @@ async def test_in_flight_requests_held_through_one_replica_steer_the_others_pick
         b.director.complete(decision, None)
     a.director.complete(held, None)
     await until(lambda: b.table.inflight_requests[slot] == 0.0, timeout=1.0)
+
+
+async def test_replicas_rank_themselves_alike_and_measure_how_late_the_others_changes_arrive(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    assert a.scorer.replica_place == a.shared.exchange.replica_place  # the scorer keeps them apart with these
+    await until(lambda: a.shared.columns.peers == 1 and b.shared.columns.peers == 1, timeout=2.0)
+    assert (a.shared.exchange.replica_place()[:2], b.shared.exchange.replica_place()[:2]) == ((0, 2), (1, 2))
+    for i in range(10):
+        a.complete(a.decide(f"request {i} " + "v" * 400))
+        await asyncio.sleep(0.02)
+    await until(lambda: b.shared.exchange.staleness > 0, timeout=2.0)
+    assert b.shared.exchange.staleness < 0.25
+    await a.shared.stop()  # a goodbye: B is alone, and nothing is kept apart
+    await until(lambda: b.shared.exchange.replica_place()[:2] == (0, 1), timeout=2.0)
 
 
 async def test_a_crashed_replica_leaves_the_others_view_within_its_ttl(replicas: tuple[Replica, Replica]) -> None:
