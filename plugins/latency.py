@@ -185,13 +185,11 @@ class PredictedTTFTProducer(DataProducer):
         self.drain.peers_finished(slot)
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
-        # Each numpy call here costs its overhead, not its arithmetic: see benchmarks/README.md, "Decision cost of the
-        # built-in default", for why reductions go through argmax/count_nonzero and constants are 0-d arrays.
+        # numpy calls cost their overhead here, hence argmax/count_nonzero and 0-d constants (benchmarks/README.md)
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match = state.read(PREFIX_KEY)
-        common_blocks = 0
-        block_tokens = 0.0
+        common_blocks, block_tokens = 0, 0.0
         blocks = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
