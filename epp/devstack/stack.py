@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, envoy in enumerate(envoys[1:]):
             print(f"envoy of replica {i} only on :{envoy.listener_port}", flush=True)
         print(flush=True)
-        # Three tenants, each with its own long system prompt: the default profile (queue 2, KV 2, prefix 3)
-        # keeps each tenant on the server that holds its prefix while load stays even.
+        # Three tenants, each with its own long system prompt: the built-in default (predicted TTFT) keeps each
+        # tenant on the server that holds its prefix while that server is not the slower choice.
         systems = [
             f"You are assistant {t} for tenant {t}; answer questions about inference routing. " * 4 for t in "ABC"
         ]
