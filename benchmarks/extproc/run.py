@@ -29,7 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from epp.devstack.envoy import EnvoyProcess, env_without_proxies, free_port, render_bootstrap
+from epp.devstack.envoy import (
+    GRACEFUL_CLOSE,
+    EnvoyProcess,
+    env_without_proxies,
+    free_port,
+    render_bootstrap,
+    set_runtime,
+)
 from epp.devstack.processes import EppProcess
 
 HERE = Path(__file__).resolve().parent
@@ -108,9 +115,6 @@ def start_nginx(ports: list[int], workdir: Path) -> subprocess.Popen[bytes]:
     if process.poll() is not None:
         raise RuntimeError(f"nginx failed: {process.stderr.read().decode() if process.stderr else ''}")
     return process
-
-
-GRACEFUL_CLOSE = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
 
 
 def direct_bootstrap(listener: int, admin: int, backends: list[int]) -> dict[str, Any]:
@@ -220,7 +224,7 @@ def main() -> int:
                     request_body_mode=body_mode, response_body_mode=response_mode,
                 )  # fmt: skip
                 if mode == "fdrst":
-                    config["layered_runtime"]["layers"][0]["static_layer"][GRACEFUL_CLOSE] = False
+                    set_runtime(config, {GRACEFUL_CLOSE: False})
             envoys[name] = EnvoyProcess(config, concurrency=1)
             envoys[name].start()
         print(f"# ext_proc benchmark — {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")

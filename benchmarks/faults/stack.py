@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap, with_epp_replicas
+from epp.devstack.envoy import EnvoyProcess, free_port, render_bootstrap, set_runtime, with_epp_replicas
 from epp.devstack.processes import EppProcess
 from kubesim.kubelet import Kubelet, SimPod
 from kubesim.testing import KubeSimThread, prometheus_samples, wait_until
@@ -207,9 +207,7 @@ class Stack:
         self._epp_env = {"KUBECONFIG": str(kubeconfig)}
         self.epps = [self._start_epp() for _ in range(self.replicas)]
         self.access_log = self.workdir / "access.log"
-        config = envoy_config(self.epps, self.access_log)
-        config["layered_runtime"]["layers"][0]["static_layer"].update(self.envoy_runtime)
-        self.envoy = EnvoyProcess(config)
+        self.envoy = EnvoyProcess(set_runtime(envoy_config(self.epps, self.access_log), self.envoy_runtime))
         self.envoy.start()
         for epp in self.epps:
             wait_until(lambda epp=epp: self.ready_pods(epp) == self.pods, 30, what="EPP sees every pod")

@@ -65,6 +65,16 @@ def free_port_range(count: int, attempts: int = 50) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
 
 
+#: the runtime key every bootstrap in deploy/envoy/ turns on (docs/operations.md, "Memory")
+GRACEFUL_CLOSE = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
+
+
+def set_runtime(config: dict[str, Any], entries: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a rendered bootstrap) with `entries` replacing or adding to its static runtime layer."""
+    config["layered_runtime"]["layers"][0]["static_layer"].update(entries)
+    return config
+
+
 def render_bootstrap(
     name: str,
     listener_port: int,

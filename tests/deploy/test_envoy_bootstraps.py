@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from epp.devstack.envoy import BOOTSTRAPS
-
-GRACEFUL_CLOSE = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
+from epp.devstack.envoy import BOOTSTRAPS, GRACEFUL_CLOSE
 
 
 @pytest.mark.parametrize("path", sorted(BOOTSTRAPS.glob("*.yaml")), ids=lambda p: p.name)
