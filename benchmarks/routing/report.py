@@ -67,9 +67,9 @@ def summarise(
 PREDICTION_ERROR = "inference_extension_ttft_prediction_error"
 
 HEADER = (
-    "| config | offered → sent req/s | failed | TTFT p50 | TTFT p90 | TTFT p99 | e2e p50 | e2e p90 | out tok/s | "
-    "prefix hit | share max/min | per server | pred err p50 |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    "| config | offered → sent req/s | failed | TTFT p50 | TTFT p90 | TTFT p99 | engine TTFT p50 / p90 | e2e p50 | "
+    "e2e p90 | out tok/s | prefix hit | share max/min | per server | pred err p50 |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
 )
 
 
@@ -88,6 +88,7 @@ def row(r: dict[str, Any]) -> str:
     return (
         f"| {r['config']} | {r['offered_rate']:.1f} → {r['achieved_rate']:.1f} | {r['errors']}/{r['requests']} | "
         f"{_seconds(r['ttft_p50'])} | {_seconds(r['ttft_p90'])} | {_seconds(r['ttft_p99'])} | "
+        f"{_seconds(r.get('engine_ttft_p50', math.nan))} / {_seconds(r.get('engine_ttft_p90', math.nan))} | "
         f"{_seconds(r['e2e_p50'])} | {_seconds(r['e2e_p90'])} | {r['output_tokens_per_s']:.0f} | "
         f"{r['prefix_hit_rate']:.1%} | {_ratio(r['share_max_min'])} | {r['per_server']} | "
         f"{'' if pred is None or math.isnan(pred) else f'{pred:.1%}'} |"
@@ -102,9 +103,16 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     if not peers or not epps:
         return "\nverdict: needs a peer and an epp config in the group"
     best = min(peers, key=lambda r: r["ttft_p90"])
+    engine_peers = [r.get("engine_ttft_p90", math.nan) for r in peers]
+    engine_best = min((v for v in engine_peers if not math.isnan(v)), default=math.nan)
     parts = [
         f"{r['config']} TTFT p90 {r['ttft_p90'] / best['ttft_p90']:.2f}\u00d7, "
         f"out tok/s {r['output_tokens_per_s'] / max(best['output_tokens_per_s'], 1e-9):.2f}\u00d7"
+        + (
+            f", engine TTFT p90 {r['engine_ttft_p90'] / engine_best:.2f}\u00d7 the best peer's"
+            if engine_best > 0 and not math.isnan(r.get("engine_ttft_p90", math.nan))
+            else ""
+        )
         for r in epps
     ]
     return (
