@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ SERVED_BY_HEADER = "x-vllm-sim-port"
 #: largest request body accepted
 MAX_REQUEST_BYTES = 1 << 30
 MAX_LAG = 0.05  # seconds of wall clock
+ENGINE_TTFTS_KEPT = 200_000  # finished requests whose engine TTFT GET /sim/ttft returns
 VOCAB = 128_256  # Llama 3's vocabulary size: /tokenize ids are below it
 
 
@@ -53,6 +55,9 @@ class SimServer:
     stream_interval: int = 1
     engine: Engine = field(init=False)
     histograms: RequestHistograms = field(default_factory=RequestHistograms)
+    #: each finished request's time to first token as the engine measured it (arrival to first token, model
+    #: seconds), newest last, for GET /sim/ttft; bounded so a long run cannot grow it without end
+    engine_ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config)
@@ -77,6 +82,7 @@ class SimServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sim/speed", self._speed)
         app.router.add_post("/sim/speed", self._speed)
+        app.router.add_get("/sim/ttft", self._ttfts)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -260,7 +266,9 @@ class SimServer:
         histograms = self.histograms
         histograms.success += 1
         if pending.first_token_at:
-            histograms.ttft.observe((pending.first_token_at - pending.arrived) * scale)
+            ttft = (pending.first_token_at - pending.arrived) * scale
+            histograms.ttft.observe(ttft)
+            self.engine_ttfts.append(ttft)
         histograms.e2e.observe((now - pending.arrived) * scale)
         if pending.scheduled_at:
             histograms.queue.observe((pending.scheduled_at - pending.arrived) * scale)
@@ -312,6 +320,12 @@ class SimServer:
             except ValueError as exc:
                 return _bad_request(str(exc))
         return web.json_response({"factor": self.engine.speed})
+
+    async def _ttfts(self, request: web.Request) -> web.Response:
+        """Simulator admin (not part of vLLM): every finished request's TTFT as this engine saw it, from its arrival
+        at the server to its first token, in model seconds (oldest first; the last ENGINE_TTFTS_KEPT). A client's
+        TTFT minus this is what lies between it and the engine: the router, the gateway, the stream's way back."""
+        return web.Response(body=orjson.dumps({"ttft": list(self.engine_ttfts)}), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         engine = self.engine

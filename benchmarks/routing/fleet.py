@@ -13,8 +13,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promtext import bucket_quantile, histogram_buckets
-
 from epp.devstack.envoy import env_without_proxies, free_port_range
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -105,21 +103,15 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def engine_ttft(base: int, count: int) -> dict[str, float]:
-    """TTFT p50/p90/p99 as the simulated engines measured it (from arrival at the server to its first token, in
-    model time), over the whole fleet: vLLM's own `time_to_first_token_seconds` histogram, interpolated in its
-    buckets. What the client measures beyond this is the router's path (the router, Envoy, epp's handling of
-    the request and of the response's first chunk), so the two together tell routing from overhead."""
-    pages = []
+def engine_ttfts(base: int, count: int) -> list[float]:
+    """Every finished request's TTFT as its simulated engine measured it: from its arrival at the server to its
+    first token, in model time (each simulator's GET /sim/ttft). What the client measures beyond this is the
+    router's path (the router, Envoy, epp's handling of the request and of the response's first chunk)."""
+    values: list[float] = []
     for port in range(base, base + count):
-        with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            pages.append(response.read().decode())
-    buckets = histogram_buckets("\n".join(pages), "vllm:time_to_first_token_seconds").get(
-        "vllm:time_to_first_token_seconds", []
-    )
-    found = {f"engine_ttft_p{q}": bucket_quantile(buckets, q / 100) for q in (50, 90, 99)}
-    found["engine_ttft_count"] = buckets[-1][1] if buckets else 0.0
-    return found
+        with _OPENER.open(f"http://127.0.0.1:{port}/sim/ttft", timeout=5) as response:
+            values += json.loads(response.read())["ttft"]
+    return values
 
 
 def fleet_counters(base: int, count: int) -> list[dict[str, float]]:

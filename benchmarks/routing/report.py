@@ -63,6 +63,13 @@ def summarise(
     }
 
 
+def engine_summary(ttfts: list[float]) -> dict[str, float]:
+    """The engines' own TTFT percentiles (model time) and how many requests they saw finish."""
+    found = {f"engine_ttft_p{q}": percentile(ttfts, q) for q in (50, 90, 99)}
+    found["engine_ttft_count"] = float(len(ttfts))
+    return found
+
+
 #: the histogram of |predicted - observed| / observed TTFT that epp may export (its median is "pred err p50")
 PREDICTION_ERROR = "inference_extension_ttft_prediction_error"
 

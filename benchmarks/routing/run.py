@@ -42,11 +42,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from capacity import fleet_capacity  # noqa: E402
-from fleet import CpuMeter, engine_ttft, fleet_counters, set_speed, start_fleet  # noqa: E402
+from fleet import CpuMeter, engine_ttfts, fleet_counters, set_speed, start_fleet  # noqa: E402
 from loadgen import Result, on_off_arrivals, poisson_arrivals, run_schedule  # noqa: E402
 from peers import PeerRouter, PeerUnavailable, is_peer, parse_spec  # noqa: E402
 from promtext import bucket_quantile, family_median, histogram_buckets, scrape  # noqa: E402
-from report import HEADER, PREDICTION_ERROR, plot, row, summarise, verdict  # noqa: E402
+from report import HEADER, PREDICTION_ERROR, engine_summary, plot, row, summarise, verdict  # noqa: E402
 from workloads import (  # noqa: E402
     Request,
     multi_lora,
@@ -236,7 +236,7 @@ def run_one(
         cores = meter.stop()
         cores["loadgen"] = (time.process_time() - own) / wall
         summary = summarise(results, wall, scale, fleet_counters(base, servers), ports)
-        summary.update(engine_ttft(base, servers))
+        summary.update(engine_summary(engine_ttfts(base, servers)))
         if epp is not None:
             pages = [scrape(f"http://127.0.0.1:{replica.metrics_port}/metrics") for replica in epps]
             pred_err = family_median(pages[0], PREDICTION_ERROR)

@@ -106,3 +106,23 @@ async def test_a_body_over_one_mib_is_served_as_vllm_does() -> None:
             assert response.status == 200, await response.text()
     finally:
         await server.stop()
+
+
+async def test_sim_ttft_lists_each_finished_requests_engine_ttft_in_model_time() -> None:
+    # one request alone: a 1,024-token prefill is its whole TTFT (77 ms of model time); a cached second one is faster
+    server = SimServer(MODEL, free_port(), EngineConfig(), time_scale=20.0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = f"http://127.0.0.1:{server.port}/sim/ttft"
+            async with session.get(url) as response:
+                assert await response.json() == {"ttft": []}
+            await stream(server.port, "abcd" * 1024, 4)
+            await stream(server.port, "abcd" * 1024, 4)
+            async with session.get(url) as response:
+                cold, warm = (await response.json())["ttft"]
+        assert 0.05 < cold < 0.5, cold  # model time: the wall clock's share scaled back up by the time scale
+        assert warm < cold, (cold, warm)
+        assert sum(server.histograms.ttft.counts) == 2  # the same requests as vllm:time_to_first_token_seconds
+    finally:
+        await server.stop()
