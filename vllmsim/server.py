@@ -33,6 +33,7 @@ class _Pending:
     finished: bool = False
     scheduled_at: float = 0.0
     first_token_at: float = 0.0
+    first_written_at: float = 0.0  # when the chunk with the first token was handed to the connection
 
     async def next_batch(self, sent: int, interval: int) -> int:
         """Wait until tokens are due to the client; returns how many have been produced (vLLM's
@@ -58,6 +59,8 @@ class SimServer:
     #: each finished request's time to first token as the engine measured it (arrival to first token, model
     #: seconds), newest last, for GET /sim/ttft; bounded so a long run cannot grow it without end
     engine_ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
+    #: the same requests' arrival to the first token's chunk handed to the connection (streamed ones; else NaN)
+    written_ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config)
@@ -216,6 +219,8 @@ class SimServer:
                         "choices": [choice],
                     }
                     await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                    if not pending.first_written_at:
+                        pending.first_written_at = time.monotonic()
                 options = body.get("stream_options") or {}
                 if options.get("include_usage"):
                     final = {
@@ -269,6 +274,8 @@ class SimServer:
             ttft = (pending.first_token_at - pending.arrived) * scale
             histograms.ttft.observe(ttft)
             self.engine_ttfts.append(ttft)
+            written = pending.first_written_at
+            self.written_ttfts.append((written - pending.arrived) * scale if written else float("nan"))
         histograms.e2e.observe((now - pending.arrived) * scale)
         if pending.scheduled_at:
             histograms.queue.observe((pending.scheduled_at - pending.arrived) * scale)
@@ -323,9 +330,11 @@ class SimServer:
 
     async def _ttfts(self, request: web.Request) -> web.Response:
         """Simulator admin (not part of vLLM): every finished request's TTFT as this engine saw it, from its arrival
-        at the server to its first token, in model seconds (oldest first; the last ENGINE_TTFTS_KEPT). A client's
-        TTFT minus this is what lies between it and the engine: the router, the gateway, the stream's way back."""
-        return web.Response(body=orjson.dumps({"ttft": list(self.engine_ttfts)}), content_type="application/json")
+        at the server to its first token (`ttft`), and to that token's chunk handed to the connection (`written`,
+        null for a request that did not stream), in model seconds, oldest first, the last ENGINE_TTFTS_KEPT. A
+        client's TTFT minus `written` is what lies between it and the server: the router, the gateway, the way back."""
+        document = {"ttft": list(self.engine_ttfts), "written": [None if w != w else w for w in self.written_ttfts]}
+        return web.Response(body=orjson.dumps(document), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         engine = self.engine

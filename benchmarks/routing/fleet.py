@@ -103,15 +103,19 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def engine_ttfts(base: int, count: int) -> list[float]:
-    """Every finished request's TTFT as its simulated engine measured it: from its arrival at the server to its
-    first token, in model time (each simulator's GET /sim/ttft). What the client measures beyond this is the
-    router's path (the router, Envoy, epp's handling of the request and of the response's first chunk)."""
-    values: list[float] = []
+def engine_ttfts(base: int, count: int) -> tuple[list[float], list[float]]:
+    """Every finished request's TTFT as its simulated server measured it, in model time (each simulator's GET
+    /sim/ttft): from its arrival at the server to the engine's first token, and to that token's chunk handed to
+    the connection (streamed requests). What the client measures beyond the second is the router's path (the
+    router, Envoy, epp's handling of the request and of the response's first chunk)."""
+    engine: list[float] = []
+    written: list[float] = []
     for port in range(base, base + count):
         with _OPENER.open(f"http://127.0.0.1:{port}/sim/ttft", timeout=5) as response:
-            values += json.loads(response.read())["ttft"]
-    return values
+            document = json.loads(response.read())
+        engine += document["ttft"]
+        written += [w for w in document["written"] if w is not None]
+    return engine, written
 
 
 def fleet_counters(base: int, count: int) -> list[dict[str, float]]:

@@ -236,7 +236,7 @@ def run_one(
         cores = meter.stop()
         cores["loadgen"] = (time.process_time() - own) / wall
         summary = summarise(results, wall, scale, fleet_counters(base, servers), ports)
-        summary.update(engine_summary(engine_ttfts(base, servers)))
+        summary.update(engine_summary(*engine_ttfts(base, servers)))
         if epp is not None:
             pages = [scrape(f"http://127.0.0.1:{replica.metrics_port}/metrics") for replica in epps]
             pred_err = family_median(pages[0], PREDICTION_ERROR)

@@ -116,13 +116,15 @@ async def test_sim_ttft_lists_each_finished_requests_engine_ttft_in_model_time()
         async with aiohttp.ClientSession(trust_env=False) as session:
             url = f"http://127.0.0.1:{server.port}/sim/ttft"
             async with session.get(url) as response:
-                assert await response.json() == {"ttft": []}
+                assert await response.json() == {"ttft": [], "written": []}
             await stream(server.port, "abcd" * 1024, 4)
             await stream(server.port, "abcd" * 1024, 4)
             async with session.get(url) as response:
-                cold, warm = (await response.json())["ttft"]
+                document = await response.json()
+        cold, warm = document["ttft"]
         assert 0.05 < cold < 0.5, cold  # model time: the wall clock's share scaled back up by the time scale
         assert warm < cold, (cold, warm)
+        assert [w >= t for w, t in zip(document["written"], document["ttft"], strict=True)] == [True, True]
         assert sum(server.histograms.ttft.counts) == 2  # the same requests as vllm:time_to_first_token_seconds
     finally:
         await server.stop()
