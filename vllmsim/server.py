@@ -218,9 +218,9 @@ class SimServer:
                         "model": model,
                         "choices": [choice],
                     }
-                    await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                    if not pending.first_written_at:
+                    if not pending.first_written_at:  # the write hands the bytes over at once, then may wait
                         pending.first_written_at = time.monotonic()
+                    await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 options = body.get("stream_options") or {}
                 if options.get("include_usage"):
                     final = {
