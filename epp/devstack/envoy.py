@@ -55,6 +55,9 @@ def free_port_range(count: int, attempts: int = 50) -> int:
             for port in range(first, first + count):
                 sock = socket.socket()
                 sockets.append(sock)
+                # as the servers bind (asyncio, aiohttp and Envoy set it): a port whose old connections linger
+                # in TIME_WAIT is free to listen on; after a benchmark's many short connections most are
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("127.0.0.1", port))
             return first
         except OSError:
