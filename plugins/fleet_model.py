@@ -26,6 +26,11 @@ REQUEST_UNIT = 10.0
 SLOWNESS_RATE = 0.2
 #: ... of a log-ratio clipped to this (one response moves it by at most a factor e^(0.2 x 1.5) = 1.35)
 SLOWNESS_STEP = 1.5
+#: the TTFT model's clip: a TTFT's own noise (where in an engine step it arrived, which requests were ahead) is often
+#: a factor of 1.5-2 either way past saturation, so each response moves an endpoint's slowness by at most
+#: e^(slownessRate x 0.3) and the factor tracks the median of observed / predicted, not a mean pulled by outliers
+#: (1.5 let homogeneous servers' factors wander by +-10 % and misroute a shared-prefix pool past saturation)
+TTFT_SLOWNESS_STEP = 0.3
 #: every this many responses, endpoints quiet for QUIET_SECONDS move halfway back to the fleet's median slowness
 RELAX_EVERY = 32
 QUIET_SECONDS = 5.0
@@ -51,8 +56,9 @@ class PredictedTTFTParameters:
     #: an observation's noise, as a fraction of the observed TTFT
     observation_noise: float = 0.15
     #: how fast an endpoint's own slowness factor follows its observed / predicted ratio (0 = not learned: an
-    #: endpoint's speed is then priced by its own queue alone, which drains slower on a slower GPU)
-    slowness_rate: float = 0.0
+    #: endpoint's speed is then priced by its own queue alone, which drains slower on a slower GPU; that left a
+    #: half-speed server's own prefill predicted at full speed, 43 % low)
+    slowness_rate: float = 0.1
 
     def validate(self) -> None:
         require_positive("prefillTokensPerSecond", self.prefill_tokens_per_second)
@@ -75,8 +81,8 @@ class FleetModel:
     throw the fit). Each endpoint's slowness (1 = as the fleet's coefficients say) follows the ratio of what it
     did to what the fleet's coefficients predicted, as an exponentially weighted mean in log space, bounded per
     step: a GPU half as fast settles near 2 within a few responses, a server that degrades mid-run follows
-    within seconds, and no single observation moves it by more than a factor of e^(SLOWNESS_RATE x
-    SLOWNESS_STEP).
+    within seconds, and no single observation moves it by more than a factor of e^(slowness_rate x
+    slowness_step) (TTFT_SLOWNESS_STEP for the TTFT model, SLOWNESS_STEP for the decode model).
     """
 
     def __init__(
@@ -88,9 +94,11 @@ class FleetModel:
         drift_per_second: float,
         noise: float,
         slowness_rate: float = SLOWNESS_RATE,
+        slowness_step: float = SLOWNESS_STEP,
     ) -> None:
         n = self.features_count = len(prior)
         self.slowness_rate = slowness_rate
+        self.slowness_step = slowness_step
         self.prior = prior
         self.coefficients = list(prior)
         self.covariance = [doubt[i] ** 2 if i == j else 0.0 for i in range(n) for j in range(n)]
@@ -175,7 +183,7 @@ class FleetModel:
             own = float(self.own[slot])
             fleet = max(self.fleet_prediction(x), 1e-4)
             step = math.log(max(seconds, 1e-6) / (own * fleet))
-            step = min(max(step, -SLOWNESS_STEP), SLOWNESS_STEP)
+            step = min(max(step, -self.slowness_step), self.slowness_step)
             self.own[slot] = min(max(own * math.exp(rate * step), SLOWNESS_FLOOR), SLOWNESS_CEILING)
             # an exponentially weighted mean's variance: the old one's shrunk by (1 - rate)^2, plus this step's noise
             self.own_variance[slot] = (1 - rate) ** 2 * self.own_variance[slot] + (rate * self.noise) ** 2
@@ -245,6 +253,7 @@ def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel
         drift_per_second=parameters.drift_per_second,
         noise=parameters.observation_noise,
         slowness_rate=parameters.slowness_rate,
+        slowness_step=TTFT_SLOWNESS_STEP,
     )
 
 

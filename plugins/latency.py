@@ -17,15 +17,16 @@ For each candidate the producer predicts how long this request would wait for it
 The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
 streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
 `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
-multiplies them; it is learned only with slownessRate > 0 (default 0: a slower or degraded server is priced by its
-own queue, which drains slower). Each endpoint's miss factor (prompt tokens it really computed over those the index
-expected) scales the uncached part; requests the server reports waiting beyond this EPP's own count as typical
-prompts. Prompt tokens are estimated from bytes with a ratio learned from the same `usage` reports.
+multiplies them, learned from the same first chunks (slownessRate, default 0.1; 0 leaves a slower or degraded
+server priced by its own queue alone). Each endpoint's miss factor (prompt tokens it really computed over those
+the index expected) scales the uncached part; requests the server reports waiting beyond this EPP's own count as
+typical prompts. Prompt tokens are estimated from bytes with a ratio learned from the same `usage` reports.
 
 The producer also prices what a pick costs other requests: the prefill the engine would spend recomputing requests
 it preempts if this one outgrew the endpoint's KV cache (`overflow`), and which part of the prompt is a common
 prefix that every endpoint should hold (`common`, `lift`; see plugins/prefix_demand.py). The scorer
-(plugins/latency_scorer.py) scores fastest / predicted; the model is plugins/fleet_model.py.
+(plugins/latency_scorer.py) scores fastest / predicted; the model is plugins/fleet_model.py. Each endpoint's recent
+share of the picks (plugins/pick_share.py) goes with the prediction, so that a slower endpoint is not starved.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ from epp.plugins.fleet_model import (
     ttft_features,
     ttft_model,
 )
+from epp.plugins.pick_share import PickShare
 from epp.plugins.prefill_drain import Floats, QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
+from epp.plugins.ttft_note import PickNote, max_tokens
 from epp.scheduling.plugin import CycleState, DataProducer
 from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 
@@ -86,31 +89,14 @@ class Prediction:
     #: seconds of recomputation this request would cause there by outgrowing the KV cache (not part of its own
     #: TTFT: the engine preempts running requests and computes their context again)
     overflow: npt.NDArray[np.float64] | None
+    #: how far each candidate's recent share of the picks falls below the floor (plugins/pick_share.py; None: none)
+    shortfall: npt.NDArray[np.float64] | None = None
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
         if candidates is self.candidates:
             return values
         return values[np.searchsorted(self.candidates, candidates)]
-
-
-@dataclass(slots=True)
-class _Note:
-    """What one pick charged and predicted, kept on the result until the response ends."""
-
-    slot: int
-    epoch: float
-    uncached: float
-    queued: float
-    decoding: float
-    waiting: float
-    predicted: float
-    prompt_bytes: int
-    kv_need: float
-    released: bool = False
-    kv_released: bool = False
-    ttft: float | None = None
-    first_at: float = 0.0
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -121,7 +107,7 @@ class PredictedTTFTProducer(DataProducer):
     def __init__(self, name: str, parameters: PredictedTTFTParameters) -> None:
         super().__init__(name, parameters)
         self.parameters: PredictedTTFTParameters = parameters
-        self._note_key: StateKey[_Note] = StateKey(name)
+        self._note_key: StateKey[PickNote] = StateKey(name)
         self.model = ttft_model(0, parameters)
         self.decode = decode_model(0, parameters)
         #: output tokens a request without max_tokens is expected to generate, and prompt tokens of a typical
@@ -132,6 +118,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_requests = np.zeros(0)
         self.drain = QueuedPrefillDrain(0)
         self.demand = PrefixDemand()
+        self.share = PickShare(0)
         #: KV tokens the requests this EPP sent to each endpoint will hold until they end (uncached prompt plus
         #: expected output each), charged at the pick and released when the response ends
         self.kv_tokens = np.zeros(0)
@@ -155,6 +142,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_tokens = np.zeros(table.capacity)
         self.queued_requests = np.zeros(table.capacity)
         self.drain = QueuedPrefillDrain(table.capacity)
+        self.share = PickShare(table.capacity)
         self.kv_tokens = np.zeros(table.capacity)
         self.miss_factor = np.ones(table.capacity)
 
@@ -164,6 +152,7 @@ class PredictedTTFTProducer(DataProducer):
             self.queued_tokens[slot] = 0.0
             self.queued_requests[slot] = 0.0
             self.drain.reset(slot, self.clock())
+            self.share.reset(slot)
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
             self.model.reset(slot)
@@ -176,13 +165,16 @@ class PredictedTTFTProducer(DataProducer):
         model = self.model.shared_columns("slowness") if self.parameters.slowness_rate > 0 else {}
         decode = self.decode.shared_columns("decode-slowness") if self.decode_used else {}
         queue = {"queued-tokens": self.queued_tokens, "queued-requests": self.queued_requests}
-        return {**queue, "prefilled-tokens": self.drain.prefilled, "kv-tokens": self.kv_tokens, **model, **decode}
+        drain = {"prefilled-tokens": self.drain.prefilled, "picks": self.share.total}
+        return {**queue, **drain, "kv-tokens": self.kv_tokens, **model, **decode}
 
     def peers_changed(self, slot: int) -> None:
         self.model.refresh(slot)
         self.decode.refresh(slot)
         self._advance_drain(slot)
         self.drain.peers_finished(slot)
+        if self.table is not None:
+            self.share.peers_picked(slot, len(self.table))
 
     def produce(self, state: CycleState, candidates: SlotArray) -> None:
         # numpy calls cost their overhead here, hence argmax/count_nonzero and 0-d constants (benchmarks/README.md)
@@ -241,7 +233,7 @@ class PredictedTTFTProducer(DataProducer):
             queueing *= slowness
             seconds *= slowness
         seconds += queueing
-        limit = _max_tokens(state.request)
+        limit = max_tokens(state.request)
         output = min(limit, self.output_tokens) if limit else self.output_tokens
         overflow = self._overflow(table, candidates, uncached, output, per_token)
         lift = None
@@ -269,6 +261,7 @@ class PredictedTTFTProducer(DataProducer):
             common,
             lift,
             overflow,
+            self.share.shortfall(candidates),
         )
         state.write(KEY, prediction)
 
@@ -299,7 +292,7 @@ class PredictedTTFTProducer(DataProducer):
         held *= per_token
         return held
 
-    def _learn_misses(self, note: _Note, computed: float) -> None:
+    def _learn_misses(self, note: PickNote, computed: float) -> None:
         """The endpoint computed `computed` prompt tokens where the index expected `note.uncached` (over the
         factor in force): move its factor a tenth of the way there in log space, within [1, 50]."""
         factor = float(self.miss_factor[note.slot])
@@ -315,7 +308,7 @@ class PredictedTTFTProducer(DataProducer):
         per_token = (prediction.decoding + 1.0) * (per_batch / DECODE_UNIT)
         per_token += step
         per_token *= self.decode.slowness.take(prediction.candidates)
-        per_token *= _max_tokens(state.request) or self.output_tokens
+        per_token *= max_tokens(state.request) or self.output_tokens
         return per_token
 
     def picked(self, state: CycleState, result: SchedulingResult) -> None:
@@ -329,11 +322,12 @@ class PredictedTTFTProducer(DataProducer):
             return
         uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
+        self.share.picked(slot, len(state.table))
         self.queued_tokens[slot] += uncached
         self.queued_requests[slot] += 1.0
         kv_need = uncached + prediction.output_tokens
         self.kv_tokens[slot] += kv_need
-        note = _Note(
+        note = PickNote(
             slot,
             state.table.epoch.item(slot),
             uncached,
@@ -346,7 +340,7 @@ class PredictedTTFTProducer(DataProducer):
         )
         result.remember(self._note_key, note)
 
-    def _release(self, note: _Note) -> None:
+    def _release(self, note: PickNote) -> None:
         if note.released:
             return
         note.released = True
@@ -359,7 +353,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_tokens[slot] = max(self.queued_tokens.item(slot) - note.uncached, 0.0)
         self.queued_requests[slot] = max(self.queued_requests.item(slot) - 1.0, 0.0)
 
-    def _release_kv(self, note: _Note) -> None:
+    def _release_kv(self, note: PickNote) -> None:
         if note.kv_released:
             return
         note.kv_released = True
@@ -410,11 +404,3 @@ class PredictedTTFTProducer(DataProducer):
             now = self.clock()
             per_token = (now - note.first_at) / (usage.completion_tokens - 1)
             self.decode.learn(note.slot, (1.0, (note.decoding + 1.0) / DECODE_UNIT), per_token, now)
-
-
-def _max_tokens(request: LLMRequest) -> float:
-    body = request.body
-    if body is None:
-        return 0.0
-    value = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0.0

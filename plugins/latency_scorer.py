@@ -10,6 +10,7 @@ import numpy as np
 from epp.datastore.table import SlotArray
 from epp.plugins.latency import KEY, PredictedTTFTProducer
 from epp.plugins.peer_picks import Owners, PickRate, ReplicaPlace, reach, step_aside
+from epp.plugins.pick_share import STARVED_PULL
 from epp.scheduling.plugin import CycleState, Plugin, Scorer, Scores, require_non_negative
 
 #: the share of predicted TTFT spent queueing past which prefix affinity starts to count (fully at 1); 0.5 let
@@ -97,6 +98,8 @@ class PredictedTTFTScorer(Scorer):
                 discount = (self.affinity * pressure) * apart
                 discount += _ONE
                 seconds = seconds / discount
+        if prediction.shortfall is not None:  # a candidate short of its share of the picks (plugins/pick_share.py)
+            seconds = seconds / (STARVED_PULL * prediction.at(candidates, prediction.shortfall) + _ONE)
         if self.replica_place is not None and self.producer is not None:
             self.pick_rate.pick(self.producer.clock())
             rank, replicas, staleness = self.replica_place()

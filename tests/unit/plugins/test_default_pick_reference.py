@@ -3,9 +3,9 @@
 The producer and scorer are vectorised for speed (plugins/latency.py); here the same formulas are written out per
 candidate with Python floats, in the order docs/plugins.md states them, and over 3,000 seeded random states
 (endpoint loads, queued prefill and its drain, KV caches that overflow, prefix hits and common prefixes, LoRA
-adapters, learned slowness, miss factors) the scheduler's total scores must equal the reference's to the bit and
-its pick must be one of the reference's best. The prefix match and the common-prefix demand are inputs here (the
-prefix index and plugins/prefix_demand.py have their own tests)."""
+adapters, learned slowness, miss factors, endpoints short of their share of the picks) the scheduler's total scores
+must equal the reference's to the bit and its pick must be one of the reference's best. The prefix match and the
+common-prefix demand are inputs here (the prefix index and plugins/prefix_demand.py have their own tests)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from epp.datastore.table import Endpoint, EndpointTable
 from epp.plugins.fleet_model import DECODE_UNIT, PREFILL_UNIT, REQUEST_UNIT
 from epp.plugins.latency import PredictedTTFTProducer
 from epp.plugins.latency_scorer import AFFINITY_FLOOR, PRESSURE_ONSET
+from epp.plugins.pick_share import SHARE_FLOOR, STARVED_PULL, WARMUP_PER_ENDPOINT
 from epp.plugins.prefill_drain import DRAIN_CAP, DRAIN_SHARE
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, block_hashes
 from epp.plugins.prefix_index import as_keys
@@ -49,6 +50,8 @@ class Snapshot:
     bytes_per_token: float
     prompt_tokens: float
     output_tokens: float
+    recent_picks: list[float]
+    picks: int
 
 
 def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
@@ -65,6 +68,8 @@ def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
         producer.bytes_per_token,
         producer.prompt_tokens,
         producer.output_tokens,
+        producer.share.recent.tolist(),
+        producer.share.picks,
     )
 
 
@@ -128,13 +133,19 @@ def reference_totals(
     common = common_blocks / total_blocks if common_blocks and total_blocks else 0.0
     pressure = float(np.sum([r[1] for r in rows])) / max(float(np.sum([r[0] for r in rows])), 1e-9)
     pressure = max((pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET), AFFINITY_FLOOR)
+    recent = [before.recent_picks[s] for s in slots]
+    floor = max(recent) * SHARE_FLOOR
+    starved = before.picks >= WARMUP_PER_ENDPOINT * len(slots) and floor > 0 and min(recent) < floor
     priced = []
-    for seconds, _, held, uncached, per_token, kv, short, _ in rows:
+    for (seconds, _, held, uncached, per_token, kv, short, _), picks in zip(rows, recent, strict=True):
         if overflows:
             seconds += min(max(kv, 0.0), uncached + output) * per_token
         if lifts:
             seconds -= max(min(short, uncached - 1.0), 0.0) * per_token
-        priced.append(seconds / (1.0 + (8.0 * pressure) * max(held - common, 0.0)))
+        seconds /= 1.0 + (8.0 * pressure) * max(held - common, 0.0)
+        if starved:
+            seconds /= STARVED_PULL * max((floor - picks) / max(picks, floor / 100), 0.0) + 1.0
+        priced.append(seconds)
     fastest = min(priced)
     adapter = request.target_model
     totals = [fastest / seconds + lora_score(table, s, adapter) for s, seconds in zip(slots, priced, strict=True)]
@@ -208,6 +219,9 @@ class World:
         producer.model.coefficients[3] = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, 0.05))
         producer.bytes_per_token = float(rng.uniform(3.0, 5.0))
         producer.output_tokens = float(rng.uniform(20, 600))
+        if rng.random() < 0.5:  # some endpoints short of their share of the picks
+            producer.share.recent[slots] = rng.random(n) * 100 * (rng.random(n) < 0.8)
+            producer.share.picks = int(rng.integers(0, 40 * n))
         if self.adapters and rng.random() < 0.3:
             for slot in slots.tolist():
                 active = frozenset(a for a in ADAPTERS if rng.random() < 0.4)
