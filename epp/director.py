@@ -302,8 +302,8 @@ class Director:
     ) -> Decision:
         slots = result.primary
         hostports = self.table.hostports
-        destination = ",".join(hostports[int(s)] for s in slots)
-        primary = int(slots[0])
+        primary = slots.item(0)
+        destination = hostports[primary] if len(slots) == 1 else ",".join([hostports[s] for s in slots.tolist()])
         prompt_tokens = float(request.estimated_input_tokens) if request.body_size else 0.0
         charges = [self._charge(primary, prompt_tokens * (1.0 + OUTPUT_TOKEN_RATIO), prompt_tokens)]
         prefill = result.prefill
@@ -327,17 +327,22 @@ class Director:
 
     def _charge(self, slot: int, tokens: float, prompt_tokens: float) -> Charge:
         table = self.table
-        table.inflight_requests[slot] += 1.0
-        table.inflight_tokens[slot] += tokens
-        table.inflight_prompt_tokens[slot] += prompt_tokens
+        # .item() and a Python float add: the same sums as numpy's, without a numpy scalar per column
+        requests, total, prompt = table.inflight_requests, table.inflight_tokens, table.inflight_prompt_tokens
+        requests[slot] = requests.item(slot) + 1.0
+        total[slot] = total.item(slot) + tokens
+        prompt[slot] = prompt.item(slot) + prompt_tokens
         if table.load_listener is not None:
             table.load_listener()
-        return Charge(slot, tokens, prompt_tokens, float(table.epoch[slot]))
+        return Charge(slot, tokens, prompt_tokens, table.epoch.item(slot))
 
     def _still_held(self, decision: Decision) -> bool:
         """Every charged slot still holds the endpoint the pick chose."""
         epoch = self.table.epoch
-        return all(epoch[charge.slot] == charge.epoch for charge in decision.charges)
+        charges = decision.charges
+        if len(charges) == 1:  # the usual case, without a generator's frame
+            return epoch.item(charges[0].slot) == charges[0].epoch
+        return all(epoch.item(charge.slot) == charge.epoch for charge in charges)
 
     # --- completion -------------------------------------------------------------------------------
 
@@ -346,10 +351,12 @@ class Director:
         # what is still ours.
         slot = charge.slot
         table = self.table
-        if table.epoch[slot] == charge.epoch and table.inflight_requests[slot] >= 1.0:
-            table.inflight_requests[slot] -= 1.0
-            table.inflight_tokens[slot] = max(0.0, table.inflight_tokens[slot] - charge.tokens)
-            table.inflight_prompt_tokens[slot] = max(0.0, table.inflight_prompt_tokens[slot] - charge.prompt_tokens)
+        requests = table.inflight_requests
+        if table.epoch.item(slot) == charge.epoch and requests.item(slot) >= 1.0:
+            total, prompt = table.inflight_tokens, table.inflight_prompt_tokens
+            requests[slot] = requests.item(slot) - 1.0
+            total[slot] = max(0.0, total.item(slot) - charge.tokens)
+            prompt[slot] = max(0.0, prompt.item(slot) - charge.prompt_tokens)
             if table.load_listener is not None:
                 table.load_listener()
 

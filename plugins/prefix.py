@@ -108,6 +108,8 @@ class PrefixMatch:
 
     def seen_entries(self) -> tuple[Positions, Positions]:
         """(block, table position) of the index entries the walks met, for the insert after the pick."""
+        if len(self.walks) == 1 and self.walks[0][0] == 0:
+            return self.walks[0][1].entries()
         rows, positions = [], []
         for start, walk in self.walks:
             walk_rows, walk_positions = walk.entries()

@@ -31,6 +31,8 @@ HALF_LIFE = 1000.0
 MIN_REQUESTS_PER_CANDIDATE = 2.0
 #: prefixes remembered before the ones seen about once are dropped
 MAX_PREFIXES = 65_536
+#: by blocks known (up to the deepest checkpoint): the checkpoints within them, deepest first
+_WITHIN = [tuple(depth for depth in CHECKPOINTS if depth <= reach) for reach in range(CHECKPOINTS[0] + 1)]
 
 
 class PrefixDemand:
@@ -48,20 +50,21 @@ class PrefixDemand:
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
-        self.requests += 1
-        now = self.requests
+        self.requests = now = self.requests + 1
         self.total = self.total * self._step + 1.0
+        reach = min(len(hashes), total_blocks, CHECKPOINTS[0])
+        if reach < CHECKPOINTS[-1]:
+            return
         counts = self.counts
         decay = self._decay
-        reach = min(len(hashes), total_blocks)
-        for depth in CHECKPOINTS:
-            if depth <= reach:
-                key = hashes[depth - 1]
-                previous = counts.get(key)
-                if previous is None:
-                    counts[key] = (1.0, now)
-                else:
-                    counts[key] = (previous[0] * math.exp(-decay * (now - previous[1])) + 1.0, now)
+        exp = math.exp
+        for depth in _WITHIN[reach]:
+            key = hashes[depth - 1]
+            previous = counts.get(key)
+            if previous is None:
+                counts[key] = (1.0, now)
+            else:
+                counts[key] = (previous[0] * exp(-decay * (now - previous[1])) + 1.0, now)
         if len(counts) > MAX_PREFIXES:
             self._forget()
 
@@ -83,6 +86,8 @@ class PrefixDemand:
         request's blocks each candidate holds); 0 when there is none."""
         n = len(blocks)
         deepest = int(blocks[blocks.argmax()]) if n else 0
+        if deepest == 0:  # no candidate holds any of it
+            return 0
         # what at least half the candidates hold is common too (one system prompt everyone already has)
         held_by_half = int(_median(blocks)) if np.count_nonzero(blocks) * 2 >= n > 0 else 0
         reach = min(deepest, len(hashes))

@@ -200,12 +200,14 @@ class PrefixIndex:
             if hints is not None:
                 hints = (hints[0][hints[0] >= cut] - cut, hints[1][hints[0] >= cut])
         rows, positions = self._find(slot, keys, hints)
+        if len(rows) == len(keys):  # all held already (a repeated prefix): just make them the most recent
+            held_positions = np.empty(len(keys), dtype=np.intp)
+            held_positions[rows] = positions
+            self._append(ring, held_positions)
+            return
         request_positions = np.full(len(keys), -1, dtype=np.intp)
         request_positions[rows] = positions
         missing = request_positions < 0
-        if len(rows) == len(keys):  # all held already (a repeated prefix): just make them the most recent
-            self._append(ring, request_positions)
-            return
         if len(rows):
             self._append(ring, positions)  # touched first, so the eviction below cannot take them
         overflow = ring.size + int(np.count_nonzero(missing)) - limit
@@ -229,8 +231,11 @@ class PrefixIndex:
         if hints is None or not len(hints[0]):
             return self._scan(keys, slot)
         rows, positions = hints  # the table never shrinks, so even hints from before a rebuild index it
-        current = (self.keys[positions] == keys[rows]) & (self.slots[positions] == slot)
+        current = self.keys[positions] == keys[rows]
+        current &= self.slots[positions] == slot
         rows, positions = rows[current], positions[current]
+        if len(rows) == len(keys):  # a slot holds one entry per hash, so every hash is confirmed
+            return rows, positions
         unknown = np.ones(len(keys), dtype=np.bool_)
         unknown[rows] = False
         if not unknown.any():
@@ -274,9 +279,16 @@ class PrefixIndex:
             ring.positions[: len(live)] = live
             self.stamps[live] = np.arange(len(live), dtype=np.uint32)
             ring.start, ring.end = 0, len(live)
-        sequence = np.arange(ring.end, ring.end + count, dtype=np.int64)
-        ring.positions[sequence % len(ring.positions)] = positions
-        self.stamps[positions] = (sequence & 0xFFFFFFFF).astype(np.uint32)
+        length = len(ring.positions)
+        first = ring.end % length
+        stamp = ring.end & 0xFFFFFFFF
+        if first + count <= length and stamp + count <= 0x100000000:  # neither the ring nor the stamps wrap
+            ring.positions[first : first + count] = positions
+            self.stamps[positions] = np.arange(stamp, stamp + count, dtype=np.uint32)
+        else:
+            sequence = np.arange(ring.end, ring.end + count, dtype=np.int64)
+            ring.positions[sequence % length] = positions
+            self.stamps[positions] = (sequence & 0xFFFFFFFF).astype(np.uint32)
         ring.end += count
 
     def _evict(self, ring: _Ring, count: int) -> None:
