@@ -147,6 +147,7 @@ class Director:
         #: routes to it until discovery removes it, failing every request sent there meanwhile)
         self.unreachable_after_s = unreachable_after_s
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
+        self._labels_by_slot: tuple[int, dict[int, tuple[str, str]]] = (-1, {})
         self._rng = random.Random()
         #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
         self.clock: Callable[[], float] = time.monotonic
@@ -234,8 +235,8 @@ class Director:
                 self.decisions.record_failure(prepared.request, str(exc), exc.trace)
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
         record_scheduler_e2e(time.perf_counter() - started)
-        picked = self.table.endpoint(int(result.primary[0]))
-        record_scheduler_attempt("success", prepared.request.target_model, picked.key, self.namespace, str(picked.port))
+        pod, port = self._attempt_labels(result.primary.item(0))
+        record_scheduler_attempt("success", prepared.request.target_model, pod, self.namespace, port)
         decision = self._commit(prepared.request, result, prepared.new_body)
         if self.decisions is not None:
             self.decisions.record(
@@ -287,6 +288,18 @@ class Director:
     def _serving(self, target_model: str, candidates: SlotArray) -> SlotArray:
         routing = self.models
         return candidates if routing is None or not target_model else routing.restrict(target_model, candidates)
+
+    def _attempt_labels(self, slot: int) -> tuple[str, str]:
+        """The pod and port labels of a scheduler attempt that picked `slot` (kept until membership changes)."""
+        generation, labels = self._labels_by_slot
+        if generation != self.table.generation:
+            labels = {}
+            self._labels_by_slot = (self.table.generation, labels)
+        found = labels.get(slot)
+        if found is None:
+            endpoint = self.table.endpoint(slot)
+            found = labels[slot] = (endpoint.key, str(endpoint.port))
+        return found
 
     def _slots_by_ip(self) -> dict[str, list[int]]:
         generation, index = self._ip_index

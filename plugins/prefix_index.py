@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 EMPTY = np.uint64(0)
 DELETED = np.uint64(1)
+_LEAST_KEY = np.uint64(2)
 _WINDOW = 8
 _OFFSETS = np.arange(_WINDOW, dtype=np.intp)
 _COLUMN_OFFSETS = np.arange(32, dtype=np.intp)[:, None]  # the walk's first window (probe runs pass 8 often)
@@ -40,7 +41,7 @@ _NO_POSITIONS: Positions = np.zeros(0, dtype=np.intp)
 def as_keys(hashes: list[int]) -> Keys:
     """Block hashes as table keys: the two sentinel values (a 2^-63 chance each) become 2."""
     keys: Keys = np.array(hashes, dtype=np.uint64)
-    np.maximum(keys, np.uint64(2), out=keys)
+    np.maximum(keys, _LEAST_KEY, out=keys)
     return keys
 
 
