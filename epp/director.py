@@ -279,9 +279,11 @@ class Director:
         limit = self.unreachable_after_s
         if limit is None or len(candidates) < 2:
             return candidates
-        scraped = self.table.metrics_time.take(candidates)
-        lost = (scraped > 0.0) & (scraped < time.monotonic() - limit)
-        if not lost.any() or lost.all():
+        scraped = self.table.metrics_time[candidates]
+        lost = scraped < time.monotonic() - limit
+        lost &= scraped > 0.0
+        count = np.count_nonzero(lost)
+        if count == 0 or count == len(candidates):
             return candidates
         return candidates[~lost]
 
