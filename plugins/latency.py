@@ -252,8 +252,7 @@ class PredictedTTFTProducer(DataProducer):
             if short[short.argmax()] > 0:
                 if self.misses:
                     short *= self.miss_factor[candidates]
-                lift = np.minimum(short, uncached - _ONE)
-                np.maximum(lift, _ZERO, out=lift)
+                lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
                 lift *= per_token
         prediction = Prediction(
             candidates,
