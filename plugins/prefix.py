@@ -236,7 +236,7 @@ class ApproxPrefixCacheProducer(DataProducer):
 
     def _block_tokens(self, state: CycleState, candidates: SlotArray) -> int:
         if self.parameters.auto_tune and len(candidates):
-            served = int(state.table.cache_block_size[candidates[0]])
+            served = int(state.table.cache_block_size.item(candidates.item(0)))
             if served > 0:
                 return served
         return self.parameters.block_size_tokens
@@ -254,11 +254,13 @@ class ApproxPrefixCacheProducer(DataProducer):
             state.write(STATE_KEY, _NO_MATCH)
             return
         seed = self._seeds.get(request.target_model, request.cache_salt)
-        hashes = chain_hashes(data, seed, block_chars, 0, 1)
         stop = min(total, FIRST_WALK_BLOCKS)
-        if stop < total:
+        if stop < total:  # a long prompt: one remembered with the same first block may share more
+            hashes = chain_hashes(data, seed, block_chars, 0, 1)
             hashes = self._recent.shared_hashes(hashes[0], data, block_chars, stop + 1)[:total] or hashes
             stop = max(stop, len(hashes))
+        else:
+            hashes = chain_hashes(data, seed, block_chars, 0, stop)
         limit = state.table.slot_limit
         start = 0
         by_slot = _NO_COUNTS
