@@ -328,10 +328,11 @@ class PredictedTTFTProducer(DataProducer):
             return
         uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
-        self.queued_tokens[slot] += uncached
-        self.queued_requests[slot] += 1.0
+        queued, requests, kv = self.queued_tokens, self.queued_requests, self.kv_tokens
+        queued[slot] = queued.item(slot) + uncached  # Python floats: the same sums without numpy scalars
+        requests[slot] = requests.item(slot) + 1.0
         kv_need = uncached + prediction.output_tokens
-        self.kv_tokens[slot] += kv_need
+        kv[slot] = kv.item(slot) + kv_need
         note = _Note(
             slot,
             state.table.epoch.item(slot),

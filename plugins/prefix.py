@@ -198,6 +198,10 @@ class _RecentPrompts:
         if len(hashes) < 2 or len(data) > self.max_bytes:
             return
         entries = self._entries
+        previous = entries.get(hashes[0])
+        if previous is not None and previous[1] == block_chars and previous[0] == data:
+            entries.move_to_end(hashes[0])  # the same prompt again (its hashes are the same too): now the newest
+            return
         previous = entries.pop(hashes[0], None)
         if previous is not None:
             self.bytes -= len(previous[0])

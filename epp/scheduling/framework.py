@@ -194,10 +194,12 @@ class SchedulerRuntime:
     def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
         state = CycleState(request, table)
         clock = time.perf_counter
+        started = clock()
         for producer, timer in self._producer_timers:
-            started = clock()
             producer.produce(state, candidates)
-            timer.observe(clock() - started)
+            now = clock()
+            timer.observe(now - started)
+            started = now
         profile = self.profile
         if profile is not None:
             result = SchedulingResult({profile.name: profile.run(state, candidates, self.trace)}, profile.name)
