@@ -272,14 +272,18 @@ class ApproxPrefixCacheProducer(DataProducer):
         while True:  # walk chunks of growing size while every block so far is held somewhere
             if len(hashes) < stop:
                 hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), stop)
-            walk = self.index.walk(as_keys(hashes[start:stop]), limit)
+            keys = as_keys(hashes[start:stop])
+            walk = self.index.walk(keys, limit)
             walks.append((start, walk))
             if len(walk.by_slot):  # every non-empty count array is `limit` long
                 by_slot = by_slot + walk.by_slot if len(by_slot) else walk.by_slot
             if walk.walked < stop - start or stop == total:
                 break
             start, stop = stop, min(total, stop * WALK_GROWTH)
-        state.write(STATE_KEY, PrefixMatch(total, by_slot, block_chars, data, hashes, walks))
+        match = PrefixMatch(total, by_slot, block_chars, data, hashes, walks)
+        if start == 0 and stop == total:  # one walk over every block: its keys are the insert's
+            match._keys = keys
+        state.write(STATE_KEY, match)
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match = state.read(STATE_KEY)

@@ -150,13 +150,19 @@ class SchedulerRuntime:
         self._first_response = [
             p.first_response for p in self.producers if type(p).first_response is not DataProducer.first_response
         ]
+        # (a producer that does not override a hook is left out of its list: the base's does nothing)
         self._pre_request: list[Callable[[CycleState, SchedulingResult], None]] = [
-            p.pre_request for p in self.producers
+            p.pre_request for p in self.producers if type(p).pre_request is not DataProducer.pre_request
         ]
         self._pre_request += [
             p.pre_request
             for p in self.plugins.values()
             if not isinstance(p, DataProducer) and isinstance(p, PreRequestHook)
+        ]
+        self._response_complete = [
+            p.response_complete
+            for p in self.producers
+            if type(p).response_complete is not DataProducer.response_complete
         ]
         self.profiles: dict[str, _Profile] = {}
         for profile in config.profiles:
@@ -248,8 +254,8 @@ class SchedulerRuntime:
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable
     ) -> None:
-        for producer in self.producers:
-            producer.response_complete(request, result, usage)
+        for hook in self._response_complete:
+            hook(request, result, usage)
 
     # --- admission -----------------------------------------------------------------------------
 
