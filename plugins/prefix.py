@@ -289,8 +289,8 @@ class ApproxPrefixCacheProducer(DataProducer):
         match = state.read(STATE_KEY)
         if match is None or not match.total_blocks:
             return
-        targets = [int(result.primary[0])]
-        primary = int(result.primary[0])
+        primary = result.primary.item(0)
+        targets = [primary]
         matched = int(match.by_slot[primary]) if primary < len(match.by_slot) else 0
         record_prefix_match(matched * match.block_bytes, match.total_blocks * match.block_bytes)
         prefill = result.prefill

@@ -86,12 +86,17 @@ class _Profile:
             if len(candidates) == 0:
                 raise SchedulingError(NO_ENDPOINTS, record)
         total = None
+        borrowed = False  # `total` is a scorer's own array (a first weight of 1): the next sum makes a new one
         for scorer, weight, bounded, timer in self.scorers:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
             if total is None:
-                total = scores * weight
+                borrowed = weight == 1.0
+                total = scores if borrowed else scores * weight
+            elif borrowed:
+                total = total + (scores if weight == 1.0 else weight * scores)
+                borrowed = False
             elif weight == 1.0:
                 total += scores
             else:
