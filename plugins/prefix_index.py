@@ -89,7 +89,7 @@ class PrefixIndex:
         self.bits = bits
         self.mask = (1 << bits) - 1
         self._mask64 = np.uint64(self.mask)
-        self._mask_i64 = np.int64(self.mask)
+        self._mask_i64 = np.array(self.mask, dtype=np.int64)  # 0-d: a cheaper operand than a numpy scalar
         self.keys = np.zeros(1 << bits, dtype=np.uint64)
         self.slots = np.full(1 << bits, -1, dtype=np.int32)
         self.stamps = np.zeros(1 << bits, dtype=np.uint32)
@@ -151,7 +151,8 @@ class PrefixIndex:
         if not held[0]:
             return Walk(_NOTHING, 0)
         more_rows, more_positions = _NO_POSITIONS, _NO_POSITIONS
-        unfinished = np.logical_and.reduce(seen, axis=0)  # no empty bucket in the window: the run goes on
+        # nonzero where no bucket of the window is empty (EMPTY is 0): the run goes on (a min needs no cast to bool)
+        unfinished = np.minimum.reduce(seen, axis=0)
         if np.count_nonzero(unfinished):
             rows = np.flatnonzero(unfinished)
             found_rows, more_positions = self._scan(keys[rows], start=window[-1, rows] + 1)
