@@ -193,8 +193,7 @@ class PredictedTTFTProducer(DataProducer):
         counts = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
-            # as floats once (exact: block counts are small integers), so no later operation mixes in int64
-            counts = blocks.astype(np.float64)
+            counts = blocks.astype(np.float64)  # exact (small integers): no later operation mixes in int64
             held = counts / match.total_blocks
             hashes = match.known_hashes()
             self.demand.count(hashes, match.total_blocks)
@@ -250,8 +249,7 @@ class PredictedTTFTProducer(DataProducer):
         common = 0.0
         if common_blocks and counts is not None and match is not None:
             common = common_blocks / match.total_blocks
-            short = np.maximum(common_blocks - counts, _ZERO)
-            short *= block_tokens
+            short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
             if short[short.argmax()] > 0:
                 if self.misses:
                     short *= self.miss_factor[candidates]
@@ -331,11 +329,10 @@ class PredictedTTFTProducer(DataProducer):
             return
         uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
-        queued, requests, kv = self.queued_tokens, self.queued_requests, self.kv_tokens
-        queued[slot] = queued.item(slot) + uncached  # Python floats: the same sums without numpy scalars
-        requests[slot] = requests.item(slot) + 1.0
+        self.queued_tokens[slot] += uncached
+        self.queued_requests[slot] += 1.0
         kv_need = uncached + prediction.output_tokens
-        kv[slot] = kv.item(slot) + kv_need
+        self.kv_tokens[slot] += kv_need
         note = _Note(
             slot,
             state.table.epoch.item(slot),
