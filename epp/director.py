@@ -147,6 +147,7 @@ class Director:
         #: routes to it until discovery removes it, failing every request sent there meanwhile)
         self.unreachable_after_s = unreachable_after_s
         self._ip_index: tuple[int, dict[str, list[int]]] = (-1, {})
+        self._labels_by_slot: tuple[int, dict[int, tuple[str, str]]] = (-1, {})
         self._rng = random.Random()
         #: the clock picks and first chunks are timed with (a virtual one in the routing simulation)
         self.clock: Callable[[], float] = time.monotonic
@@ -234,8 +235,8 @@ class Director:
                 self.decisions.record_failure(prepared.request, str(exc), exc.trace)
             raise EppError("ResourceExhausted", f"failed to find target endpoint: {exc}") from None
         record_scheduler_e2e(time.perf_counter() - started)
-        picked = self.table.endpoint(int(result.primary[0]))
-        record_scheduler_attempt("success", prepared.request.target_model, picked.key, self.namespace, str(picked.port))
+        pod, port = self._attempt_labels(result.primary.item(0))
+        record_scheduler_attempt("success", prepared.request.target_model, pod, self.namespace, port)
         decision = self._commit(prepared.request, result, prepared.new_body)
         if self.decisions is not None:
             self.decisions.record(
@@ -278,15 +279,29 @@ class Director:
         limit = self.unreachable_after_s
         if limit is None or len(candidates) < 2:
             return candidates
-        scraped = self.table.metrics_time.take(candidates)
-        lost = (scraped > 0.0) & (scraped < time.monotonic() - limit)
-        if not lost.any() or lost.all():
+        scraped = self.table.metrics_time[candidates]
+        lost = scraped < time.monotonic() - limit
+        lost &= scraped > 0.0
+        count = np.count_nonzero(lost)
+        if count == 0 or count == len(candidates):
             return candidates
         return candidates[~lost]
 
     def _serving(self, target_model: str, candidates: SlotArray) -> SlotArray:
         routing = self.models
         return candidates if routing is None or not target_model else routing.restrict(target_model, candidates)
+
+    def _attempt_labels(self, slot: int) -> tuple[str, str]:
+        """The pod and port labels of a scheduler attempt that picked `slot` (kept until membership changes)."""
+        generation, labels = self._labels_by_slot
+        if generation != self.table.generation:
+            labels = {}
+            self._labels_by_slot = (self.table.generation, labels)
+        found = labels.get(slot)
+        if found is None:
+            endpoint = self.table.endpoint(slot)
+            found = labels[slot] = (endpoint.key, str(endpoint.port))
+        return found
 
     def _slots_by_ip(self) -> dict[str, list[int]]:
         generation, index = self._ip_index
@@ -302,8 +317,8 @@ class Director:
     ) -> Decision:
         slots = result.primary
         hostports = self.table.hostports
-        destination = ",".join(hostports[int(s)] for s in slots)
-        primary = int(slots[0])
+        primary = slots.item(0)
+        destination = hostports[primary] if len(slots) == 1 else ",".join([hostports[s] for s in slots.tolist()])
         prompt_tokens = float(request.estimated_input_tokens) if request.body_size else 0.0
         charges = [self._charge(primary, prompt_tokens * (1.0 + OUTPUT_TOKEN_RATIO), prompt_tokens)]
         prefill = result.prefill
@@ -327,17 +342,22 @@ class Director:
 
     def _charge(self, slot: int, tokens: float, prompt_tokens: float) -> Charge:
         table = self.table
-        table.inflight_requests[slot] += 1.0
-        table.inflight_tokens[slot] += tokens
-        table.inflight_prompt_tokens[slot] += prompt_tokens
+        # .item() and a Python float add: the same sums as numpy's, without a numpy scalar per column
+        requests, total, prompt = table.inflight_requests, table.inflight_tokens, table.inflight_prompt_tokens
+        requests[slot] = requests.item(slot) + 1.0
+        total[slot] = total.item(slot) + tokens
+        prompt[slot] = prompt.item(slot) + prompt_tokens
         if table.load_listener is not None:
             table.load_listener()
-        return Charge(slot, tokens, prompt_tokens, float(table.epoch[slot]))
+        return Charge(slot, tokens, prompt_tokens, table.epoch.item(slot))
 
     def _still_held(self, decision: Decision) -> bool:
         """Every charged slot still holds the endpoint the pick chose."""
         epoch = self.table.epoch
-        return all(epoch[charge.slot] == charge.epoch for charge in decision.charges)
+        charges = decision.charges
+        if len(charges) == 1:  # the usual case, without a generator's frame
+            return epoch.item(charges[0].slot) == charges[0].epoch
+        return all(epoch.item(charge.slot) == charge.epoch for charge in charges)
 
     # --- completion -------------------------------------------------------------------------------
 
@@ -346,10 +366,12 @@ class Director:
         # what is still ours.
         slot = charge.slot
         table = self.table
-        if table.epoch[slot] == charge.epoch and table.inflight_requests[slot] >= 1.0:
-            table.inflight_requests[slot] -= 1.0
-            table.inflight_tokens[slot] = max(0.0, table.inflight_tokens[slot] - charge.tokens)
-            table.inflight_prompt_tokens[slot] = max(0.0, table.inflight_prompt_tokens[slot] - charge.prompt_tokens)
+        requests = table.inflight_requests
+        if table.epoch.item(slot) == charge.epoch and requests.item(slot) >= 1.0:
+            total, prompt = table.inflight_tokens, table.inflight_prompt_tokens
+            requests[slot] = requests.item(slot) - 1.0
+            total[slot] = max(0.0, total.item(slot) - charge.tokens)
+            prompt[slot] = max(0.0, prompt.item(slot) - charge.prompt_tokens)
             if table.load_listener is not None:
                 table.load_listener()
 

@@ -182,15 +182,16 @@ class PredictedTTFTProducer(DataProducer):
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match = state.read(PREFIX_KEY)
         common_blocks, block_tokens = 0, 0.0
-        blocks = None
+        counts = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
-            held = blocks / match.total_blocks
+            counts = blocks.astype(np.float64)  # exact (small integers): no later operation mixes in int64
+            held = counts / match.total_blocks
             hashes = match.known_hashes()
             self.demand.count(hashes, match.total_blocks)
             common_blocks = self.demand.common_blocks(hashes, blocks)
             block_tokens = match.block_bytes / self.bytes_per_token
-            uncached = blocks * np.float64(-block_tokens)
+            uncached = counts * -block_tokens
             uncached += prompt_tokens
             if self.misses:  # some endpoint computes more than the index expects: scale up, up to the prompt
                 uncached *= self.miss_factor[candidates]
@@ -238,14 +239,13 @@ class PredictedTTFTProducer(DataProducer):
         overflow = self._overflow(table, candidates, uncached, output, per_token)
         lift = None
         common = 0.0
-        if common_blocks and blocks is not None and match is not None:
+        if common_blocks and counts is not None and match is not None:
             common = common_blocks / match.total_blocks
-            short = np.maximum(common_blocks - blocks, 0) * block_tokens
+            short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
             if short[short.argmax()] > 0:
                 if self.misses:
                     short *= self.miss_factor[candidates]
-                lift = np.minimum(short, uncached - _ONE)
-                np.maximum(lift, _ZERO, out=lift)
+                lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
                 lift *= per_token
         prediction = Prediction(
             candidates,

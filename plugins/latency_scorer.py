@@ -20,6 +20,7 @@ PRESSURE_ONSET = 0.2
 #: one popular system prompt would pile onto its first holders; such a prefix is common now and pulls nowhere)
 AFFINITY_FLOOR = 0.1
 _ONE = np.array(1.0)  # a 0-d operand numpy need not convert from a Python float on every call
+_sum = np.add.reduce
 
 
 @dataclass
@@ -89,7 +90,8 @@ class PredictedTTFTScorer(Scorer):
         discount: float | np.ndarray = 1.0
         if self.affinity > 0:
             # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
-            pressure = float(prediction.queueing.sum()) / max(float(prediction.seconds.sum()), 1e-9)
+            # np.add.reduce is what ndarray.sum calls, without the Python wrapper around it (the same bits)
+            pressure = float(_sum(prediction.queueing)) / max(float(_sum(prediction.seconds)), 1e-9)
             pressure = max((pressure - PRESSURE_ONSET) / (1.0 - PRESSURE_ONSET), AFFINITY_FLOOR)
             if pressure > 0:
                 apart = prediction.at(candidates, prediction.held)

@@ -57,8 +57,8 @@ class QueuedPrefillDrain:
     def released(self, slot: int, tokens: float) -> None:
         """One of this replica's requests reached its first token (after `advance_one` on the queue with it)."""
         self.finished(slot, tokens)
-        self.prefilled[slot] += tokens
-        self.known_prefilled[slot] = self.prefilled[slot]
+        prefilled = self.prefilled.item(slot) + tokens  # a Python float: the same sum without a numpy scalar
+        self.prefilled[slot] = self.known_prefilled[slot] = prefilled
 
     def peers_finished(self, slot: int) -> None:
         """Other replicas' part of the queue at `slot` changed (after `advance_one` on the queue as it is now): what

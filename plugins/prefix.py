@@ -108,6 +108,8 @@ class PrefixMatch:
 
     def seen_entries(self) -> tuple[Positions, Positions]:
         """(block, table position) of the index entries the walks met, for the insert after the pick."""
+        if len(self.walks) == 1 and self.walks[0][0] == 0:
+            return self.walks[0][1].entries()
         rows, positions = [], []
         for start, walk in self.walks:
             walk_rows, walk_positions = walk.entries()
@@ -196,6 +198,10 @@ class _RecentPrompts:
         if len(hashes) < 2 or len(data) > self.max_bytes:
             return
         entries = self._entries
+        previous = entries.get(hashes[0])
+        if previous is not None and previous[1] == block_chars and previous[0] == data:
+            entries.move_to_end(hashes[0])  # the same prompt again (its hashes are the same too): now the newest
+            return
         previous = entries.pop(hashes[0], None)
         if previous is not None:
             self.bytes -= len(previous[0])
@@ -234,7 +240,7 @@ class ApproxPrefixCacheProducer(DataProducer):
 
     def _block_tokens(self, state: CycleState, candidates: SlotArray) -> int:
         if self.parameters.auto_tune and len(candidates):
-            served = int(state.table.cache_block_size[candidates[0]])
+            served = int(state.table.cache_block_size.item(candidates.item(0)))
             if served > 0:
                 return served
         return self.parameters.block_size_tokens
@@ -252,11 +258,13 @@ class ApproxPrefixCacheProducer(DataProducer):
             state.write(STATE_KEY, _NO_MATCH)
             return
         seed = self._seeds.get(request.target_model, request.cache_salt)
-        hashes = chain_hashes(data, seed, block_chars, 0, 1)
         stop = min(total, FIRST_WALK_BLOCKS)
-        if stop < total:
+        if stop < total:  # a long prompt: one remembered with the same first block may share more
+            hashes = chain_hashes(data, seed, block_chars, 0, 1)
             hashes = self._recent.shared_hashes(hashes[0], data, block_chars, stop + 1)[:total] or hashes
             stop = max(stop, len(hashes))
+        else:
+            hashes = chain_hashes(data, seed, block_chars, 0, stop)
         limit = state.table.slot_limit
         start = 0
         by_slot = _NO_COUNTS
@@ -264,21 +272,25 @@ class ApproxPrefixCacheProducer(DataProducer):
         while True:  # walk chunks of growing size while every block so far is held somewhere
             if len(hashes) < stop:
                 hashes += chain_hashes(data, hashes[-1], block_chars, len(hashes), stop)
-            walk = self.index.walk(as_keys(hashes[start:stop]), limit)
+            keys = as_keys(hashes[start:stop])
+            walk = self.index.walk(keys, limit)
             walks.append((start, walk))
             if len(walk.by_slot):  # every non-empty count array is `limit` long
                 by_slot = by_slot + walk.by_slot if len(by_slot) else walk.by_slot
             if walk.walked < stop - start or stop == total:
                 break
             start, stop = stop, min(total, stop * WALK_GROWTH)
-        state.write(STATE_KEY, PrefixMatch(total, by_slot, block_chars, data, hashes, walks))
+        match = PrefixMatch(total, by_slot, block_chars, data, hashes, walks)
+        if start == 0 and stop == total:  # one walk over every block: its keys are the insert's
+            match._keys = keys
+        state.write(STATE_KEY, match)
 
     def pre_request(self, state: CycleState, result: SchedulingResult) -> None:
         match = state.read(STATE_KEY)
         if match is None or not match.total_blocks:
             return
-        targets = [int(result.primary[0])]
-        primary = int(result.primary[0])
+        primary = result.primary.item(0)
+        targets = [primary]
         matched = int(match.by_slot[primary]) if primary < len(match.by_slot) else 0
         record_prefix_match(matched * match.block_bytes, match.total_blocks * match.block_bytes)
         prefill = result.prefill

@@ -19,6 +19,7 @@ every holder of that checkpoint holds the request (a system prompt ends between 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,10 @@ HALF_LIFE = 1000.0
 MIN_REQUESTS_PER_CANDIDATE = 2.0
 #: prefixes remembered before the ones seen about once are dropped
 MAX_PREFIXES = 65_536
+#: by blocks known (up to the deepest checkpoint): the checkpoints within them, deepest first
+#: candidates up to this many are counted in Python (sorted), more with numpy
+_SORTED_UP_TO = 64
+_WITHIN = [tuple(depth for depth in CHECKPOINTS if depth <= reach) for reach in range(CHECKPOINTS[0] + 1)]
 
 
 class PrefixDemand:
@@ -48,20 +53,21 @@ class PrefixDemand:
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
-        self.requests += 1
-        now = self.requests
+        self.requests = now = self.requests + 1
         self.total = self.total * self._step + 1.0
+        reach = min(len(hashes), total_blocks, CHECKPOINTS[0])
+        if reach < CHECKPOINTS[-1]:
+            return
         counts = self.counts
         decay = self._decay
-        reach = min(len(hashes), total_blocks)
-        for depth in CHECKPOINTS:
-            if depth <= reach:
-                key = hashes[depth - 1]
-                previous = counts.get(key)
-                if previous is None:
-                    counts[key] = (1.0, now)
-                else:
-                    counts[key] = (previous[0] * math.exp(-decay * (now - previous[1])) + 1.0, now)
+        exp = math.exp
+        for depth in _WITHIN[reach]:
+            key = hashes[depth - 1]
+            previous = counts.get(key)
+            if previous is None:
+                counts[key] = (1.0, now)
+            else:
+                counts[key] = (previous[0] * exp(-decay * (now - previous[1])) + 1.0, now)
         if len(counts) > MAX_PREFIXES:
             self._forget()
 
@@ -82,24 +88,45 @@ class PrefixDemand:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
         request's blocks each candidate holds); 0 when there is none."""
         n = len(blocks)
-        deepest = int(blocks[blocks.argmax()]) if n else 0
+        if not n:
+            return 0
+        # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
+        # many with numpy. Either way: the deepest count, the median's when at least half hold some, and per
+        # checkpoint how many hold it and the least a holder holds.
+        ordered: list[int] = []
+        if n <= _SORTED_UP_TO:
+            ordered = sorted(blocks.tolist())
+            deepest = ordered[-1]
+        else:
+            deepest = int(blocks[blocks.argmax()])
+        if deepest == 0:  # no candidate holds any of it
+            return 0
         # what at least half the candidates hold is common too (one system prompt everyone already has)
-        held_by_half = int(_median(blocks)) if np.count_nonzero(blocks) * 2 >= n > 0 else 0
-        reach = min(deepest, len(hashes))
+        holding_any = n - bisect_right(ordered, 0) if ordered else int(np.count_nonzero(blocks))
+        held_by_half = int(_median(ordered, blocks)) if holding_any * 2 >= n else 0
+        reach = min(deepest, len(hashes), CHECKPOINTS[0])
         if reach < CHECKPOINTS[-1]:
             return held_by_half
         least = MIN_REQUESTS_PER_CANDIDATE * n
-        for depth in CHECKPOINTS:
-            if depth > reach:
-                continue
-            seen = self.recent(hashes[depth - 1])
-            needed = seen / self.total * n
+        counts, now, total = self.counts, self.requests, self.total
+        for depth in _WITHIN[reach]:
+            entry = counts.get(hashes[depth - 1])
+            if entry is None:
+                continue  # seen 0 times: below `least`
+            seen = entry[0] if entry[1] == now else entry[0] * math.exp(-self._decay * (now - entry[1]))
+            needed = seen / total * n
             if needed <= 1.0 or seen < least:  # one holder is enough, and it has one
                 continue
-            holding = blocks >= depth
-            holders = int(np.count_nonzero(holding))
-            if needed > holders:
-                return max(depth, int(blocks[holding].min()) if holders > 1 else depth, held_by_half)
+            if ordered:
+                first = bisect_left(ordered, depth)
+                holders = n - first
+                if needed > holders:
+                    return max(depth, ordered[first] if holders > 1 else depth, held_by_half)
+            else:
+                holding = blocks >= depth
+                holders = int(np.count_nonzero(holding))
+                if needed > holders:
+                    return max(depth, int(blocks[holding].min()) if holders > 1 else depth, held_by_half)
         return held_by_half
 
     def _forget(self) -> None:
@@ -108,10 +135,13 @@ class PrefixDemand:
         self.counts = {k: v for k, v in self.counts.items() if v[0] * math.exp(-decay * (now - v[1])) >= 1.5}
 
 
-def _median(values: npt.NDArray[np.int64]) -> float:
-    """np.median without its overhead (it sorts a copy through several layers of Python)."""
+def _median(ordered: list[int], values: npt.NDArray[np.int64]) -> float:
+    """The median of `values` (`ordered`: the same sorted, or empty), as np.median gives it, without its overhead
+    (it sorts a copy through several layers of Python)."""
     n = len(values)
     middle = n // 2
+    if ordered:
+        return float(ordered[middle]) if n % 2 else float(ordered[middle - 1] + ordered[middle]) / 2
     if n % 2:
         return float(np.partition(values, middle)[middle])
     low, high = np.partition(values, (middle - 1, middle))[middle - 1 : middle + 1]

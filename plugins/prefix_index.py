@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 EMPTY = np.uint64(0)
 DELETED = np.uint64(1)
+_LEAST_KEY = np.uint64(2)
 _WINDOW = 8
 _OFFSETS = np.arange(_WINDOW, dtype=np.intp)
 _COLUMN_OFFSETS = np.arange(32, dtype=np.intp)[:, None]  # the walk's first window (probe runs pass 8 often)
@@ -40,7 +41,7 @@ _NO_POSITIONS: Positions = np.zeros(0, dtype=np.intp)
 def as_keys(hashes: list[int]) -> Keys:
     """Block hashes as table keys: the two sentinel values (a 2^-63 chance each) become 2."""
     keys: Keys = np.array(hashes, dtype=np.uint64)
-    np.maximum(keys, np.uint64(2), out=keys)
+    np.maximum(keys, _LEAST_KEY, out=keys)
     return keys
 
 
@@ -88,7 +89,7 @@ class PrefixIndex:
         self.bits = bits
         self.mask = (1 << bits) - 1
         self._mask64 = np.uint64(self.mask)
-        self._mask_i64 = np.int64(self.mask)
+        self._mask_i64 = np.array(self.mask, dtype=np.int64)  # 0-d: a cheaper operand than a numpy scalar
         self.keys = np.zeros(1 << bits, dtype=np.uint64)
         self.slots = np.full(1 << bits, -1, dtype=np.int32)
         self.stamps = np.zeros(1 << bits, dtype=np.uint32)
@@ -150,7 +151,8 @@ class PrefixIndex:
         if not held[0]:
             return Walk(_NOTHING, 0)
         more_rows, more_positions = _NO_POSITIONS, _NO_POSITIONS
-        unfinished = np.logical_and.reduce(seen, axis=0)  # no empty bucket in the window: the run goes on
+        # nonzero where no bucket of the window is empty (EMPTY is 0): the run goes on (a min needs no cast to bool)
+        unfinished = np.minimum.reduce(seen, axis=0)
         if np.count_nonzero(unfinished):
             rows = np.flatnonzero(unfinished)
             found_rows, more_positions = self._scan(keys[rows], start=window[-1, rows] + 1)
@@ -200,12 +202,14 @@ class PrefixIndex:
             if hints is not None:
                 hints = (hints[0][hints[0] >= cut] - cut, hints[1][hints[0] >= cut])
         rows, positions = self._find(slot, keys, hints)
+        if len(rows) == len(keys):  # all held already (a repeated prefix): just make them the most recent
+            held_positions = np.empty(len(keys), dtype=np.intp)
+            held_positions[rows] = positions
+            self._append(ring, held_positions)
+            return
         request_positions = np.full(len(keys), -1, dtype=np.intp)
         request_positions[rows] = positions
         missing = request_positions < 0
-        if len(rows) == len(keys):  # all held already (a repeated prefix): just make them the most recent
-            self._append(ring, request_positions)
-            return
         if len(rows):
             self._append(ring, positions)  # touched first, so the eviction below cannot take them
         overflow = ring.size + int(np.count_nonzero(missing)) - limit
@@ -229,8 +233,11 @@ class PrefixIndex:
         if hints is None or not len(hints[0]):
             return self._scan(keys, slot)
         rows, positions = hints  # the table never shrinks, so even hints from before a rebuild index it
-        current = (self.keys[positions] == keys[rows]) & (self.slots[positions] == slot)
+        current = self.keys[positions] == keys[rows]
+        current &= self.slots[positions] == slot
         rows, positions = rows[current], positions[current]
+        if len(rows) == len(keys):  # a slot holds one entry per hash, so every hash is confirmed
+            return rows, positions
         unknown = np.ones(len(keys), dtype=np.bool_)
         unknown[rows] = False
         if not unknown.any():
@@ -274,9 +281,16 @@ class PrefixIndex:
             ring.positions[: len(live)] = live
             self.stamps[live] = np.arange(len(live), dtype=np.uint32)
             ring.start, ring.end = 0, len(live)
-        sequence = np.arange(ring.end, ring.end + count, dtype=np.int64)
-        ring.positions[sequence % len(ring.positions)] = positions
-        self.stamps[positions] = (sequence & 0xFFFFFFFF).astype(np.uint32)
+        length = len(ring.positions)
+        first = ring.end % length
+        stamp = ring.end & 0xFFFFFFFF
+        if first + count <= length and stamp + count <= 0x100000000:  # neither the ring nor the stamps wrap
+            ring.positions[first : first + count] = positions
+            self.stamps[positions] = np.arange(stamp, stamp + count, dtype=np.uint32)
+        else:
+            sequence = np.arange(ring.end, ring.end + count, dtype=np.int64)
+            ring.positions[sequence % length] = positions
+            self.stamps[positions] = (sequence & 0xFFFFFFFF).astype(np.uint32)
         ring.end += count
 
     def _evict(self, ring: _Ring, count: int) -> None:

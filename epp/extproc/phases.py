@@ -28,6 +28,10 @@ class Phase(enum.Enum):
     #: an ImmediateResponse was sent: whatever still arrives is ignored
     CLOSED = "answered"
 
+    # Enum hashes a member by its name in Python; every message checks its phase in a set of phases, and the
+    # members are singletons compared by identity, so the identity hash (in C) serves
+    __hash__ = object.__hash__
+
 
 #: message kind → the phases it may arrive in (anything else is out of order)
 LEGAL_IN: dict[str, frozenset[Phase]] = {

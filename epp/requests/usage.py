@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -13,16 +13,21 @@ _INPUT_OUTPUT = ("input_tokens", "output_tokens")
 _PROMPT_COMPLETION = ("prompt_tokens", "completion_tokens")
 
 
+def _mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(value, Mapping), without the ABC check for the dicts and Nones a parsed JSON body holds."""
+    return isinstance(value, dict) or (value is not None and isinstance(value, Mapping))
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def usage_of(document: Mapping[str, Any]) -> Usage | None:
     """Usage of one response document (a JSON body or one SSE event), or None if it carries none."""
-    if document.get("type") == "response.completed" and isinstance(document.get("response"), Mapping):
+    if document.get("type") == "response.completed" and _mapping(document.get("response")):
         document = document["response"]
     usage = document.get("usage")
-    if not isinstance(usage, Mapping):
+    if not _mapping(usage):
         return None
     kind = document.get("object")
     kind = kind if isinstance(kind, str) else ""
@@ -41,7 +46,7 @@ def usage_of(document: Mapping[str, Any]) -> Usage | None:
     reported = False
     for details_key in ("prompt_tokens_details", "prompt_token_details", "input_tokens_details"):
         details = usage.get(details_key)
-        if isinstance(details, Mapping):
+        if _mapping(details):
             reported = "cached_tokens" in details
             cached = _int(details.get("cached_tokens"))
             break

@@ -86,12 +86,17 @@ class _Profile:
             if len(candidates) == 0:
                 raise SchedulingError(NO_ENDPOINTS, record)
         total = None
+        borrowed = False  # `total` is a scorer's own array (a first weight of 1): the next sum makes a new one
         for scorer, weight, bounded, timer in self.scorers:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
             if total is None:
-                total = scores * weight
+                borrowed = weight == 1.0
+                total = scores if borrowed else scores * weight
+            elif borrowed:
+                total = total + (scores if weight == 1.0 else weight * scores)
+                borrowed = False
             elif weight == 1.0:
                 total += scores
             else:
@@ -150,13 +155,19 @@ class SchedulerRuntime:
         self._first_response = [
             p.first_response for p in self.producers if type(p).first_response is not DataProducer.first_response
         ]
+        # (a producer that does not override a hook is left out of its list: the base's does nothing)
         self._pre_request: list[Callable[[CycleState, SchedulingResult], None]] = [
-            p.pre_request for p in self.producers
+            p.pre_request for p in self.producers if type(p).pre_request is not DataProducer.pre_request
         ]
         self._pre_request += [
             p.pre_request
             for p in self.plugins.values()
             if not isinstance(p, DataProducer) and isinstance(p, PreRequestHook)
+        ]
+        self._response_complete = [
+            p.response_complete
+            for p in self.producers
+            if type(p).response_complete is not DataProducer.response_complete
         ]
         self.profiles: dict[str, _Profile] = {}
         for profile in config.profiles:
@@ -194,10 +205,12 @@ class SchedulerRuntime:
     def schedule(self, request: LLMRequest, table: EndpointTable, candidates: SlotArray) -> SchedulingResult:
         state = CycleState(request, table)
         clock = time.perf_counter
+        started = clock()
         for producer, timer in self._producer_timers:
-            started = clock()
             producer.produce(state, candidates)
-            timer.observe(clock() - started)
+            now = clock()
+            timer.observe(now - started)
+            started = now
         profile = self.profile
         if profile is not None:
             result = SchedulingResult({profile.name: profile.run(state, candidates, self.trace)}, profile.name)
@@ -246,8 +259,8 @@ class SchedulerRuntime:
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable
     ) -> None:
-        for producer in self.producers:
-            producer.response_complete(request, result, usage)
+        for hook in self._response_complete:
+            hook(request, result, usage)
 
     # --- admission -----------------------------------------------------------------------------
 
