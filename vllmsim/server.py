@@ -59,8 +59,8 @@ class SimServer:
     #: each finished request's time to first token as the engine measured it (arrival to first token, model
     #: seconds), newest last, for GET /sim/ttft; bounded so a long run cannot grow it without end
     engine_ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
-    #: the same requests' arrival to the first token's chunk handed to the connection (streamed ones; else NaN)
-    written_ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
+    #: the same requests' arrival to the first token's chunk handed to the connection (None: not streamed)
+    written_ttfts: deque[float | None] = field(default_factory=lambda: deque(maxlen=ENGINE_TTFTS_KEPT))
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config)
@@ -275,7 +275,7 @@ class SimServer:
             histograms.ttft.observe(ttft)
             self.engine_ttfts.append(ttft)
             written = pending.first_written_at
-            self.written_ttfts.append((written - pending.arrived) * scale if written else float("nan"))
+            self.written_ttfts.append((written - pending.arrived) * scale if written else None)
         histograms.e2e.observe((now - pending.arrived) * scale)
         if pending.scheduled_at:
             histograms.queue.observe((pending.scheduled_at - pending.arrived) * scale)
@@ -333,7 +333,7 @@ class SimServer:
         at the server to its first token (`ttft`), and to that token's chunk handed to the connection (`written`,
         null for a request that did not stream), in model seconds, oldest first, the last ENGINE_TTFTS_KEPT. A
         client's TTFT minus `written` is what lies between it and the server: the router, the gateway, the way back."""
-        document = {"ttft": list(self.engine_ttfts), "written": [None if w != w else w for w in self.written_ttfts]}
+        document = {"ttft": list(self.engine_ttfts), "written": list(self.written_ttfts)}
         return web.Response(body=orjson.dumps(document), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -54,6 +54,12 @@ def _timer(extension_point: str, plugin: Plugin) -> Distribution:
     return plugin_duration(extension_point, plugin.type_name, plugin.name)
 
 
+def _overriding(producers: list[DataProducer], hook: str) -> list[DataProducer]:
+    """The producers that override `hook` (the base's does nothing, so it need not be called)."""
+    base = getattr(DataProducer, hook)
+    return [p for p in producers if getattr(type(p), hook) is not base]
+
+
 class _Profile:
     """One profile's plugins, each with its `plugin_duration_seconds` child resolved once."""
 
@@ -91,16 +97,13 @@ class _Profile:
             scores = scorer.score(state, candidates)
             if not bounded:
                 scores = np.minimum(np.maximum(scores, 0.0), 1.0)
+            weighted = scores if weight == 1.0 else weight * scores
             if total is None:
-                borrowed = weight == 1.0
-                total = scores if borrowed else scores * weight
+                total, borrowed = weighted, weighted is scores
             elif borrowed:
-                total = total + (scores if weight == 1.0 else weight * scores)
-                borrowed = False
-            elif weight == 1.0:
-                total += scores
+                total, borrowed = total + weighted, False
             else:
-                total += weight * scores
+                total += weighted
             if record is not None:
                 record.scores.append(scores)
             now = clock()
@@ -151,24 +154,17 @@ class SchedulerRuntime:
             if isinstance(plugin, ConnectsPlugins):
                 plugin.connect(self.plugins)
         # Hooks after the pick: producers first (they learn from it), then any other plugin offering one.
-        self._picked = [p.picked for p in self.producers if type(p).picked is not DataProducer.picked]
-        self._first_response = [
-            p.first_response for p in self.producers if type(p).first_response is not DataProducer.first_response
-        ]
-        # (a producer that does not override a hook is left out of its list: the base's does nothing)
+        self._picked = [p.picked for p in _overriding(self.producers, "picked")]
+        self._first_response = [p.first_response for p in _overriding(self.producers, "first_response")]
         self._pre_request: list[Callable[[CycleState, SchedulingResult], None]] = [
-            p.pre_request for p in self.producers if type(p).pre_request is not DataProducer.pre_request
+            p.pre_request for p in _overriding(self.producers, "pre_request")
         ]
         self._pre_request += [
             p.pre_request
             for p in self.plugins.values()
             if not isinstance(p, DataProducer) and isinstance(p, PreRequestHook)
         ]
-        self._response_complete = [
-            p.response_complete
-            for p in self.producers
-            if type(p).response_complete is not DataProducer.response_complete
-        ]
+        self._response_complete = [p.response_complete for p in _overriding(self.producers, "response_complete")]
         self.profiles: dict[str, _Profile] = {}
         for profile in config.profiles:
             filters: list[Filter] = []
