@@ -10,7 +10,7 @@ own responses, so no estimate is counted twice."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import mul
 
@@ -127,6 +127,8 @@ class FleetModel:
         #: when each endpoint last taught the model (0 = never)
         self.last_seen = np.zeros(capacity)
         self._learned = 0
+        #: with --shared-state: called with (slot, features, seconds) after each observation learned here (epp.shared)
+        self.on_learn: Callable[[int, Sequence[float], float], None] | None = None
 
     def reset(self, slot: int) -> None:
         """A new endpoint in `slot`: the fleet's median slowness."""
@@ -195,6 +197,13 @@ class FleetModel:
         if rate > 0 and self._learned % RELAX_EVERY == 0:
             self._relax(now)
         self._fit(x, seconds / slowness, now)
+        if self.on_learn is not None:
+            self.on_learn(slot, x, seconds)
+
+    def learn_peer(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
+        """Another replica's observation at `slot`: the fleet's coefficients learn from it, the endpoint's slowness
+        does not (each replica shares its own estimate of that, with its precision)."""
+        self._fit(x, seconds / self.slowness.item(slot), now)
 
     def _relax(self, now: float) -> None:
         """An endpoint that has not answered for a while (one judged slow gets no traffic) moves halfway back to

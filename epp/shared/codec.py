@@ -7,6 +7,7 @@ Load report (stream `<prefix>:load`):
 Inserts (stream `<prefix>:inserts`), one entry per plugin per batch:
   v=1, r, t=wall time of the oldest insert in the batch, p=plugin name, h=each insert's endpoints
   (comma separated, inserts newline separated), n=int32 key count per insert, x=uint64 keys, concatenated.
+  The same stream carries latency observations (k=observations; epp.shared.observations).
 Numbers are little-endian whatever the machine, so replicas on different hardware agree.
 """
 
@@ -68,7 +69,7 @@ def encode_load(
 
 
 def decode_load(fields: Fields) -> LoadReport:
-    _check_version(fields)
+    check_version(fields)
     try:
         names = _lines(fields[b"c"])
         hostports = _lines(fields[b"h"])
@@ -106,7 +107,7 @@ def encode_inserts(replica: str, plugin: str, records: Sequence[InsertRecord]) -
 
 
 def decode_inserts(fields: Fields) -> InsertBatch:
-    _check_version(fields)
+    check_version(fields)
     try:
         counts = np.frombuffer(fields[b"n"], dtype="<i4")
         keys = np.frombuffer(fields[b"x"], dtype="<u8").astype(np.uint64)
@@ -125,7 +126,7 @@ def _lines(data: bytes) -> list[str]:
     return data.decode().split("\n") if data else []
 
 
-def _check_version(fields: Fields) -> None:
+def check_version(fields: Fields) -> None:
     version = fields.get(b"v")
     if version != VERSION:
         raise RecordError(f"record of version {version!r}; this replica reads version {VERSION.decode()}")

@@ -15,10 +15,27 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from epp.datastore.table import EndpointTable
+from epp.plugins.prefix import ApproxPrefixCacheProducer
+from epp.plugins.prefix_demand import CHECKPOINTS, PrefixDemand
 from epp.shared.codec import BYE, DELTA, FULL, RecordError, decode_inserts, decode_load, encode_inserts, encode_load
 from epp.shared.columns import SharedColumns
-from epp.shared.inserts import AnticipatesPeers, InsertOutbox, Keys, LearnsInserts, SharesColumns, apply_inserts
+from epp.shared.inserts import (
+    AnticipatesPeers,
+    CountsPrefixDemand,
+    InsertOutbox,
+    Keys,
+    LearnsInserts,
+    SharesColumns,
+    apply_inserts,
+)
 from epp.shared.metrics import DROPPED, PEERS, RECORDS, STALENESS
+from epp.shared.observations import (
+    LearnsLatency,
+    ObservationOutbox,
+    decode_observations,
+    encode_observations,
+    is_observations,
+)
 
 log = logging.getLogger("epp.shared")
 R = TypeVar("R")
@@ -57,6 +74,8 @@ class Exchange:
             self.columns.register(name, getattr(table, attribute))
         self.learners: dict[str, LearnsInserts] = {}
         self.outboxes: list[InsertOutbox] = []
+        self.latency_learners: dict[str, LearnsLatency] = {}
+        self.observed: list[ObservationOutbox] = []
         for name, plugin in plugins.items():
             if isinstance(plugin, SharesColumns):
                 self.columns.register_all(name, plugin.shared_columns(), plugin.peers_changed)
@@ -68,6 +87,16 @@ class Exchange:
                 self.outboxes.append(outbox)
             if isinstance(plugin, AnticipatesPeers):
                 plugin.replica_place = self.replica_place
+            if isinstance(plugin, LearnsLatency):
+                observed = ObservationOutbox(name, table, outbox_capacity, DROPPED.value("outbox_full").inc, on_insert)
+                plugin.model.on_learn = observed
+                self.latency_learners[name] = plugin
+                self.observed.append(observed)
+        #: the prefix demand counters, and the prefix producer whose peer inserts they count (one insert per request:
+        #: with several prefix producers configured, the first by name)
+        self.demands: list[PrefixDemand] = [p.demand for p in plugins.values() if isinstance(p, CountsPrefixDemand)]
+        prefix_producers = sorted(n for n, p in self.learners.items() if isinstance(p, ApproxPrefixCacheProducer))
+        self.demand_source = prefix_producers[0] if prefix_producers else None
         #: running mean of the load reports' staleness (seconds from a peer's change to its application here)
         self.staleness = 0.0
 
@@ -91,6 +120,10 @@ class Exchange:
             records = outbox.drain()
             if records:
                 entries.append(("inserts", encode_inserts(self.replica, outbox.plugin, records)))
+        for observed in self.observed:
+            observations = observed.drain()
+            if observations:
+                entries.append(("inserts", encode_observations(self.replica, observed.plugin, observations)))
         return entries
 
     def apply_load(self, fields: Fields, wall: float | None, now: float) -> None:
@@ -117,17 +150,43 @@ class Exchange:
         as for `apply_load` (None also for a replay, which counts no record received)."""
         by_plugin: dict[str, tuple[list[tuple[str, ...]], list[Keys]]] = {}
         for fields in records:
+            if is_observations(fields):
+                self._apply_observations(fields, wall)
+                continue
             batch = self._peer_record(fields, decode_inserts)
             if batch is None or batch.plugin not in self.learners:
                 continue  # this replica's own, malformed, or of a plugin this replica's configuration lacks
             hostports, keys = by_plugin.setdefault(batch.plugin, ([], []))
             hostports.extend(batch.hostports)
             keys.extend(batch.keys)
+            if batch.plugin == self.demand_source:
+                self._count_demand(batch.keys)
             if wall is not None:
                 RECORDS.value("inserts", "received").inc()
                 STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
         for plugin, (hostports, keys) in by_plugin.items():
             apply_inserts(self.learners[plugin], self.table, hostports, keys)
+
+    def _apply_observations(self, fields: Fields, wall: float | None) -> None:
+        """A peer's latency observations teach this replica's model of the same plugin (of the same features)."""
+        batch = self._peer_record(fields, decode_observations)
+        learner = None if batch is None else self.latency_learners.get(batch.plugin)
+        if batch is None or learner is None or batch.rows.shape[1] != learner.model.features_count + 1:
+            return
+        if wall is not None:
+            RECORDS.value("inserts", "received").inc()
+            STALENESS.distribution("inserts").observe(max(wall - batch.sent_at, 0.0))
+        now = learner.clock()
+        for hostport, row in zip(batch.hostports, batch.rows.tolist(), strict=True):
+            slot = self.table.slot_of_hostport(hostport)
+            if slot is not None:
+                learner.model.learn_peer(slot, row[:-1], row[-1], now)
+
+    def _count_demand(self, inserts: list[Keys]) -> None:
+        """Count each of a peer's inserts (a request's block keys, every block) as one request through its prefixes."""
+        for demand in self.demands:
+            for keys in inserts:
+                demand.count(keys[: CHECKPOINTS[0]].tolist(), len(keys))
 
     def _peer_record(self, fields: Fields, decode: Callable[[Fields], R]) -> R | None:
         """The decoded record, or None for this replica's own records and malformed ones (counted)."""

@@ -13,15 +13,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from epp.datastore.table import EndpointTable
 from epp.plugins.peer_picks import ReplicaPlace
+from epp.plugins.prefix_demand import PrefixDemand
 
 Keys = npt.NDArray[np.uint64]
+R = TypeVar("R")
 Replicate = Callable[[Sequence[int], Keys], None]
 
 
@@ -49,6 +51,15 @@ class SharesColumns(Protocol):
 
 
 @runtime_checkable
+class CountsPrefixDemand(Protocol):
+    """A plugin that counts the requests passing through each prefix to tell a common one (plugins/prefix_demand.py).
+    Each replica sees only its own requests; a peer's prefix insert stands for one of the peer's requests, counted
+    here too, so that every replica counts the pool's traffic and calls the same prefixes common."""
+
+    demand: PrefixDemand
+
+
+@runtime_checkable
 class AnticipatesPeers(Protocol):
     """A plugin that keeps replicas that see the same pool from picking the same endpoint within the time their
     picks take to reach each other (plugins/peer_picks.py): it needs this replica's rank among the live ones
@@ -66,8 +77,8 @@ class InsertRecord:
     made_at: float
 
 
-class InsertOutbox:
-    """Bounded queue of one plugin's inserts waiting to be sent."""
+class Outbox(Generic[R]):
+    """Bounded queue of one plugin's records waiting to be sent (a full one drops a record and counts it)."""
 
     def __init__(
         self,
@@ -83,22 +94,32 @@ class InsertOutbox:
         self.on_drop = on_drop
         #: wakes the publisher
         self.on_append = on_append
-        self.records: deque[InsertRecord] = deque()
+        self.records: deque[R] = deque()
 
-    def __call__(self, slots: Sequence[int], keys: Keys) -> None:
-        records = self.records
-        if len(records) >= self.capacity:
+    def full(self) -> bool:
+        if len(self.records) >= self.capacity:
             self.on_drop(1)
-            return
-        hostports = self.table.hostports
-        records.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
+            return True
+        return False
+
+    def append(self, record: R) -> None:
+        self.records.append(record)
         if self.on_append is not None:
             self.on_append()
 
-    def drain(self) -> list[InsertRecord]:
+    def drain(self) -> list[R]:
         records = list(self.records)
         self.records.clear()
         return records
+
+
+class InsertOutbox(Outbox[InsertRecord]):
+    """One plugin's inserts waiting to be sent (the plugin's `replicate`)."""
+
+    def __call__(self, slots: Sequence[int], keys: Keys) -> None:
+        if not self.full():
+            hostports = self.table.hostports
+            self.append(InsertRecord(tuple(hostports[s] for s in slots), keys, time.time()))
 
 
 def apply_inserts(
