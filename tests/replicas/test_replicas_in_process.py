@@ -15,6 +15,7 @@ from epp.config.schema import default_config
 from epp.datastore.table import Endpoint, EndpointTable
 from epp.devstack.redis import RedisServer
 from epp.director import Decision, Director
+from epp.plugins.latency import PredictedTTFTProducer
 from epp.plugins.latency_scorer import PredictedTTFTScorer
 from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
 from epp.plugins.prefix_index import as_keys
@@ -38,6 +39,7 @@ class Replica:
         self.director = Director(self.table, scheduler, hooks=scheduler)
         self.prefix = next(p for p in scheduler.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
         self.scorer = next(p for p in scheduler.plugins.values() if isinstance(p, PredictedTTFTScorer))
+        self.producer = next(p for p in scheduler.plugins.values() if isinstance(p, PredictedTTFTProducer))
         self.shared = SharedState(parse_shared_state(url), self.table, scheduler.plugins, "test/pool", name, TUNING)
         self.count = 0
 
@@ -100,6 +102,20 @@ async def test_in_flight_requests_held_through_one_replica_steer_the_others_pick
         b.director.complete(decision, None)
     a.director.complete(held, None)
     await until(lambda: b.table.inflight_requests[slot] == 0.0, timeout=1.0)
+
+
+async def test_a_peers_requests_reach_this_replicas_prefix_demand_and_latency_fit_through_the_store(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    prior = list(b.producer.model.coefficients)
+    for i in range(6):
+        decision = a.decide(f"request {i} " + "w" * 600)
+        a.director.first_chunk(decision, streamed=True)
+        a.complete(decision)
+    await until(lambda: b.producer.demand.requests == 6, timeout=1.0)
+    await until(lambda: b.producer.model.coefficients != prior, timeout=1.0)
+    assert a.producer.demand.requests == 6 and b.producer.model.observations.sum() == 0
 
 
 async def test_replicas_rank_themselves_alike_and_measure_how_late_the_others_changes_arrive(
