@@ -201,8 +201,10 @@ class FleetModel:
             self.on_learn(slot, x, seconds)
 
     def learn_peer(self, slot: int, x: Sequence[float], seconds: float, now: float) -> None:
-        """Another replica's observation at `slot`: the fleet's coefficients learn from it, the endpoint's slowness
-        does not (each replica shares its own estimate of that, with its precision)."""
+        """Another replica's observation at `slot`: the fleet's coefficients learn from it, and it counts towards the
+        observations after which the endpoint's own slowness starts to move (the fit has settled on the pool's
+        responses); the slowness itself does not learn from it (each replica shares its own estimate of that)."""
+        self.observations[slot] += 1
         self._fit(x, seconds / self.slowness.item(slot), now)
 
     def _relax(self, now: float) -> None:

@@ -170,7 +170,7 @@ def test_a_peers_latency_observations_teach_this_replicas_coefficients_but_not_i
     x = (1.0, 0.0, 0.25, 0.1)[: len(learned)]
     assert b.producer.model.fleet_prediction(x) == pytest.approx(a.producer.model.fleet_prediction(x), rel=0.1)
     assert (b.producer.model.own == slowness).all()  # its own slowness estimates learn from its own responses only
-    assert b.producer.model.observations.sum() == 0
+    assert b.producer.model.observations.sum() == a.producer.model.observations.sum() == 12
 
 
 def test_observation_records_round_trip_and_a_model_of_other_features_ignores_them() -> None:
