@@ -8,7 +8,9 @@ Reports per variant the medians over rounds of: CPU µs per request of a replica
 measured window), the extra over `off` in the same round, a replica's CPU while idle but connected, and the
 staleness (epp_shared_state_staleness_seconds) p50/p90/p99 of load reports and inserts.
 
-`python benchmarks/shared/link_cpu.py [--rate 300] [--seconds 4] [--rounds 3] [--intervals 0.005,0.01]`
+`python benchmarks/shared/link_cpu.py [--rate 300] [--seconds 4] [--rounds 3] [--intervals 0.005,0.01] [--ttft 0.02]`
+(`--ttft`: each request's first chunk that long after its pick, so the latency model learns and shares its
+observations; without it, requests only start and end)
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ async def replica(args: argparse.Namespace) -> dict[str, float]:
             body = parse_openai_body(raw, "/v1/completions")
             decision = director.decide(f"{args.name}-{count}", {}, body, raw, None)
             director.run_deferred_hooks(decision)
+            if args.ttft > 0:  # the first chunk: queued prefill released, the latency model learns (and shares)
+                loop.call_later(args.ttft, director.first_chunk, decision, True)
             loop.call_later(args.hold, director.complete, decision, None)
             next_at += 1.0 / args.rate
         await asyncio.sleep(max(next_at - time.monotonic(), 0.0))
@@ -151,8 +155,8 @@ def store_calls(url: str, reset: bool = False) -> dict[str, float]:
 
 def run_pair(args: argparse.Namespace, url: str, interval: float, scope: str) -> list[dict[str, float]]:
     command = [sys.executable, __file__, "--worker", "--rate", str(args.rate), "--seconds", str(args.seconds),
-               "--hold", str(args.hold), "--idle", str(args.idle), "--interval", str(interval),
-               "--scope", scope]  # fmt: skip
+               "--hold", str(args.hold), "--ttft", str(args.ttft), "--idle", str(args.idle),
+               "--interval", str(interval), "--scope", scope]  # fmt: skip
     workers = [
         subprocess.Popen(
             [*command, "--name", f"r{i}", "--url", url],
@@ -189,6 +193,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second per replica")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--hold", type=float, default=0.05, help="seconds each request stays in flight")
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds to a request's first chunk (0: none)")
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of the idle measure before the load")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--intervals", default="0.005,0.01")
