@@ -2,11 +2,13 @@
 crosses epp and comes back) against deploy/envoy/envoy.yaml's routing + observing filters (epp is sent the
 response and answers nothing).
 
-    python benchmarks/extproc/response_path.py [--rounds 3] [--requests 300] [--concurrency 16]
+    python benchmarks/extproc/response_path.py [--rounds 3] [--requests 300] [--concurrency 16 | --rate 80]
         [--output-tokens 128] [--stream-interval 1]
 
 One simulated vLLM server (time-scale 20, so the engine is never the bottleneck), epp with its built-in default,
-Envoy with one worker. Each round runs both layouts in turn on the same requests. Per layout and round: epp's CPU
+Envoy with one worker. Each round runs both layouts in turn on the same requests. A closed loop (--concurrency)
+measures what each layout can carry; at a fixed offered rate (--rate, open loop) the engine sees the same load in
+both, so TTFT compares the paths alone. Per layout and round: epp's CPU
 per request (from /proc: the whole process, gRPC included), the requests per second the client saw, TTFT and
 total time p50 / p90 at the client. The medians over the rounds and the per-round ratios are printed last.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import random
 import statistics
 import sys
 import time
@@ -35,15 +39,22 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LAYOUTS = {"reference": "FULL_DUPLEX_STREAMED", "observe": None}
 
 
-async def drive(url: str, requests: int, concurrency: int, output_tokens: int) -> tuple[list[float], list[float]]:
-    """(TTFT, total) seconds of each request; every one must answer 200."""
-    gate = asyncio.Semaphore(concurrency)
+async def drive(
+    url: str, requests: int, concurrency: int, output_tokens: int, rate: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """(TTFT, total) seconds of each request; every one must answer 200. `rate` > 0: open loop, Poisson arrivals
+    at that rate (seeded, the same in every run), `concurrency` then unbounded."""
+    gate = asyncio.Semaphore(concurrency if rate <= 0 else requests)
+    gaps = random.Random(7)
+    starts = list(itertools.accumulate(gaps.expovariate(rate) for _ in range(requests))) if rate > 0 else []
     ttfts: list[float] = []
     totals: list[float] = []
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
         async def one(index: int) -> None:
+            if starts:
+                await asyncio.sleep(max(0.0, began + starts[index] - time.perf_counter()))
             body = {"model": MODEL, "prompt": f"request {index} " * 40, "max_tokens": output_tokens, "stream": True}
             async with gate:
                 started = time.perf_counter()
@@ -57,6 +68,7 @@ async def drive(url: str, requests: int, concurrency: int, output_tokens: int) -
                 ttfts.append(first if first is not None else float("nan"))
                 totals.append(time.perf_counter() - started)
 
+        began = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(requests)))
     return ttfts, totals
 
@@ -81,7 +93,7 @@ def run_layout(layout: str, sim_port: int, args: argparse.Namespace) -> dict[str
             meter = CpuMeter({"epp": epp.process.pid})
             meter.start()
             started = time.monotonic()
-            ttfts, totals = asyncio.run(drive(url, args.requests, args.concurrency, args.output_tokens))
+            ttfts, totals = asyncio.run(drive(url, args.requests, args.concurrency, args.output_tokens, args.rate))
             wall = time.monotonic() - started
             cores = meter.stop()["epp"]
     finally:
@@ -100,7 +112,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16, help="closed loop: requests kept in flight")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop instead: Poisson arrivals per second")
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--stream-interval", type=int, default=1, help="tokens per SSE chunk after the first")
     args = parser.parse_args()
@@ -119,7 +132,8 @@ def main() -> int:
                 )
     finally:
         stop_process(fleet)
-    print(f"\nmedians over {args.rounds} rounds ({args.requests} requests, concurrency {args.concurrency}, "
+    offered = f"{args.rate:g} requests/s offered" if args.rate > 0 else f"concurrency {args.concurrency}"
+    print(f"\nmedians over {args.rounds} rounds ({args.requests} requests, {offered}, "
           f"{args.output_tokens} tokens, stream interval {args.stream_interval}):")  # fmt: skip
     for key in ("cpu_ms", "rps", "ttft_p50", "ttft_p90", "total_p50", "total_p90"):
         reference = statistics.median(r[key] for r in rows["reference"])
