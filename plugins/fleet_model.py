@@ -42,6 +42,10 @@ PRIOR_LOG_VARIANCE = 1.0
 #: floor so that they stay >= 0 like every shared column
 SLOWNESS_FLOOR, SLOWNESS_CEILING = 0.05, 50.0
 LOG_FLOOR = math.log(SLOWNESS_FLOOR)
+#: the TTFT model's seconds per turnover of a full KV cache (plugins/kv_demand.py) start here, with this doubt: a
+#: cache fills only past saturation, when TTFTs arrive seconds late, so a prior of 0 left the first seconds of a
+#: full cache predicted as before (fits of the virtual fleet's engines: 1.8-3 s; priors 0, 2 and 3 measured there)
+TURNOVER_PRIOR, TURNOVER_DOUBT = 3.0, 1.0
 
 
 @dataclass
@@ -242,14 +246,16 @@ class FleetModel:
 
 
 def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
-    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10)."""
+    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10
+    + per_turnover x full), `full` the turnovers of a full KV cache before the request fits (plugins/kv_demand.py)."""
     base = parameters.base_seconds
     per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
     return FleetModel(
         capacity,
-        prior=(base, base / 2, per_prefill, 0.0),
-        doubt=(base, base / 2, per_prefill, base),  # per_request starts at 0 but may grow to a base per request
-        floors=(0.0, 0.0, per_prefill / 100, 0.0),
+        prior=(base, base / 2, per_prefill, 0.0, TURNOVER_PRIOR),
+        # per_request starts at 0 but may grow to a base per request
+        doubt=(base, base / 2, per_prefill, base, TURNOVER_DOUBT),
+        floors=(0.0, 0.0, per_prefill / 100, 0.0, 0.0),
         drift_per_second=parameters.drift_per_second,
         noise=parameters.observation_noise,
         slowness_rate=parameters.slowness_rate,
@@ -257,8 +263,10 @@ def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel
     )
 
 
-def ttft_features(decoding: float, work: float, waiting: float) -> tuple[float, float, float, float]:
-    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT)
+def ttft_features(
+    decoding: float, work: float, waiting: float, full: float = 0.0
+) -> tuple[float, float, float, float, float]:
+    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT, full)
 
 
 def decode_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
