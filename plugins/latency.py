@@ -3,7 +3,7 @@
 For each candidate the producer predicts how long this request would wait for its first token there:
 
     TTFT = base + per_decode · decoding / 100 + per_prefill · (queued prefill + own uncached prefill) / 10,000
-           + per_request · waiting / 10
+           + per_request · waiting / 10 + per_turnover · full
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
@@ -12,9 +12,10 @@ For each candidate the producer predicts how long this request would wait for it
   match), so a warm endpoint is priced by what it saves, not by a weight;
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
 - waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others finish,
-  whatever their length).
+  whatever their length);
+- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py).
 
-The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
+The five coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
 streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
 `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
 multiplies them, learned from the same first chunks (slownessRate, default 0.1; 0 leaves a slower or degraded
