@@ -31,6 +31,11 @@ SLOWNESS_STEP = 1.5
 #: e^(slownessRate x 0.3) and the factor tracks the median of observed / predicted, not a mean pulled by outliers
 #: (1.5 let homogeneous servers' factors wander by +-10 % and misroute a shared-prefix pool past saturation)
 TTFT_SLOWNESS_STEP = 0.3
+#: an observation's error is clipped to this many of its expected standard deviations before the fit: past
+#: saturation one TTFT is often several times the next (a cache filling behind a long prompt), and at 3 each such
+#: response, learned a TTFT late, swung the coefficients into the next calm stretch (the virtual fleet's prediction
+#: error 1-4 points lower at 1 on most workloads past saturation, the same routing)
+ERROR_CLIP = 1.0
 #: every this many responses, endpoints quiet for QUIET_SECONDS move halfway back to the fleet's median slowness
 RELAX_EVERY = 32
 QUIET_SECONDS = 5.0
@@ -81,7 +86,7 @@ class FleetModel:
 
     The coefficients say how an engine of this pool turns load into waiting time; they are learned from every
     endpoint's observations (a Kalman filter over the observations divided by their endpoint's slowness; an
-    observation's error is clipped to three of its expected standard deviations, so one stalled stream cannot
+    observation's error is clipped to one of its expected standard deviations, so one stalled stream cannot
     throw the fit). Each endpoint's slowness (1 = as the fleet's coefficients say) follows the ratio of what it
     did to what the fleet's coefficients predicted, as an exponentially weighted mean in log space, bounded per
     step: a GPU half as fast settles near 2 within a few responses, a server that degrades mid-run follows
@@ -230,7 +235,7 @@ class FleetModel:
         px = [sum(map(mul, c[i * n : i * n + n], x)) for i in range(n)]
         variance = sum(map(mul, x, px)) + (self.noise * y) ** 2 + 1e-8
         error = y - sum(map(mul, theta, x))
-        limit = 3.0 * math.sqrt(variance)
+        limit = ERROR_CLIP * math.sqrt(variance)
         error = min(max(error, -limit), limit)
         gain = [v / variance for v in px]
         for i, floor in enumerate(self.floors):

@@ -239,6 +239,10 @@ def simulate(
             outcomes[payload] = Outcome(server, at, predicted=getattr(note, "predicted", float("nan")))
             if trace:
                 outcomes[payload].trace = _trace_of(engines[server], note, sequence.prompt_tokens)
+                if adapter:  # whether the adapter was running there, and whether its slots were all taken
+                    active = engines[server].active_adapters()
+                    outcomes[payload].trace["adapter_running"] = float(adapter in active)
+                    outcomes[payload].trace["adapter_slots_full"] = float(len(active) >= engine_config.max_loras)
                 model = getattr(routers[r].plugins.get("predicted-ttft-producer"), "model", None)
                 if model is not None:
                     coefficients = dict(zip(COEFFICIENTS, model.coefficients, strict=True))
