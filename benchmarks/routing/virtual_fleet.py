@@ -12,6 +12,11 @@ latency (0 in virtual time) and the scrape's own delay.
 
 A config is a file name of benchmarks/routing/configs/, or a peer policy of virtual_peers.py: `round-robin`,
 `random`, `cache-aware` (sglang-router's and vllm-router's cache_aware, from their documented behaviour).
+
+With `--trace DIR` every row also writes DIR/<workload>-<load>-<seed>-<config>.json: per request its server, when
+it was sent, admitted by the engine, answered first and finished, what the pick's note predicted and charged,
+the engine's queue and KV usage at its arrival, and the TTFT model's coefficients then (what a prediction error
+comes from; measurement only, the routing is the same).
 """
 
 from __future__ import annotations
