@@ -239,8 +239,9 @@ class PredictedTTFTProducer(DataProducer):
             beyond, full = kv
             if per_turnover:  # the cache must turn over `full` times before this request fits (plugins/kv_demand.py)
                 queueing += full * per_turnover
-            beyond = np.minimum(beyond, uncached + output)  # what it preempts, at most its own need, is recomputed
-            overflow = beyond * per_token
+            np.minimum(beyond, uncached + output, out=beyond)  # what it preempts, at most its own need, is recomputed
+            beyond *= per_token
+            overflow = beyond
         seconds = uncached * prefill_rate
         seconds += base
         if per_decode:
