@@ -27,6 +27,7 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.discovery.static import EndpointsFileWatcher, EndpointSpecError, check_capacity, parse_endpoints_flag
 from epp.extproc.core import ExtProcStream
+from epp.extproc.observing import ObservingStream, ResponseWatch
 from epp.extproc.servicer import ExtProcServicer
 from epp.flowcontrol.controller import FlowController
 from epp.health import HealthState, add_health
@@ -149,6 +150,7 @@ async def _start_with(
         registry.register(flow_metrics)
         director.on_release = flow.notify
     max_body = settings.max_request_body_bytes
+    response_watch = ResponseWatch()
     servicer = ExtProcServicer(
         lambda: ExtProcStream(
             director,
@@ -158,9 +160,11 @@ async def _start_with(
             flow_control=flow_control,
             max_body_bytes=max_body,
             emit_scores=settings.emit_endpoint_scores,
+            watch=response_watch,
         ),
         flow,
         idle_timeout=settings.stream_idle_timeout,
+        observing_stream=lambda: ObservingStream(response_watch),
     )
     observability.watch_streams(servicer)
 

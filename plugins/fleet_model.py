@@ -31,6 +31,11 @@ SLOWNESS_STEP = 1.5
 #: e^(slownessRate x 0.3) and the factor tracks the median of observed / predicted, not a mean pulled by outliers
 #: (1.5 let homogeneous servers' factors wander by +-10 % and misroute a shared-prefix pool past saturation)
 TTFT_SLOWNESS_STEP = 0.3
+#: an observation's error is clipped to this many of its expected standard deviations before the fit: past
+#: saturation one TTFT is often several times the next (a cache filling behind a long prompt), and at 3 each such
+#: response, learned a TTFT late, swung the coefficients into the next calm stretch (the virtual fleet's prediction
+#: error 1-4 points lower at 1 on most workloads past saturation, the same routing)
+ERROR_CLIP = 1.0
 #: every this many responses, endpoints quiet for QUIET_SECONDS move halfway back to the fleet's median slowness
 RELAX_EVERY = 32
 QUIET_SECONDS = 5.0
@@ -42,6 +47,10 @@ PRIOR_LOG_VARIANCE = 1.0
 #: floor so that they stay >= 0 like every shared column
 SLOWNESS_FLOOR, SLOWNESS_CEILING = 0.05, 50.0
 LOG_FLOOR = math.log(SLOWNESS_FLOOR)
+#: the TTFT model's seconds per turnover of a full KV cache (plugins/kv_demand.py) start here, with this doubt: a
+#: cache fills only past saturation, when TTFTs arrive seconds late, so a prior of 0 left the first seconds of a
+#: full cache predicted as before (fits of the virtual fleet's engines: 1.8-3 s; priors 0, 2 and 3 measured there)
+TURNOVER_PRIOR, TURNOVER_DOUBT = 3.0, 1.0
 
 
 @dataclass
@@ -77,7 +86,7 @@ class FleetModel:
 
     The coefficients say how an engine of this pool turns load into waiting time; they are learned from every
     endpoint's observations (a Kalman filter over the observations divided by their endpoint's slowness; an
-    observation's error is clipped to three of its expected standard deviations, so one stalled stream cannot
+    observation's error is clipped to one of its expected standard deviations, so one stalled stream cannot
     throw the fit). Each endpoint's slowness (1 = as the fleet's coefficients say) follows the ratio of what it
     did to what the fleet's coefficients predicted, as an exponentially weighted mean in log space, bounded per
     step: a GPU half as fast settles near 2 within a few responses, a server that degrades mid-run follows
@@ -237,7 +246,7 @@ class FleetModel:
         px = [sum(map(mul, c[i * n : i * n + n], x)) for i in range(n)]
         variance = sum(map(mul, x, px)) + (self.noise * y) ** 2 + 1e-8
         error = y - sum(map(mul, theta, x))
-        limit = 3.0 * math.sqrt(variance)
+        limit = ERROR_CLIP * math.sqrt(variance)
         error = min(max(error, -limit), limit)
         gain = [v / variance for v in px]
         for i, floor in enumerate(self.floors):
@@ -253,14 +262,16 @@ class FleetModel:
 
 
 def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
-    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10)."""
+    """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10
+    + per_turnover x full), `full` the turnovers of a full KV cache before the request fits (plugins/kv_demand.py)."""
     base = parameters.base_seconds
     per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
     return FleetModel(
         capacity,
-        prior=(base, base / 2, per_prefill, 0.0),
-        doubt=(base, base / 2, per_prefill, base),  # per_request starts at 0 but may grow to a base per request
-        floors=(0.0, 0.0, per_prefill / 100, 0.0),
+        prior=(base, base / 2, per_prefill, 0.0, TURNOVER_PRIOR),
+        # per_request starts at 0 but may grow to a base per request
+        doubt=(base, base / 2, per_prefill, base, TURNOVER_DOUBT),
+        floors=(0.0, 0.0, per_prefill / 100, 0.0, 0.0),
         drift_per_second=parameters.drift_per_second,
         noise=parameters.observation_noise,
         slowness_rate=parameters.slowness_rate,
@@ -268,8 +279,10 @@ def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel
     )
 
 
-def ttft_features(decoding: float, work: float, waiting: float) -> tuple[float, float, float, float]:
-    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT)
+def ttft_features(
+    decoding: float, work: float, waiting: float, full: float = 0.0
+) -> tuple[float, float, float, float, float]:
+    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT, full)
 
 
 def decode_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:

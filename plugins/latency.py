@@ -3,7 +3,7 @@
 For each candidate the producer predicts how long this request would wait for its first token there:
 
     TTFT = base + per_decode · decoding / 100 + per_prefill · (queued prefill + own uncached prefill) / 10,000
-           + per_request · waiting / 10
+           + per_request · waiting / 10 + per_turnover · full
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
@@ -12,9 +12,10 @@ For each candidate the producer predicts how long this request would wait for it
   match), so a warm endpoint is priced by what it saves, not by a weight;
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
 - waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others finish,
-  whatever their length).
+  whatever their length);
+- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py).
 
-The four coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
+The five coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
 streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
 `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
 multiplies them, learned from the same first chunks (slownessRate, default 0.1; 0 leaves a slower or degraded
@@ -49,8 +50,9 @@ from epp.plugins.fleet_model import (
     ttft_features,
     ttft_model,
 )
+from epp.plugins.kv_demand import kv_beyond_cache
 from epp.plugins.pick_share import PickShare
-from epp.plugins.prefill_drain import Floats, QueuedPrefillDrain
+from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
@@ -91,6 +93,9 @@ class Prediction:
     overflow: npt.NDArray[np.float64] | None
     #: how far each candidate's recent share of the picks falls below the floor (plugins/pick_share.py; None: none)
     shortfall: npt.NDArray[np.float64] | None = None
+    #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
+    #: no candidate's cache overflows)
+    full: npt.NDArray[np.float64] | None = None
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
@@ -203,7 +208,7 @@ class PredictedTTFTProducer(DataProducer):
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
         table = state.table
-        base, per_decode, per_prefill, per_request = model.coefficients
+        base, per_decode, per_prefill, per_request, per_turnover = model.coefficients
         prefill_rate = np.array(per_prefill / PREFILL_UNIT)
         # seconds per uncached prompt token: the same on every endpoint until some endpoint's slowness is not 1
         slowness = model.slowness[candidates] if model.varied else None
@@ -223,9 +228,20 @@ class PredictedTTFTProducer(DataProducer):
             np.maximum(external, _ZERO, out=external)
             waiting = waiting + external
             queued = queued + external * self.prompt_tokens
+        limit = max_tokens(state.request)
+        output = min(limit, self.output_tokens) if limit else self.output_tokens
         queueing = queued * prefill_rate
         if per_request:
             queueing += waiting * (per_request / REQUEST_UNIT)
+        overflow = full = None
+        kv = kv_beyond_cache(table, candidates, self.kv_tokens, uncached, output)
+        if kv is not None:
+            beyond, full = kv
+            if per_turnover:  # the cache must turn over `full` times before this request fits (plugins/kv_demand.py)
+                queueing += full * per_turnover
+            np.minimum(beyond, uncached + output, out=beyond)  # what it preempts, at most its own need, is recomputed
+            beyond *= per_token
+            overflow = beyond
         seconds = uncached * prefill_rate
         seconds += base
         if per_decode:
@@ -234,9 +250,6 @@ class PredictedTTFTProducer(DataProducer):
             queueing *= slowness
             seconds *= slowness
         seconds += queueing
-        limit = max_tokens(state.request)
-        output = min(limit, self.output_tokens) if limit else self.output_tokens
-        overflow = self._overflow(table, candidates, uncached, output, per_token)
         lift = None
         common = 0.0
         if common_blocks and counts is not None and match is not None:
@@ -262,6 +275,7 @@ class PredictedTTFTProducer(DataProducer):
             lift,
             overflow,
             self.share.shortfall(candidates),
+            full,
         )
         state.write(KEY, prediction)
 
@@ -270,27 +284,6 @@ class PredictedTTFTProducer(DataProducer):
         self.drain.advance_one(
             slot, self.queued_tokens.item(slot), self.queued_requests.item(slot), per_token, self.clock()
         )
-
-    def _overflow(
-        self, table: EndpointTable, candidates: SlotArray, uncached: Floats, output: float, per_token: Floats | float
-    ) -> Floats | None:
-        """Seconds of prefill to recompute what this request's KV need (uncached prompt + expected output) would
-        preempt there, once everything in flight has grown to its expected length; None: no candidate overflows."""
-        capacity = table.cache_num_blocks[candidates]
-        capacity *= table.cache_block_size[candidates]
-        if capacity[capacity.argmin()] <= 0:  # a cache size not scraped yet: nothing to compare with
-            return None
-        held = self.kv_tokens[candidates]
-        np.maximum(held, table.kv_usage[candidates] * capacity, out=held)  # another replica's, reported
-        held += uncached
-        held += output
-        held -= capacity
-        if held[held.argmax()] <= 0:
-            return None
-        np.maximum(held, _ZERO, out=held)
-        np.minimum(held, uncached + output, out=held)
-        held *= per_token
-        return held
 
     def _learn_misses(self, note: PickNote, computed: float) -> None:
         """The endpoint computed `computed` prompt tokens where the index expected `note.uncached` (over the
@@ -337,6 +330,7 @@ class PredictedTTFTProducer(DataProducer):
             prediction.seconds.item(i),
             len(state.request.prompt_bytes),
             kv_need,
+            0.0 if prediction.full is None else prediction.full.item(i),
         )
         result.remember(self._note_key, note)
 
@@ -378,7 +372,8 @@ class PredictedTTFTProducer(DataProducer):
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
         if table.epoch.item(note.slot) == note.epoch:
             work = note.queued + max(note.uncached, 1.0)
-            self.model.learn(note.slot, ttft_features(note.decoding, work, note.waiting), ttft, now)
+            features = ttft_features(note.decoding, work, note.waiting, note.full)
+            self.model.learn(note.slot, features, ttft, now)
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         note = result.recall(self._note_key)

@@ -20,6 +20,8 @@ class PickNote:
     predicted: float
     prompt_bytes: int
     kv_need: float
+    #: how many times the endpoint's KV cache had to turn over before this request fit, as predicted
+    full: float = 0.0
     released: bool = False
     kv_released: bool = False
     ttft: float | None = None

@@ -220,7 +220,13 @@ def run_one(
                 ports_of = [replica.grpc_port for replica in epps]
                 bootstrap = render_bootstrap("envoy-replicas", free_port(), free_port(), 0, epp_ports=ports_of)
             else:
-                bootstrap = render_bootstrap("envoy", free_port(), free_port(), epp.grpc_port)
+                # --envoy-layout reference: one filter, the response crossing epp chunk by chunk
+                response_mode = "FULL_DUPLEX_STREAMED" if args.envoy_layout == "reference" else None
+                request_mode = "FULL_DUPLEX_STREAMED" if args.envoy_layout == "reference" else None
+                bootstrap = render_bootstrap(
+                    "envoy", free_port(), free_port(), epp.grpc_port,
+                    request_body_mode=request_mode, response_body_mode=response_mode,
+                )  # fmt: skip
             envoy = EnvoyProcess(long_streams(bootstrap))
             envoy.start()
             assert envoy.process is not None
@@ -300,6 +306,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK_REQUESTS} requests per workload (smoke)")
     parser.add_argument("--time-scale", type=float, default=2.0, help="simulator speed-up over real time")
     parser.add_argument("--stream-interval", type=int, default=16, help="tokens per SSE chunk after the first")
+    parser.add_argument(
+        "--envoy-layout", choices=("observe", "reference"), default="observe",
+        help="one epp: deploy/envoy/envoy.yaml's routing + observing filters, or the reference's full-duplex one",
+    )  # fmt: skip
     parser.add_argument("--refresh-ms", type=float, default=50.0, help="epp scrape interval in model time")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument(

@@ -12,6 +12,11 @@ latency (0 in virtual time) and the scrape's own delay.
 
 A config is a file name of benchmarks/routing/configs/, or a peer policy of virtual_peers.py: `round-robin`,
 `random`, `cache-aware` (sglang-router's and vllm-router's cache_aware, from their documented behaviour).
+
+With `--trace DIR` every row also writes DIR/<workload>-<load>-<seed>-<config>.json: per request its server, when
+it was sent, admitted by the engine, answered first and finished, what the pick's note predicted and charged,
+the engine's queue and KV usage at its arrival, and the TTFT model's coefficients then (what a prediction error
+comes from; measurement only, the routing is the same).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ ARRIVAL, STEP, SCRAPE, SLOWDOWN, DELIVER = 0, 1, 2, 3, 4
 
 #: what the predicted-TTFT producer keeps with each pick (its name is the default plugin name)
 PREDICTION_NOTE: StateKey[object] = StateKey("predicted-ttft-producer")
+#: the TTFT model's coefficients, as --trace names them
+COEFFICIENTS = ("base", "per_decode", "per_prefill", "per_request", "per_turnover")
 
 
 @dataclass
@@ -58,6 +65,10 @@ class Outcome:
     done: float = float("nan")
     output_tokens: int = 0
     predicted: float = float("nan")
+    #: when the engine first scheduled it (its queue time ends there)
+    admitted: float = float("nan")
+    #: with --trace: the engine's state at the arrival and the pick's note (what the prediction was built from)
+    trace: dict[str, float] | None = None
 
 
 @dataclass
@@ -142,6 +153,7 @@ def simulate(
     lora: bool = False,
     replicas: Replicas = Replicas(),
     seed: int = 1,
+    trace: bool = False,
 ) -> Result:
     """Route `requests` (sent at `send_times`, model seconds; a request with `after` waits for that one's
     answer) over engines at `speeds`; `slowdown` = (server, at, speed)."""
@@ -167,6 +179,7 @@ def simulate(
     if slowdown is not None:
         heapq.heappush(events, (slowdown[1], SLOWDOWN, next(order), slowdown[0]))
     live: dict[tuple[int, int], tuple[int, int, Decision]] = {}
+    admitted: dict[tuple[int, int], float] = {}
     outcomes: dict[int, Outcome] = {}
     busy = [False] * count
     finished = 0
@@ -179,6 +192,8 @@ def simulate(
             return
         for _ in range(3):  # a step that only preempted runs nothing; the server steps again at once
             duration = engine.step()
+            for started in engine.first_scheduled:
+                admitted[(server, started.request_id)] = clock[0]
             if duration > 0:
                 busy[server] = True
                 heapq.heappush(events, (clock[0] + duration, STEP, next(order), server))
@@ -227,6 +242,16 @@ def simulate(
             live[(server, sequence.request_id)] = (payload, r, decision)
             note = decision.result.recall(PREDICTION_NOTE)
             outcomes[payload] = Outcome(server, at, predicted=getattr(note, "predicted", float("nan")))
+            if trace:
+                outcomes[payload].trace = _trace_of(engines[server], note, sequence.prompt_tokens)
+                if adapter:  # whether the adapter was running there, and whether its slots were all taken
+                    active = engines[server].active_adapters()
+                    outcomes[payload].trace["adapter_running"] = float(adapter in active)
+                    outcomes[payload].trace["adapter_slots_full"] = float(len(active) >= engine_config.max_loras)
+                model = getattr(routers[r].plugins.get("predicted-ttft-producer"), "model", None)
+                if model is not None:
+                    coefficients = dict(zip(COEFFICIENTS, model.coefficients, strict=True))
+                    outcomes[payload].trace.update(coefficients, slowness=float(model.slowness[server]))
             kick(server)
         elif kind == STEP:
             server = payload
@@ -237,6 +262,7 @@ def simulate(
                 outcome = outcomes[index]
                 if outcome.output_tokens == 0:
                     outcome.first = at
+                    outcome.admitted = admitted.pop((server, sequence.request_id), float("nan"))
                     routers[r].director.first_chunk(decision, streamed=True)
                     publish(r)
                 outcome.output_tokens += 1
@@ -282,6 +308,30 @@ def simulate(
     return Result(done_outcomes, clock[0], per_server, hits / queries if queries else 0.0, errors)
 
 
+def _trace_of(engine: Engine, note: object, prompt_tokens: int) -> dict[str, float]:
+    """The engine's queue and KV at an arrival (this request already queued) and what the pick's note charged."""
+    fields = ("uncached", "queued", "decoding", "waiting", "predicted", "kv_need")
+    noted = {name: float(getattr(note, name, float("nan"))) for name in fields}
+    ahead = list(engine.waiting)[:-1]
+    return {
+        **noted,
+        "engine_waiting": float(len(ahead)),
+        "engine_running": float(len(engine.running)),
+        "kv_usage": engine.kv_usage,
+        "waiting_tokens": float(sum(s.prompt_tokens - s.computed for s in ahead)),
+        "prompt_tokens": float(prompt_tokens),
+    }
+
+
+def _write_trace(path: Path, result: Result) -> None:
+    rows = [
+        {"server": o.server, "sent": o.sent, "admitted": o.admitted, "first": o.first, "done": o.done} | (o.trace or {})
+        for o in result.outcomes
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(rows))
+
+
 def main() -> int:
     from capacity import fleet_capacity
     from run import MODEL, WORKLOADS, arrivals, build  # the real benchmark's workloads and arrivals
@@ -296,6 +346,7 @@ def main() -> int:
     parser.add_argument("--refresh-ms", type=float, default=50.0)
     parser.add_argument("--share-delays-ms", default="10", help="for NAME+N configs: model ms until a peer applies")
     parser.add_argument("--spread", choices=("alternate", "random"), default="alternate")
+    parser.add_argument("--trace", default="", help="a directory: one JSON file of per-request records per row")
     args, rest = parser.parse_known_args()
     delays = [float(x) / 1000 for x in args.share_delays_ms.split(",")]
     configs = [(name, how) for config in args.configs.split(",") for name, how in _replicas_of(config, delays, args)]
@@ -321,7 +372,10 @@ def main() -> int:
                     started = time.monotonic()
                     path = HERE / "configs" / f"{config}.yaml"
                     result = simulate(path, workload.requests, sends, workload.speeds, engine_config,
-                                      args.refresh_ms / 1000, slow, MODEL, lora, replicas, seed)  # fmt: skip
+                                      args.refresh_ms / 1000, slow, MODEL, lora, replicas, seed,
+                                      bool(args.trace))  # fmt: skip
+                    if args.trace:
+                        _write_trace(Path(args.trace) / f"{name}-{load:g}-{seed}-{config}{replicas.label}.json", result)
                     share = max(result.per_server) / max(min(result.per_server), 1e-9)
                     err = statistics.median(result.prediction_errors) if result.prediction_errors else float("nan")
                     print(

@@ -78,6 +78,10 @@ def set_runtime(config: dict[str, Any], entries: dict[str, Any]) -> dict[str, An
     return config
 
 
+#: the observing ext_proc filter of deploy/envoy/envoy.yaml (epp/extproc/observing.py)
+OBSERVER_FILTER = "epp-response-observer"
+
+
 def render_bootstrap(
     name: str,
     listener_port: int,
@@ -90,7 +94,8 @@ def render_bootstrap(
     epp_ports: list[int] | None = None,
 ) -> dict[str, Any]:
     """Load deploy/envoy/<name>.yaml and point it at the given local ports (`epp_ports`: every replica of the
-    `epp` cluster, for a bootstrap with several; `epp_port` is then not used)."""
+    `epp` cluster, for a bootstrap with several; `epp_port` is then not used). `response_body_mode`: the
+    reference's single filter, the response (if any) crossing it in that mode, instead of the observing filter."""
     config: dict[str, Any] = yaml.safe_load((BOOTSTRAPS / f"{name}.yaml").read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     resources = config["static_resources"]
@@ -101,12 +106,11 @@ def render_bootstrap(
     mode = ext_proc["processing_mode"]
     if request_body_mode is not None:
         mode["request_body_mode"] = request_body_mode
-        if request_body_mode != "FULL_DUPLEX_STREAMED":
-            mode["request_trailer_mode"] = "SKIP"
-    if response_body_mode is not None:
+        mode["request_trailer_mode"] = "SEND" if request_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP"
+    if response_body_mode is not None:  # the reference's single filter: the response (if any) crosses it
         mode["response_body_mode"] = response_body_mode
-        if response_body_mode != "FULL_DUPLEX_STREAMED":
-            mode["response_trailer_mode"] = "SKIP"
+        mode["response_trailer_mode"] = "SEND" if response_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP"
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != OBSERVER_FILTER]
     for cluster in resources["clusters"]:
         if cluster["name"] == "epp":
             replicas = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]

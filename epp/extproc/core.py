@@ -13,7 +13,7 @@ the reference expects, FULL_DUPLEX_STREAMED both ways):
   headers response (carrying the pick) and the body as streamed chunks of ≤ 62,000 bytes are sent.
 - BUFFERED: headers are answered at once; the single body message gets the pick as a header mutation.
 - no body (headers with end_of_stream, or request_body_mode NONE): the pick goes on the headers response.
-Response bodies: see epp/extproc/response_body.py.
+The response half (response headers and body, the release at the end): epp/extproc/response_phase.py.
 
 Message order (epp/extproc/phases.py): `Phase` is where a stream stands and `LEGAL_IN` which message kinds
 each phase accepts. A message out of order (a second request, a body before its headers, the response before
@@ -44,9 +44,10 @@ from epp.extproc.messages import (
     streamed_chunks,
     unsupported_body_mode,
 )
+from epp.extproc.observing import OBSERVE_HEADER, ResponseWatch
 from epp.extproc.phases import LEGAL_IN, Phase, Responses, Wait
-from epp.extproc.reporting import StreamObserver, log_completed, log_out_of_order, log_rejected, log_routed
-from epp.extproc.response_body import ResponseBody
+from epp.extproc.reporting import StreamObserver, log_out_of_order, log_rejected, log_routed
+from epp.extproc.response_phase import ResponsePhase
 from epp.requests.openai import ParsedBody, request_path
 from epp.requests.parsers import BodyParser
 from epp.tracing import RequestTrace, RequestTracer
@@ -58,35 +59,23 @@ DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 _SUPPORTED_REQUEST_MODES = {FULL_DUPLEX: "FULL_DUPLEX_STREAMED", BUFFERED: "BUFFERED", NO_BODY: "NONE"}
 
 
-class ExtProcStream:
+class ExtProcStream(ResponsePhase):
     __slots__ = (
         "_body_bytes",
-        "_body_chunks",
-        "_decision",
-        "_director",
         "_emit_scores",
         "_ended_with_trailers",
         "_flow_control",
         "_headers",
         "_id_generated",
         "_max_body",
-        "_observer",
         "_parser",
-        "_phase",
         "_prepared",
         "_raw",
-        "_request_id",
         "_request_mode",
         "_request_seconds",
-        "_response",
-        "_response_mode",
         "_response_seconds",
-        "_rewrite",
-        "_started",
         "_subset",
-        "_trace",
         "_tracer",
-        "served_endpoint",
     )
 
     def __init__(
@@ -98,8 +87,13 @@ class ExtProcStream:
         tracer: RequestTracer | None = None,
         max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY,
         emit_scores: bool = False,
+        watch: ResponseWatch | None = None,
     ) -> None:
         self._director = director
+        #: where a routing stream with response_body_mode NONE waits for its observing stream (observing.py)
+        self._watch = watch
+        self._token = ""
+        self._observed = False
         #: add the primary profile's scores to the envoy.lb metadata (the scheduler must trace its runs)
         self._emit_scores = emit_scores
         self._max_body = max_body_bytes
@@ -120,9 +114,9 @@ class ExtProcStream:
         self._request_mode: int = FULL_DUPLEX
         self._response_mode: int = FULL_DUPLEX
         self._subset: list[str] | None = None
-        self._decision: Decision | None = None
-        self._rewrite: tuple[bytes, bytes] | None = None
-        self._response: ResponseBody | None = None
+        self._decision = None
+        self._rewrite = None
+        self._response = None
         self._started = time.perf_counter()
         self._request_seconds = 0.0
         self._response_seconds = 0.0
@@ -189,12 +183,18 @@ class ExtProcStream:
 
     def close(self) -> None:
         """The gRPC stream ended; release the pick if the response never completed (client gone), and drop
-        every buffer and the request (a large prompt must not outlive its stream)."""
-        self._finish()
+        every buffer and the request (a large prompt must not outlive its stream). An observed stream's pick
+        is the observing stream's to release (`observed_end`), and so is one whose observing stream is late
+        (`ResponseWatch.park`)."""
+        watch = self._watch
+        parked = False
+        if self._token and not self._observed and watch is not None:
+            parked = watch.park(self._token, self)
+        if not (self._observed or parked):
+            self.observed_end()
         self._phase = Phase.CLOSED
-        self._decision = self._prepared = None
+        self._prepared = None
         self._raw = b""
-        self._response = None
         if self._observer is not None:
             self._observer.processing(self._request_seconds, self._response_seconds)
 
@@ -325,6 +325,8 @@ class ExtProcStream:
                 b'"model":"' + request.target_model.encode() + b'"',
                 b'"model":"' + request.model.encode() + b'"',
             )
+        if self._watch is not None and self._response_mode == NO_BODY and self._rewrite is None:
+            self._token = decision.headers[OBSERVE_HEADER] = self._watch.register(self)
         body = raw if decision.new_body is None else decision.new_body
         if self._request_mode == BUFFERED:
             response = self._picked_response(decision, "request_body")
@@ -351,59 +353,3 @@ class ExtProcStream:
         generated_id = self._request_id if self._id_generated else None
         scored_hostports = self._director.table.hostports if self._emit_scores else None
         return picked_response(decision, phase, generated_id, scored_hostports)
-
-    # --- response phase -----------------------------------------------------------------------
-
-    def _on_response_headers(self, headers: pb.HttpHeaders) -> Responses:
-        sse = False
-        for header in headers.headers.headers:
-            if header.key.lower() == "content-type":
-                value = header.raw_value.decode("latin-1") if header.raw_value else header.value
-                sse = "text/event-stream" in value
-        streaming = sse or (self._decision is not None and self._decision.request.stream)
-        rewrite = self._rewrite
-        self._response = ResponseBody(self._response_mode, sse, rewrite, rewrite is not None and not streaming)
-        self._phase = Phase.RESPONSE_BODY
-        if headers.end_of_stream:
-            self._phase = Phase.DONE
-            self._finish()
-        response = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-        added = self._decision.result.response_headers if self._decision is not None else None
-        if added:  # e.g. x-session-token from session-affinity-scorer
-            mutation = response.response_headers.response.header_mutation
-            for key, value in added.items():
-                set_header(mutation, key, value)
-        return [response]
-
-    def _on_response_body(self, body: pb.HttpBody) -> Responses:
-        chunk = body.body
-        end = body.end_of_stream
-        self._phase = Phase.DONE if end else Phase.RESPONSE_BODY
-        response = self._response
-        if response is None:  # no response headers: Envoy with response_header_mode SKIP
-            response = self._response = ResponseBody(self._response_mode, False, self._rewrite, False)
-        if response.size == 0 and self._decision is not None and (chunk or end):
-            self._director.first_chunk(self._decision, response.sse)
-            if response.sse and self._observer is not None:
-                self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
-        responses = response.answer(chunk, end)
-        if end:
-            self._finish()
-        return responses
-
-    def _finish(self) -> None:
-        """The response ended, or the stream did: close the trace and release the pick, each once."""
-        if self._trace is not None:
-            self._trace.end()
-            self._trace = None
-        self._body_chunks = []
-        decision = self._decision
-        if decision is None or decision.released:
-            return
-        response = self._response
-        usage = response.usage() if response is not None else None
-        response_bytes = response.size if response is not None else 0
-        self._director.complete(decision, usage)
-        log_completed(self._request_id, response_bytes, usage)
-        if self._observer is not None:
-            self._observer.completed(decision, usage, response_bytes, time.perf_counter() - self._started)

@@ -29,6 +29,7 @@ REQUEST_ID_HEADER = "x-request-id"
 FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = mode_pb.ProcessingMode.BUFFERED
 NO_BODY = mode_pb.ProcessingMode.NONE
+STREAMED = mode_pb.ProcessingMode.STREAMED
 _OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 StructFields = MutableMapping[str, Value]
 

@@ -8,7 +8,7 @@ STREAMED modes each body message is answered by its own BodyResponse.
 
 from __future__ import annotations
 
-from epp.extproc.messages import BUFFERED, rewrite_model, streamed_chunks
+from epp.extproc.messages import BUFFERED, NO_BODY, rewrite_model, streamed_chunks
 from epp.extproc.phases import Responses
 from epp.requests.usage import SSEUsageScanner, usage_from_json
 from epp.scheduling.types import Usage
@@ -22,7 +22,7 @@ _PER_CHUNK_RESPONSE_MODES = (BUFFERED, mode_pb.ProcessingMode.STREAMED, mode_pb.
 
 
 class ResponseBody:
-    __slots__ = ("_buffer_whole", "_chunks", "_per_chunk", "_rewrite", "_scanner", "size", "sse")
+    __slots__ = ("_buffer_whole", "_chunks", "_observe_only", "_per_chunk", "_rewrite", "_scanner", "size", "sse")
 
     def __init__(self, mode: int, sse: bool, rewrite: tuple[bytes, bytes] | None, buffer_whole: bool) -> None:
         """`sse`: the body is server-sent events; `rewrite`: (upstream, client) `"model":"..."` spellings to swap;
@@ -32,6 +32,8 @@ class ResponseBody:
         self._rewrite = rewrite
         self._buffer_whole = buffer_whole
         self._per_chunk = mode in _PER_CHUNK_RESPONSE_MODES
+        #: mode NONE: an observing stream's copy of the body (observing.py), answered with nothing
+        self._observe_only = mode == NO_BODY
         self._chunks: list[bytes] = []
         #: bytes of response body seen so far
         self.size = 0
@@ -43,6 +45,8 @@ class ResponseBody:
             scanner.feed(chunk)
         elif self._buffer_whole or self.size <= MAX_USAGE_BODY:
             self._chunks.append(chunk)
+        if self._observe_only:
+            return []
         rewrite = self._rewrite
         if self._per_chunk:
             response = pb.ProcessingResponse(response_body=pb.BodyResponse())

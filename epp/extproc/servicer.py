@@ -32,6 +32,10 @@ log = logging.getLogger("epp.extproc")
 FINISHED = frozenset({Phase.DONE, Phase.CLOSED})
 
 
+class UnsupportedStream(Exception):
+    """A stream this server does not serve (an observing one where there is no observer)."""
+
+
 class ProcessingStream(Protocol):
     """One stream's protocol state machine: the EPP's `ExtProcStream`, or body-based routing's."""
 
@@ -84,8 +88,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         new_stream: Callable[[], ProcessingStream],
         flow: FlowController[list[pb.ProcessingResponse]] | None = None,
         idle_timeout: float = 0.0,
+        observing_stream: Callable[[], ProcessingStream] | None = None,
     ) -> None:
         self._new_stream = new_stream
+        #: the stream for an ext_proc filter in observability_mode (epp/extproc/observing.py); None: refused
+        self._observing_stream = observing_stream
         self._flow = flow
         #: seconds without a message after which a stream is closed; 0 = never
         self.idle_timeout = idle_timeout
@@ -95,7 +102,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        stream = self._new_stream()
+        stream: ProcessingStream | None = None
         self.streams_in_flight += 1
         self.streams_total += 1
         watch = IdleWatch(self.idle_timeout) if self.idle_timeout > 0 else None
@@ -107,13 +114,16 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if watch is not None:
                 watch.stop()
             self.streams_in_flight -= 1
-            stream.close()
+            if stream is not None:
+                stream.close()
 
         try:
             try:
                 async for message in request_iterator:
                     if watch is not None:
                         watch.touch()
+                    if stream is None:
+                        stream = self._open(message)
                     outcome = stream.process(message)
                     responses = await self._wait_turn(stream, outcome, watch) if isinstance(outcome, Wait) else outcome
                     for response in responses:
@@ -125,19 +135,31 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 log.warning("ext_proc stream closed: a message is not a ProcessingRequest (%s)", exc)
                 end()  # released before the client hears the stream is over
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ProcessingRequest: {exc}")
+            except UnsupportedStream as exc:
+                log.warning("ext_proc stream refused: %s", exc)
+                end()
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
             except asyncio.CancelledError:
                 if watch is None or not watch.expired:
                     raise
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
-                log.info("ext_proc stream closed: no message for %gs (%s)", watch.timeout, stream.phase.value)
+                phase = stream.phase.value if stream is not None else "waiting for the first message"
+                log.info("ext_proc stream closed: no message for %gs (%s)", watch.timeout, phase)
                 idle = f"no ext_proc message for {watch.timeout:g}s (--stream-idle-timeout)"
                 end()  # released before the client hears the stream is over
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, idle)
         finally:
             if not ended:
                 end()
+
+    def _open(self, first: pb.ProcessingRequest) -> ProcessingStream:
+        if not first.observability_mode:
+            return self._new_stream()
+        if self._observing_stream is None:
+            raise UnsupportedStream("this ext_proc server does not take streams in observability_mode")
+        return self._observing_stream()
 
     async def _wait_turn(self, stream: ProcessingStream, wait: Wait, watch: IdleWatch | None) -> Responses:
         if self._flow is None:

@@ -112,9 +112,8 @@ def test_epp_down_fails_closed_but_fail_open_still_serves(backends: EchoBackends
         epp.stop()
 
 
-def test_envoy_closes_every_ext_proc_stream_without_a_reset(backends: EchoBackends, envoy: EnvoyProcess) -> None:
-    """The bootstrap's graceful close: Envoy half-closes and takes epp's OK status instead of resetting the
-    stream (a reset makes grpcio's asyncio server leak each failed batch's native memory)."""
+def _streams_after_twelve_requests(envoy: EnvoyProcess, expected: int) -> tuple[int, int]:
+    """(ext_proc streams ended with epp's status, streams Envoy reset) over 10 requests, a streamed one and a 400."""
     before = envoy.stats("cluster.epp.upstream_rq_")
     for i in range(10):
         assert post(envoy.listener_port, "/v1/completions", {"model": "m", "prompt": f"p{i}"})[0] == 200
@@ -124,8 +123,26 @@ def test_envoy_closes_every_ext_proc_stream_without_a_reset(backends: EchoBacken
     while True:
         after = envoy.stats("cluster.epp.upstream_rq_")
         done = after["cluster.epp.upstream_rq_completed"] - before.get("cluster.epp.upstream_rq_completed", 0)
-        if done >= 12 or time.monotonic() > deadline:
+        if done >= expected or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert done == 12, "every stream ended with epp's status"
-    assert after["cluster.epp.upstream_rq_tx_reset"] == before.get("cluster.epp.upstream_rq_tx_reset", 0)
+    return done, after["cluster.epp.upstream_rq_tx_reset"] - before.get("cluster.epp.upstream_rq_tx_reset", 0)
+
+
+def test_envoy_closes_every_ext_proc_stream_without_a_reset(backends: EchoBackends, epp: EppProcess) -> None:
+    """The reference layout's graceful close: Envoy half-closes and takes epp's OK status instead of resetting the
+    stream (a reset makes grpcio's asyncio server leak each failed batch's native memory)."""
+    config = render_bootstrap(
+        "envoy", free_port(), free_port(), epp.grpc_port, response_body_mode="FULL_DUPLEX_STREAMED"
+    )
+    with EnvoyProcess(config) as envoy:
+        assert _streams_after_twelve_requests(envoy, 12) == (12, 0), "every stream ended with epp's status"
+
+
+def test_observing_streams_end_with_epps_status(envoy: EnvoyProcess) -> None:
+    """deploy/envoy/envoy.yaml opens two streams per request, the routing filter's and the observing filter's (the
+    400's too: its local reply crosses the observer). Every one ends with epp's status; Envoy resets an observing
+    stream only after that status (observability mode never half-closes), when epp reads nothing more."""
+    done, resets = _streams_after_twelve_requests(envoy, 24)
+    assert done == 24, "every stream ended with epp's status"
+    assert resets <= 12, "only observing streams are reset"

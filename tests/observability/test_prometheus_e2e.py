@@ -192,8 +192,9 @@ def test_objective_and_legacy_names_agree(stack: Stack) -> None:
     assert {r["metric"]["error_code"]: float(r["value"][1]) for r in errors} == {"BadRequest": BAD}
     count = prom.query('sum(inference_model_request_duration_seconds_count{job="epp"})')
     assert value(count) == total
+    # a response's usage is counted when the observing stream sees its end, which may be after the client's
+    prom.wait_for('sum(inference_objective_output_tokens_sum{job="epp"})', lambda r: value(r) == 5 * total)
     assert value(prom.query('sum(inference_objective_running_requests{job="epp"})')) == 0
-    assert value(prom.query('sum(inference_objective_output_tokens_sum{job="epp"})')) == 5 * total
     assert value(prom.query('sum(inference_model_normalized_time_per_output_token_seconds_count{job="epp"})')) == total
     assert prom.series('inference_pool_per_pod_queue_size{job="epp"}')
     assert prom.series('inference_extension_info{job="epp"}')
@@ -224,7 +225,7 @@ def test_epp_overhead_streams_and_ttft_are_exported(stack: Stack) -> None:
     assert value(response) >= GOOD + REWRITTEN + STREAMED
     assert value(prom.query('inference_extension_extproc_streams_total{job="epp"}')) >= total
     assert value(prom.query('inference_extension_extproc_streams_in_flight{job="epp"}')) == 0
-    ttft = prom.query('sum(inference_objective_request_ttft_seconds_count{job="epp"})')
+    ttft = prom.wait_for('sum(inference_objective_request_ttft_seconds_count{job="epp"})', lambda r: value(r) > 0)
     assert value(ttft) == STREAMED
 
 

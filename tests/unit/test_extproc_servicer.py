@@ -14,11 +14,20 @@ import pytest
 from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.extproc.core import ExtProcStream
+from epp.extproc.observing import OBSERVE_HEADER, ObservingStream, ResponseWatch
 from epp.extproc.servicer import ExtProcServicer
 from epp.requests.parsers import openai_parser
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from tests.support.extproc import body_msg, headers_msg, make_table, response_body_msg, response_headers_msg
+from tests.support.extproc import (
+    BUFFERED,
+    body_msg,
+    headers_msg,
+    make_table,
+    response_body_msg,
+    response_headers_msg,
+    set_headers,
+)
 from tests.support.least_queue import LeastQueueScheduler
 
 Start = Callable[..., Awaitable["Server"]]
@@ -26,9 +35,13 @@ METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 
 class Server:
-    def __init__(self, table: EndpointTable, idle_timeout: float) -> None:
+    def __init__(self, table: EndpointTable, idle_timeout: float, watch: ResponseWatch | None = None) -> None:
         director = Director(table, LeastQueueScheduler(seed=1))
-        self.servicer = ExtProcServicer(lambda: ExtProcStream(director, openai_parser), idle_timeout=idle_timeout)
+        self.servicer = ExtProcServicer(
+            lambda: ExtProcStream(director, openai_parser, watch=watch),
+            idle_timeout=idle_timeout,
+            observing_stream=(lambda: ObservingStream(watch)) if watch is not None else None,
+        )
         self.server = grpc.aio.server()
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self.server)  # type: ignore[no-untyped-call]
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -38,8 +51,8 @@ class Server:
 async def serve() -> AsyncIterator[Start]:
     servers: list[Server] = []
 
-    async def start(table: EndpointTable, idle_timeout: float = 0.0) -> Server:
-        server = Server(table, idle_timeout)
+    async def start(table: EndpointTable, idle_timeout: float = 0.0, watch: ResponseWatch | None = None) -> Server:
+        server = Server(table, idle_timeout, watch)
         await server.server.start()
         servers.append(server)
         return server
@@ -155,5 +168,61 @@ async def test_a_finished_exchange_ends_the_stream_without_waiting_for_the_clien
         release.set()
     assert kinds == ["request_headers", "request_body", "response_headers", "response_body"]
     assert code == grpc.StatusCode.OK
+    assert table.inflight_requests.sum() == 0
+    assert server.servicer.streams_in_flight == 0
+
+
+def observing(token: str) -> pb.ProcessingRequest:
+    message = headers_msg({OBSERVE_HEADER: token})
+    message.observability_mode = True
+    return message
+
+
+async def test_an_observing_stream_is_refused_where_no_observer_is_configured(serve: Start) -> None:
+    server = await serve(make_table("10.0.0.1:8000"))
+
+    async def one() -> AsyncIterator[pb.ProcessingRequest]:
+        yield observing("t")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in stub.Process(one()):
+                pass
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert server.servicer.streams_in_flight == 0
+
+
+async def test_two_streams_route_and_observe_one_request(serve: Start) -> None:
+    """The routing stream answers and ends at the response headers; the observing stream answers nothing and
+    ends with OK at the response's end, releasing the pick."""
+    table = make_table("10.0.0.1:8000")
+    server = await serve(table, watch=ResponseWatch())
+    token = asyncio.get_running_loop().create_future()
+    observed = asyncio.Event()
+
+    async def routing() -> AsyncIterator[pb.ProcessingRequest]:
+        yield headers_msg(mode=BUFFERED, response_mode=0)
+        yield body_msg(b'{"model":"m","prompt":"hello"}')
+        await observed.wait()
+        yield response_headers_msg("text/event-stream")
+
+    async def observing_side() -> AsyncIterator[pb.ProcessingRequest]:
+        yield observing(await token)
+        observed.set()
+        yield response_headers_msg("text/event-stream")
+        yield response_body_msg(b"data: [DONE]\n\n", end_of_stream=True)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)  # type: ignore[no-untyped-call]
+        observer_call = stub.Process(observing_side())
+        kinds = []
+        async for response in stub.Process(routing()):
+            kinds.append(response.WhichOneof("response"))
+            if kinds == ["request_headers", "request_body"]:
+                token.set_result(set_headers(response)[OBSERVE_HEADER])
+        assert await asyncio.wait_for(observer_call.code(), 5) == grpc.StatusCode.OK
+        assert [r async for r in observer_call] == []
+    assert kinds == ["request_headers", "request_body", "response_headers"]
     assert table.inflight_requests.sum() == 0
     assert server.servicer.streams_in_flight == 0

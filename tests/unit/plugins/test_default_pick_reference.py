@@ -86,7 +86,7 @@ def reference_totals(
     """(predicted-ttft-scorer + lora-affinity-scorer per candidate, drained tokens per candidate after the pick)."""
     prompt = max(len(request.prompt_bytes) / before.bytes_per_token, 1.0)
     block_tokens = block_bytes / before.bytes_per_token if total_blocks else 0.0
-    base, per_decode, per_prefill, per_request = before.coefficients
+    base, per_decode, per_prefill, per_request, per_turnover = before.coefficients
     rate = per_prefill / PREFILL_UNIT
     any_queued = any(before.queued[s] != 0 for s in slots)
     any_external = max(table.waiting_queue[s] - table.scrape_inflight_requests[s] for s in slots) > 0
@@ -94,6 +94,15 @@ def reference_totals(
     limit = float(body.get("max_tokens", 0))  # type: ignore[arg-type]
     output = min(limit, before.output_tokens) if limit else before.output_tokens
     capacities = [float(table.cache_num_blocks[s] * table.cache_block_size[s]) for s in slots]
+    needs = []  # per candidate: KV its requests in flight and this one need beyond its cache (plugins/kv_demand.py)
+    for i, s in enumerate(slots):
+        uncached = prompt
+        if total_blocks:
+            uncached = blocks[i] * -block_tokens + prompt
+            scaled = min(max(uncached * before.miss_factor[s], 1.0), prompt)
+            uncached = scaled if before.misses else max(uncached, 1.0)
+        needs.append(max(before.kv_tokens[s], table.kv_usage[s] * capacities[i]) + uncached + output - capacities[i])
+    overflows = min(capacities) > 0 and max(needs) > 0
     rows = []
     for i, s in enumerate(slots):
         slowness = before.slowness[s]
@@ -118,17 +127,18 @@ def reference_totals(
         queueing = queued * rate
         if per_request:
             queueing += waiting * (per_request / REQUEST_UNIT)
+        kv = needs[i]
+        if overflows:  # the cache turns over this many times before the request fits
+            queueing += max(kv, 0.0) / capacities[i] * per_turnover
         seconds = uncached * rate + base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
         queueing *= slowness
         seconds = seconds * slowness + queueing
-        kv = max(before.kv_tokens[s], table.kv_usage[s] * capacities[i]) + uncached + output - capacities[i]
         short = max(common_blocks - blocks[i], 0) * block_tokens if total_blocks else 0.0
         if before.misses:
             short *= before.miss_factor[s]
         rows.append((seconds, queueing, held, uncached, per_token, kv, short, drained))
-    overflows = min(capacities) > 0 and max(row[5] for row in rows) > 0
     lifts = bool(common_blocks) and total_blocks > 0 and max(row[6] for row in rows) > 0
     common = common_blocks / total_blocks if common_blocks and total_blocks else 0.0
     pressure = float(np.sum([r[1] for r in rows])) / max(float(np.sum([r[0] for r in rows])), 1e-9)
@@ -217,6 +227,7 @@ class World:
         if self.learns_slowness and rng.random() < 0.3:
             producer.model.set_slowness(int(rng.choice(slots)), float(rng.uniform(0.5, 3.0)))
         producer.model.coefficients[3] = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, 0.05))
+        producer.model.coefficients[4] = 0.0 if rng.random() < 0.3 else float(rng.uniform(0, 5.0))
         producer.bytes_per_token = float(rng.uniform(3.0, 5.0))
         producer.output_tokens = float(rng.uniform(20, 600))
         if rng.random() < 0.5:  # some endpoints short of their share of the picks

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from epp.config.schema import ConfigError, load_config_text
+from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.observability.extension import EXTENSION
 from epp.plugins.fleet_model import FleetModel, PredictedTTFTParameters, ttft_features, ttft_model
@@ -256,12 +257,18 @@ def test_a_group_prefix_with_a_small_share_keeps_its_affinity() -> None:
     assert demand.common_blocks(shared, np.full(8, 64)) == 64  # every endpoint holds it: common, none preferred
 
 
-def test_an_endpoint_whose_kv_cache_would_overflow_is_charged_the_recomputation() -> None:
+def _small_caches() -> tuple[Director, PredictedTTFTProducer, EndpointTable]:
+    """Two endpoints whose KV caches hold 1,600 tokens each."""
     director, producer = _setup(2)
     table = producer.table
     assert table is not None
     table.cache_num_blocks[:2] = 100
-    table.cache_block_size[:2] = 16  # 1,600 tokens each
+    table.cache_block_size[:2] = 16
+    return director, producer, table
+
+
+def test_an_endpoint_whose_kv_cache_would_overflow_is_charged_the_recomputation() -> None:
+    director, producer, _ = _small_caches()
     raw = orjson.dumps({"model": "m", "prompt": "a" * 4000, "max_tokens": 200})  # 1,000 + 200 tokens
     first = director.decide("r1", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
     slot = first.charged_slot
@@ -305,3 +312,40 @@ def test_the_producer_prices_a_queue_lower_the_longer_its_head_has_been_in_prefi
     assert at_pick < 1.0 < producer.drain.drained[slot] <= 900.0
     director.first_chunk(first, streamed=True)  # type: ignore[arg-type]
     assert producer.drain.drained[slot] == 0.0 and producer.queued_tokens[slot] == 0.0
+
+
+def test_a_full_kv_cache_is_priced_as_the_turnovers_before_the_request_fits() -> None:
+    director, producer, table = _small_caches()
+    producer.kv_tokens[0] = 3200.0  # requests in flight there will hold twice the cache
+    raw = orjson.dumps({"model": "m", "prompt": "a" * 4000, "max_tokens": 200})  # needs 1,000 + 200 more
+    decision = director.decide("r1", {}, parse_openai_body(raw, "/v1/completions"), raw, None)
+    assert decision.charged_slot == 1  # the endpoint with room
+    note = decision.result.recall(producer._note_key)
+    assert note is not None and note.full == 0.0
+    director.first_chunk(decision, streamed=True)  # no queue left anywhere; its 1,200 KV tokens stay on slot 1
+    cycle = state(table, prompt=b"a" * 4000)  # no max_tokens: 256 output tokens expected
+    producer.produce(cycle, slots(0, 1))
+    predicted = cycle.read(KEY)
+    assert predicted is not None and predicted.full is not None
+    # (3,200 + 1,000 + 256 - 1,600) / 1,600 and (1,200 + 1,256 - 1,600) / 1,600 turnovers of a full cache
+    assert predicted.full.tolist() == pytest.approx([2856 / 1600, 856 / 1600])
+    per_turnover = producer.model.coefficients[4]
+    assert per_turnover > 0
+    assert predicted.queueing.tolist() == pytest.approx((predicted.full * per_turnover).tolist())
+    director.complete(decision, None)
+
+
+def test_the_turnover_coefficient_is_learned_only_where_a_cache_was_full() -> None:
+    parameters = PredictedTTFTParameters(slowness_rate=0.0)
+    model = ttft_model(1, parameters)
+    prior = model.coefficients[4]
+    now = 1.0
+    for _ in range(50):  # a pool below saturation: no cache full, whatever the TTFTs
+        now += 0.1
+        model.learn(0, ttft_features(4, 2000, 1), 0.3, now)
+    assert model.coefficients[4] == pytest.approx(prior, rel=0.05)
+    for i in range(200):  # past it: each turnover of a full cache costs 6 s
+        now += 0.1
+        full = 0.5 + (i % 5) * 0.3
+        model.learn(0, ttft_features(4, 2000, 1, full), 0.3 + 6.0 * full, now)
+    assert model.coefficients[4] == pytest.approx(6.0, rel=0.15)
