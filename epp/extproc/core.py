@@ -189,7 +189,7 @@ class ExtProcStream(ResponsePhase):
         watch = self._watch
         parked = False
         if self._token and not self._observed and watch is not None:
-            parked = watch.park(self._token, self)
+            parked = watch.park(self._token)
         if not (self._observed or parked):
             self.observed_end()
         self._phase = Phase.CLOSED

@@ -54,6 +54,14 @@ def read_served(message: pb.ProcessingRequest) -> str | None:
     return None
 
 
+def header_value(headers: pb.HttpHeaders, key: str) -> str | None:
+    """The value of header `key` (lower-case, as Envoy sends keys), from raw_value where Envoy put it there."""
+    for header in headers.headers.headers:
+        if header.key == key:
+            return header.raw_value.decode("latin-1") if header.raw_value else header.value
+    return None
+
+
 def set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     option = mutation.set_headers.add(append_action=_OVERWRITE)
     header = option.header

@@ -24,6 +24,7 @@ import logging
 import uuid
 from typing import Protocol
 
+from epp.extproc.messages import header_value
 from epp.extproc.phases import Phase, Responses
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -73,7 +74,7 @@ class ResponseWatch:
         if self._waiting.pop(token, None) is not None and warn:
             self._unobserved()
 
-    def park(self, token: str, stream: ObservableStream) -> bool:
+    def park(self, token: str) -> bool:
         """The routing stream ended unclaimed. Its observing stream may still be on its way (the two gRPC streams
         are not ordered): keep the pick for it up to LATE_OBSERVER_S, then release it. False (nothing kept, the
         caller releases): observing streams are known absent, or no event loop runs (tests of the core)."""
@@ -119,6 +120,11 @@ class ResponseWatch:
                 )
         return stream
 
+    def observer_arrived(self) -> None:
+        """An observing stream came: Envoy has the observing filter, routing streams wait for theirs."""
+        self.observers_seen = True
+        self.observers_absent = False
+
     def warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -131,8 +137,7 @@ class ObservingStream:
     __slots__ = ("_phase", "_routing", "_watch")
 
     def __init__(self, watch: ResponseWatch) -> None:
-        watch.observers_seen = True
-        watch.observers_absent = False
+        watch.observer_arrived()
         self._watch = watch
         self._routing: ObservableStream | None = None
         self._phase = Phase.REQUEST_HEADERS
@@ -144,10 +149,7 @@ class ObservingStream:
     def process(self, message: pb.ProcessingRequest) -> Responses:
         kind = message.WhichOneof("request")
         if kind == "request_headers":
-            token = ""
-            for header in message.request_headers.headers.headers:
-                if header.key == OBSERVE_HEADER:
-                    token = header.raw_value.decode("latin-1") if header.raw_value else header.value
+            token = header_value(message.request_headers, OBSERVE_HEADER)
             self._routing = self._watch.claim(token) if token else None
             # nothing to watch (a request routed before this stream, or not by this process): end the stream
             self._phase = Phase.ROUTED if self._routing is not None else Phase.DONE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from epp.director import Decision, Director
-from epp.extproc.messages import NO_BODY, STREAMED, read_served, set_header
+from epp.extproc.messages import NO_BODY, STREAMED, header_value, read_served, set_header
 from epp.extproc.observing import ResponseWatch
 from epp.extproc.phases import Phase, Responses
 from epp.extproc.reporting import StreamObserver, log_completed
@@ -104,11 +104,7 @@ class ResponsePhase:
 
     def _start_response(self, headers: pb.HttpHeaders, mode: int) -> bool:
         """Read the response headers; True when the response ends with them (then the pick is released)."""
-        sse = False
-        for header in headers.headers.headers:
-            if header.key.lower() == "content-type":
-                value = header.raw_value.decode("latin-1") if header.raw_value else header.value
-                sse = "text/event-stream" in value
+        sse = "text/event-stream" in (header_value(headers, "content-type") or "")
         streaming = sse or (self._decision is not None and self._decision.request.stream)
         rewrite = self._rewrite
         self._response = ResponseBody(mode, sse, rewrite, rewrite is not None and not streaming)
