@@ -164,7 +164,12 @@ def test_a_replica_killed_leaves_the_view_within_ten_seconds_and_the_other_serve
         victim = stack.replicas[1].process
         assert victim is not None
         victim.kill()  # SIGKILL: no goodbye
-        gone = wait_for(lambda: sum(stack.peer_inflight(0).values()) == 0.0, timeout=10.0)
+        try:
+            gone = wait_for(lambda: sum(stack.peer_inflight(0).values()) == 0.0, timeout=10.0)
+        except AssertionError as late:  # the surviving replica's own account of its shared view, to diagnose
+            log = stack.replicas[0].log_path.read_text(errors="replace").splitlines()
+            raise AssertionError(f"{late}; view {stack.peer_inflight(0)}; replica A's log ends:\n"
+                                 + "\n".join(log[-60:])) from late  # fmt: skip
         for future in held:
             future.result()  # cut with the replica; only their completion matters here
     served = [stack.served_by(2, f"after the kill {i}: " + "k" * 200) for i in range(20)]
