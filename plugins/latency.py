@@ -3,7 +3,7 @@
 For each candidate the producer predicts how long this request would wait for its first token there:
 
     TTFT = base + per_decode · decoding / 100 + per_prefill · (queued prefill + own uncached prefill) / 10,000
-           + per_request · waiting / 10 + per_turnover · full
+           + per_request · waiting / 10 + per_turnover · full + per_step · ahead
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
@@ -13,9 +13,10 @@ For each candidate the producer predicts how long this request would wait for it
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
 - waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others finish,
   whatever their length);
-- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py).
+- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py);
+- ahead: the part of the engine step in progress still to run, from its last response chunk (plugins/step_phase.py).
 
-The five coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
+The six coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
 streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
 `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
 multiplies them, learned from the same first chunks (slownessRate, default 0.1; 0 leaves a slower or degraded
@@ -56,6 +57,7 @@ from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
+from epp.plugins.step_phase import STEP_WINDOW, EngineStepPhase
 from epp.plugins.ttft_note import PickNote, max_tokens
 from epp.scheduling.plugin import CycleState, DataProducer
 from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
@@ -96,6 +98,8 @@ class Prediction:
     #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
     #: no candidate's cache overflows)
     full: npt.NDArray[np.float64] | None = None
+    #: seconds of each candidate's step window not elapsed yet (plugins/step_phase.py)
+    ahead: npt.NDArray[np.float64] | None = None
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
@@ -124,6 +128,7 @@ class PredictedTTFTProducer(DataProducer):
         self.drain = QueuedPrefillDrain(0)
         self.demand = PrefixDemand()
         self.share = PickShare(0)
+        self.phase = EngineStepPhase(0)
         #: KV tokens the requests this EPP sent to each endpoint will hold until they end (uncached prompt plus
         #: expected output each), charged at the pick and released when the response ends
         self.kv_tokens = np.zeros(0)
@@ -148,6 +153,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_requests = np.zeros(table.capacity)
         self.drain = QueuedPrefillDrain(table.capacity)
         self.share = PickShare(table.capacity)
+        self.phase = EngineStepPhase(table.capacity)
         self.kv_tokens = np.zeros(table.capacity)
         self.miss_factor = np.ones(table.capacity)
 
@@ -158,6 +164,7 @@ class PredictedTTFTProducer(DataProducer):
             self.queued_requests[slot] = 0.0
             self.drain.reset(slot, self.clock())
             self.share.reset(slot)
+            self.phase.reset(slot)
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
             self.model.reset(slot)
@@ -208,7 +215,7 @@ class PredictedTTFTProducer(DataProducer):
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
         table = state.table
-        base, per_decode, per_prefill, per_request, per_turnover = model.coefficients
+        base, per_decode, per_prefill, per_request, per_turnover, per_step = model.coefficients
         prefill_rate = np.array(per_prefill / PREFILL_UNIT)
         # seconds per uncached prompt token: the same on every endpoint until some endpoint's slowness is not 1
         slowness = model.slowness[candidates] if model.varied else None
@@ -246,6 +253,9 @@ class PredictedTTFTProducer(DataProducer):
         seconds += base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
+        ahead = self.phase.ahead(candidates, self.clock())
+        if per_step:  # the step in progress (plugins/step_phase.py)
+            seconds += ahead * (per_step / STEP_WINDOW)
         if slowness is not None:
             queueing *= slowness
             seconds *= slowness
@@ -276,6 +286,7 @@ class PredictedTTFTProducer(DataProducer):
             overflow,
             self.share.shortfall(candidates),
             full,
+            ahead,
         )
         state.write(KEY, prediction)
 
@@ -331,6 +342,7 @@ class PredictedTTFTProducer(DataProducer):
             len(state.request.prompt_bytes),
             kv_need,
             0.0 if prediction.full is None else prediction.full.item(i),
+            0.0 if prediction.ahead is None else prediction.ahead.item(i),
         )
         result.remember(self._note_key, note)
 
@@ -372,8 +384,15 @@ class PredictedTTFTProducer(DataProducer):
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
         if table.epoch.item(note.slot) == note.epoch:
             work = note.queued + max(note.uncached, 1.0)
-            features = ttft_features(note.decoding, work, note.waiting, note.full)
+            self.phase.chunk(note.slot, now)
+            features = ttft_features(note.decoding, work, note.waiting, note.full, note.ahead)
             self.model.learn(note.slot, features, ttft, now)
+
+    def response_chunk(self, result: SchedulingResult) -> None:
+        note = result.recall(self._note_key)
+        table = self.table
+        if note is not None and table is not None and table.epoch.item(note.slot) == note.epoch:
+            self.phase.chunk(note.slot, self.clock())
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         note = result.recall(self._note_key)

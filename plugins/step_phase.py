@@ -1,0 +1,60 @@
+"""Where each endpoint's engine is in its current step, from the response chunks it streams (used by
+plugins/latency.py).
+
+A vLLM engine runs in steps: each step computes a batch (the running requests' next tokens and some prompt
+tokens) and ends with the tokens it produced, which go out as response chunks at once. A request that arrives
+mid-step waits for the step in progress to end before its own prefill is scheduled, so its first token comes
+that much later. At low load the TTFT is a few steps and where in a step a request arrives is a large part of
+it (the virtual fleet's mixed-speed pool at load 1: the exact time left in the step, added to the model's
+prediction, took the median error from 15 to 2-3 % per server in-sample).
+
+Every chunk of a streamed response marks the end of one of its endpoint's steps, so the time since the last
+chunk from an endpoint says how far into the next step it is. The engine's step length varies (a prefill step
+is longer than a decode step), so the feature is the part of a window of STEP_WINDOW seconds not yet elapsed
+since the last chunk, max(STEP_WINDOW - since, 0) / STEP_WINDOW, in [0, 1]: 1 just after a chunk (a whole step
+ahead), 0 once the window has passed (the step has ended, or the engine is idle and starts this one at once);
+the TTFT model learns its seconds (plugins/fleet_model.py). Windows of 20, 30, 50, 100 and 200 ms were run on
+the virtual fleet (8 servers, loads 1 and 2, seeds 1 and 2): the shorter ones, about one decode step of a busy
+batch, predicted best on the mixed-speed and slowdown pools; 30 ms kept every routing row the 20 ms window lost
+(benchmarks/README.md, "Virtual fleet: the engine's step in progress").
+
+With --shared-state each replica sees only its own responses' chunks: the phase is then that of the last
+chunk this replica saw (older, so smaller; not shared).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from epp.datastore.table import SlotArray
+
+#: seconds after a chunk over which the step that follows it is counted as in progress
+STEP_WINDOW = 0.03
+_ZERO = np.array(0.0)
+
+
+class EngineStepPhase:
+    """Per endpoint slot: when its last response chunk arrived, shifted by the window (so one subtraction
+    gives the window's part still ahead)."""
+
+    def __init__(self, capacity: int) -> None:
+        #: time of the endpoint's last chunk + STEP_WINDOW (0: no chunk seen)
+        self.window_ends = np.zeros(capacity)
+
+    def reset(self, slot: int) -> None:
+        self.window_ends[slot] = 0.0
+
+    def chunk(self, slot: int, now: float) -> None:
+        """A chunk from the endpoint at `slot` arrived at `now`."""
+        self.window_ends[slot] = now + STEP_WINDOW
+
+    def ahead(self, candidates: SlotArray, now: float) -> npt.NDArray[np.float64]:
+        """Per candidate, the part of the window since its last chunk not yet elapsed, in seconds (0..STEP_WINDOW)."""
+        ahead = self.window_ends[candidates]
+        ahead -= now
+        np.maximum(ahead, _ZERO, out=ahead)
+        return ahead
+
+    def ahead_one(self, slot: int, now: float) -> float:
+        return max(self.window_ends.item(slot) - now, 0.0)
