@@ -222,8 +222,9 @@ class PredictedTTFTProducer(DataProducer):
         per_token = float(prefill_rate) if slowness is None else slowness * prefill_rate
         queued = self.queued_tokens[candidates]
         waiting = self.queued_requests[candidates]
+        now = self.clock()
         if np.count_nonzero(queued):
-            queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
+            queued -= self.drain.advance(candidates, queued, waiting, per_token, now)
         decoding = table.inflight_requests[candidates]
         decoding -= waiting
         np.maximum(decoding, _ZERO, out=decoding)
@@ -253,8 +254,8 @@ class PredictedTTFTProducer(DataProducer):
         seconds += base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
-        ahead = self.phase.ahead(candidates, self.clock())
-        if per_step:  # the step in progress (plugins/step_phase.py)
+        ahead = self.phase.ahead(candidates, now)
+        if per_step and ahead is not None:  # the step in progress (plugins/step_phase.py)
             seconds += ahead * (per_step / STEP_WINDOW)
         if slowness is not None:
             queueing *= slowness
@@ -390,8 +391,7 @@ class PredictedTTFTProducer(DataProducer):
 
     def response_chunk(self, result: SchedulingResult) -> None:
         note = result.recall(self._note_key)
-        table = self.table
-        if note is not None and table is not None and table.epoch.item(note.slot) == note.epoch:
+        if note is not None and self.table is not None and self.table.epoch.item(note.slot) == note.epoch:
             self.phase.chunk(note.slot, self.clock())
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:

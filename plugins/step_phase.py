@@ -41,16 +41,25 @@ class EngineStepPhase:
     def __init__(self, capacity: int) -> None:
         #: time of the endpoint's last chunk + STEP_WINDOW (0: no chunk seen)
         self.window_ends = np.zeros(capacity)
+        #: the latest of them: until then some endpoint may be in its window (after it none is, and a pick skips
+        #: the arrays)
+        self.latest = 0.0
 
     def reset(self, slot: int) -> None:
         self.window_ends[slot] = 0.0
 
     def chunk(self, slot: int, now: float) -> None:
         """A chunk from the endpoint at `slot` arrived at `now`."""
-        self.window_ends[slot] = now + STEP_WINDOW
+        end = now + STEP_WINDOW
+        self.window_ends[slot] = end
+        if end > self.latest:
+            self.latest = end
 
-    def ahead(self, candidates: SlotArray, now: float) -> npt.NDArray[np.float64]:
-        """Per candidate, the part of the window since its last chunk not yet elapsed, in seconds (0..STEP_WINDOW)."""
+    def ahead(self, candidates: SlotArray, now: float) -> npt.NDArray[np.float64] | None:
+        """Per candidate, the part of the window since its last chunk not yet elapsed, in seconds (0..STEP_WINDOW);
+        None when every endpoint's window has passed (all 0)."""
+        if now >= self.latest:
+            return None
         ahead = self.window_ends[candidates]
         ahead -= now
         np.maximum(ahead, _ZERO, out=ahead)

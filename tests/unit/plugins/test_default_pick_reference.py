@@ -235,7 +235,11 @@ class World:
         producer.model.coefficients[3] = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, 0.05))
         producer.model.coefficients[4] = 0.0 if rng.random() < 0.3 else float(rng.uniform(0, 5.0))
         producer.model.coefficients[5] = 0.0 if rng.random() < 0.2 else float(rng.uniform(0, 0.1))
-        producer.phase.window_ends[slots] = NOW + (rng.random(n) - 0.5) * 2 * STEP_WINDOW  # half within the window
+        if rng.random() < 0.3:  # every endpoint's window has passed: the pick skips the arrays
+            producer.phase.window_ends[slots] = NOW - rng.random(n) * STEP_WINDOW
+        else:  # about half of them within their window
+            producer.phase.window_ends[slots] = NOW + (rng.random(n) - 0.5) * 2 * STEP_WINDOW
+        producer.phase.latest = float(producer.phase.window_ends.max())
         producer.bytes_per_token = float(rng.uniform(3.0, 5.0))
         producer.output_tokens = float(rng.uniform(20, 600))
         if rng.random() < 0.5:  # some endpoints short of their share of the picks
