@@ -98,8 +98,6 @@ class Prediction:
     #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
     #: no candidate's cache overflows)
     full: npt.NDArray[np.float64] | None = None
-    #: seconds of each candidate's step window not elapsed yet (plugins/step_phase.py)
-    ahead: npt.NDArray[np.float64] | None = None
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
@@ -251,12 +249,15 @@ class PredictedTTFTProducer(DataProducer):
             beyond *= per_token
             overflow = beyond
         seconds = uncached * prefill_rate
-        seconds += base
+        ends = self.phase.ends(candidates, now) if per_step else None
+        if ends is None:
+            seconds += base
+        else:  # the step in progress: (max(window end, now) - now) x per_step / window (plugins/step_phase.py)
+            seconds += base - now * (per_step / STEP_WINDOW)
+            ends *= per_step / STEP_WINDOW
+            seconds += ends
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
-        ahead = self.phase.ahead(candidates, now)
-        if per_step and ahead is not None:  # the step in progress (plugins/step_phase.py)
-            seconds += ahead * (per_step / STEP_WINDOW)
         if slowness is not None:
             queueing *= slowness
             seconds *= slowness
@@ -287,7 +288,6 @@ class PredictedTTFTProducer(DataProducer):
             overflow,
             self.share.shortfall(candidates),
             full,
-            ahead,
         )
         state.write(KEY, prediction)
 
@@ -343,7 +343,7 @@ class PredictedTTFTProducer(DataProducer):
             len(state.request.prompt_bytes),
             kv_need,
             0.0 if prediction.full is None else prediction.full.item(i),
-            0.0 if prediction.ahead is None else prediction.ahead.item(i),
+            self.phase.ahead_one(slot, self.clock()),
         )
         result.remember(self._note_key, note)
 

@@ -15,8 +15,9 @@ since the last chunk, max(STEP_WINDOW - since, 0) / STEP_WINDOW, in [0, 1]: 1 ju
 ahead), 0 once the window has passed (the step has ended, or the engine is idle and starts this one at once);
 the TTFT model learns its seconds (plugins/fleet_model.py). Windows of 20, 30, 50, 100 and 200 ms were run on
 the virtual fleet (8 servers, loads 1 and 2, seeds 1 and 2): the shorter ones, about one decode step of a busy
-batch, predicted best on the mixed-speed and slowdown pools; 30 ms kept every routing row the 20 ms window lost
-(benchmarks/README.md, "Virtual fleet: the engine's step in progress").
+batch, predicted best on the mixed-speed and slowdown pools; 50, 100 and 200 ms each cost a routing row its output
+tokens/s, and 30 ms met the error target in one row more than 20 ms (benchmarks/README.md, "Virtual fleet: the
+engine's step in progress").
 
 With --shared-state each replica sees only its own responses' chunks: the phase is then that of the last
 chunk this replica saw (older, so smaller; not shared).
@@ -31,7 +32,6 @@ from epp.datastore.table import SlotArray
 
 #: seconds after a chunk over which the step that follows it is counted as in progress
 STEP_WINDOW = 0.03
-_ZERO = np.array(0.0)
 
 
 class EngineStepPhase:
@@ -55,15 +55,15 @@ class EngineStepPhase:
         if end > self.latest:
             self.latest = end
 
-    def ahead(self, candidates: SlotArray, now: float) -> npt.NDArray[np.float64] | None:
-        """Per candidate, the part of the window since its last chunk not yet elapsed, in seconds (0..STEP_WINDOW);
-        None when every endpoint's window has passed (all 0)."""
+    def ends(self, candidates: SlotArray, now: float) -> npt.NDArray[np.float64] | None:
+        """Per candidate, the later of its window's end and `now`, so that minus `now` it is the part of the window
+        not yet elapsed (the caller takes `now` off once, after scaling, rather than over every candidate); None
+        when every endpoint's window has passed (nothing ahead anywhere)."""
         if now >= self.latest:
             return None
-        ahead = self.window_ends[candidates]
-        ahead -= now
-        np.maximum(ahead, _ZERO, out=ahead)
-        return ahead
+        ends = self.window_ends[candidates]
+        np.maximum(ends, now, out=ends)
+        return ends
 
     def ahead_one(self, slot: int, now: float) -> float:
         return max(self.window_ends.item(slot) - now, 0.0)

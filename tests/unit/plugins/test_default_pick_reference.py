@@ -55,6 +55,7 @@ class Snapshot:
     recent_picks: list[float]
     picks: int
     window_ends: list[float]
+    latest: float
 
 
 def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
@@ -74,6 +75,7 @@ def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
         producer.share.recent.tolist(),
         producer.share.picks,
         producer.phase.window_ends.tolist(),
+        producer.phase.latest,
     )
 
 
@@ -134,11 +136,16 @@ def reference_totals(
         kv = needs[i]
         if overflows:  # the cache turns over this many times before the request fits
             queueing += max(kv, 0.0) / capacities[i] * per_turnover
-        seconds = uncached * rate + base
+        if per_step and before.latest > NOW:  # the part of the step window since the endpoint's last chunk still
+            # ahead, max(end - now, 0) x per_step / window, summed as (max(end, now) - now) x per_step / window with
+            # the `now` part taken off with the base (the producer's order, for the same bits)
+            step = per_step / STEP_WINDOW
+            seconds = uncached * rate + (base - NOW * step)
+            seconds += max(before.window_ends[s], NOW) * step
+        else:
+            seconds = uncached * rate + base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
-        if per_step:  # the part of the step window since the endpoint's last chunk still ahead
-            seconds += max(before.window_ends[s] - NOW, 0.0) * (per_step / STEP_WINDOW)
         queueing *= slowness
         seconds = seconds * slowness + queueing
         short = max(common_blocks - blocks[i], 0) * block_tokens if total_blocks else 0.0

@@ -362,14 +362,16 @@ def test_the_turnover_coefficient_is_learned_only_where_a_cache_was_full() -> No
 def test_the_step_window_after_an_endpoints_last_chunk_counts_down_to_zero() -> None:
     phase = EngineStepPhase(3)
     phase.chunk(1, 10.0)
-    assert phase.ahead(slots(0, 1, 2), 9.0) is not None  # before the window ends, the arrays are read
-    ahead = phase.ahead(slots(0, 1, 2), 10.0 + STEP_WINDOW / 4)
-    assert ahead is not None  # no chunk seen at 0 and 2: nothing ahead there
-    assert ahead.tolist() == [0.0, pytest.approx(0.75 * STEP_WINDOW), 0.0]
+    assert phase.ends(slots(0, 1, 2), 9.0) is not None  # before the window ends, the arrays are read
+    now = 10.0 + STEP_WINDOW / 4
+    ends = phase.ends(slots(0, 1, 2), now)
+    assert ends is not None  # no chunk seen at 0 and 2: nothing ahead there
+    assert (ends - now).tolist() == [0.0, pytest.approx(0.75 * STEP_WINDOW), 0.0]
+    assert phase.ahead_one(1, now) == pytest.approx(0.75 * STEP_WINDOW)
     assert phase.ahead_one(1, 10.0 + 2 * STEP_WINDOW) == 0.0  # the step has ended (or the engine idles)
-    assert phase.ahead(slots(0, 1, 2), 10.0 + STEP_WINDOW) is None  # every window has passed: nothing to read
+    assert phase.ends(slots(0, 1, 2), 10.0 + STEP_WINDOW) is None  # every window has passed: nothing to read
     phase.reset(1)
-    assert phase.ahead(slots(1), 10.0).tolist() == [0.0]  # type: ignore[union-attr]
+    assert phase.ends(slots(1), 10.0).tolist() == [10.0]  # type: ignore[union-attr]
 
 
 def test_a_response_chunk_prices_the_step_in_progress_on_its_endpoint_only() -> None:
@@ -385,7 +387,7 @@ def test_a_response_chunk_prices_the_step_in_progress_on_its_endpoint_only() -> 
     clock[0] += 1.0
     director.response_chunk(first)  # type: ignore[arg-type]  # its engine just ended a step
     clock[0] += STEP_WINDOW / 2
-    ahead = producer.phase.ahead(slots(0, 1), clock[0]).tolist()  # type: ignore[union-attr]
+    ahead = [producer.phase.ahead_one(s, clock[0]) for s in (0, 1)]
     assert ahead[slot] == pytest.approx(STEP_WINDOW / 2) and ahead[1 - slot] == 0.0
     probe = _decide(director, "c" * 400, "r3")
     assert probe.charged_slot == 1 - slot  # type: ignore[attr-defined]  # otherwise alike: the idle step wins
