@@ -15,7 +15,6 @@ from that tree (it imports `epp` from the current directory).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import timed_requests, warmed
+from run import pool_arguments, timed_requests, warmed
 
 from epp.plugins.latency import PredictedTTFTProducer
 
@@ -33,11 +32,7 @@ NOW = 1000.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--endpoints", type=int, default=100)
-    parser.add_argument("--prompt-chars", type=int, default=8000)
-    parser.add_argument("--picks", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = pool_arguments(__doc__)
     parser.add_argument("--interleave", action="store_true", help="with and without the term, in one process")
     args = parser.parse_args()
     table, scheduler, shared = warmed(args.endpoints, args.prompt_chars, args.seed, "chat", None)
