@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,9 @@ def envoy_binary() -> str:
     return found
 
 
+_PICK = random.Random()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,12 +48,13 @@ def free_port() -> int:
         return port
 
 
-def free_port_range(count: int, attempts: int = 50) -> int:
-    """First of `count` consecutive ports that are free right now (for `vllm-sim --port P --count N`)."""
+def free_port_range(count: int, attempts: int = 200) -> int:
+    """First of `count` consecutive ports that are free right now (for `vllm-sim --port P --count N`), looked for
+    below the system's ephemeral range: no outgoing connection takes a port there, so after a benchmark's tens of
+    thousands of connections a run of free ones is still there (inside the range, each port of a run may be held)."""
+    start, stop = _search_band(count)
     for _ in range(attempts):
-        first = free_port()
-        if first + count > 65535:
-            continue
+        first = _PICK.randrange(start, stop - count + 1)
         sockets: list[socket.socket] = []
         try:
             for port in range(first, first + count):
@@ -65,7 +70,22 @@ def free_port_range(count: int, attempts: int = 50) -> int:
         finally:
             for sock in sockets:
                 sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
+    raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts in [{start}, {stop})")
+
+
+def _search_band(count: int) -> tuple[int, int]:
+    """[start, stop) of the ports `free_port_range` looks in: below the ephemeral range, or above it."""
+    low, high = ephemeral_ports()
+    return (10000, low) if low - 10000 > 10 * count else (high + 1, 65536)
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's default where /proc does not say)."""
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 #: the runtime key every bootstrap in deploy/envoy/ turns on (docs/operations.md, "Memory")

@@ -1,5 +1,6 @@
 """The devstack's free-port search, as the servers it feeds bind: a port held only by connections lingering in
-TIME_WAIT (hundreds after a benchmark row's short connections) is free to listen on."""
+TIME_WAIT (hundreds after a benchmark row's short connections) is free to listen on, and runs are looked for
+outside the ephemeral range, where a benchmark's outgoing connections cannot hold them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from epp.devstack import envoy
-from epp.devstack.envoy import free_port_range
+from epp.devstack.envoy import ephemeral_ports, free_port_range
 
 
 def _time_wait_port() -> int:
@@ -35,7 +36,7 @@ def test_a_port_with_only_time_wait_connections_counts_as_free(monkeypatch: pyte
     with pytest.raises(OSError):  # a bind without SO_REUSEADDR refuses it: what the search used to do
         plain.bind(("127.0.0.1", port))
     plain.close()
-    monkeypatch.setattr(envoy, "free_port", lambda: port)
+    monkeypatch.setattr(envoy, "_search_band", lambda count: (port, port + count))
     assert free_port_range(1, attempts=1) == port
 
 
@@ -45,9 +46,16 @@ def test_a_port_someone_listens_on_is_not_free(monkeypatch: pytest.MonkeyPatch) 
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    monkeypatch.setattr(envoy, "free_port", lambda: port)
+    monkeypatch.setattr(envoy, "_search_band", lambda count: (port, port + count))
     try:
         with pytest.raises(RuntimeError, match="no 1 consecutive free ports"):
             free_port_range(1, attempts=2)
     finally:
         listener.close()
+
+
+def test_runs_are_found_outside_the_ephemeral_range() -> None:
+    low, high = ephemeral_ports()
+    for _ in range(20):
+        first = free_port_range(8)
+        assert first + 8 <= low or first > high, (first, low, high)
