@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.datastore.table import COLUMNS, Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_ttft_prediction
 from epp.plugins.fleet_model import (
     DECODE_UNIT,
@@ -62,6 +62,15 @@ from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 
 KEY: StateKey[Prediction] = StateKey("predicted-ttft")
 _ZERO, _ONE = np.array(0.0), np.array(1.0)  # 0-d: numpy need not convert a Python float operand on every call
+#: rows of EndpointTable.rows the prediction reads, and how many leading rows one gather takes to get them all
+_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE = (
+    COLUMNS.index(name)
+    for name in (
+        "waiting_queue", "inflight_requests", "scrape_inflight_requests", "cache_num_blocks", "cache_block_size",
+        "kv_usage",
+    )
+)  # fmt: skip
+_LOAD_ROWS = max(_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE) + 1
 
 
 @dataclass(slots=True)
@@ -192,9 +201,7 @@ class PredictedTTFTProducer(DataProducer):
             blocks = match.matched_blocks(candidates)
             counts = blocks.astype(np.float64)  # exact (small integers): no later operation mixes in int64
             held = counts / match.total_blocks
-            hashes = match.known_hashes()
-            self.demand.count(hashes, match.total_blocks)
-            common_blocks = self.demand.common_blocks(hashes, blocks)
+            common_blocks = self.demand.count_common(match.known_hashes(), match.total_blocks, blocks)
             block_tokens = match.block_bytes / self.bytes_per_token
             uncached = counts * -block_tokens
             uncached += prompt_tokens
@@ -217,13 +224,14 @@ class PredictedTTFTProducer(DataProducer):
         waiting = self.queued_requests[candidates]
         if np.count_nonzero(queued):
             queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
-        decoding = table.inflight_requests[candidates]
+        load = table.rows[:_LOAD_ROWS].take(candidates, axis=1)  # the table columns read here, in one gather
+        decoding = load[_INFLIGHT]
         decoding -= waiting
         np.maximum(decoding, _ZERO, out=decoding)
         # requests the server reported waiting beyond all this EPP had in flight there at that scrape (another
         # replica's, or sent around the EPP): their size is unknown, so each counts as a typical prompt, uncached
-        external = table.waiting_queue[candidates]
-        external -= table.scrape_inflight_requests[candidates]
+        external = load[_WAITING]
+        external -= load[_SCRAPE_INFLIGHT]
         if external[external.argmax()] > 0:
             np.maximum(external, _ZERO, out=external)
             waiting = waiting + external
@@ -234,7 +242,9 @@ class PredictedTTFTProducer(DataProducer):
         if per_request:
             queueing += waiting * (per_request / REQUEST_UNIT)
         overflow = full = None
-        kv = kv_beyond_cache(table, candidates, self.kv_tokens, uncached, output)
+        capacity = load[_CACHE_BLOCKS]
+        capacity *= load[_BLOCK_SIZE]
+        kv = kv_beyond_cache(capacity, load[_KV_USAGE], self.kv_tokens, candidates, uncached, output)
         if kv is not None:
             beyond, full = kv
             if per_turnover:  # the cache must turn over `full` times before this request fits (plugins/kv_demand.py)
@@ -316,10 +326,11 @@ class PredictedTTFTProducer(DataProducer):
         uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
         self.share.picked(slot, len(state.table))
-        self.queued_tokens[slot] += uncached
-        self.queued_requests[slot] += 1.0
+        # .item() and Python floats: the same sums without a numpy scalar each
+        self.queued_tokens[slot] = self.queued_tokens.item(slot) + uncached
+        self.queued_requests[slot] = self.queued_requests.item(slot) + 1.0
         kv_need = uncached + prediction.output_tokens
-        self.kv_tokens[slot] += kv_need
+        self.kv_tokens[slot] = self.kv_tokens.item(slot) + kv_need
         note = PickNote(
             slot,
             state.table.epoch.item(slot),
