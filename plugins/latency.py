@@ -105,6 +105,8 @@ class Prediction:
     #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
     #: no candidate's cache overflows)
     full: npt.NDArray[np.float64] | None = None
+    #: whether some candidate holds more of the prompt than the common prefix (False: the affinity discounts none)
+    affine: bool = True
 
     def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
@@ -195,13 +197,13 @@ class PredictedTTFTProducer(DataProducer):
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match = state.read(PREFIX_KEY)
-        common_blocks, block_tokens = 0, 0.0
+        common_blocks, fewest, deepest, block_tokens = 0, 0, 0, 0.0
         counts = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
             counts = blocks.astype(np.float64)  # exact (small integers): no later operation mixes in int64
             held = counts / match.total_blocks
-            common_blocks = self.demand.count_common(match.known_hashes(), match.total_blocks, blocks)
+            common_blocks, fewest, deepest = self.demand.count_common(match.known_hashes(), match.total_blocks, blocks)
             block_tokens = match.block_bytes / self.bytes_per_token
             uncached = counts * -block_tokens
             uncached += prompt_tokens
@@ -264,12 +266,13 @@ class PredictedTTFTProducer(DataProducer):
         common = 0.0
         if common_blocks and counts is not None and match is not None:
             common = common_blocks / match.total_blocks
-            short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
-            if short[short.argmax()] > 0:
-                if self.misses:
-                    short *= self.miss_factor[candidates]
-                lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
-                lift *= per_token
+            if fewest < common_blocks:  # some candidate may lack part of it (`fewest` is 0 when not counted)
+                short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
+                if short[short.argmax()] > 0:
+                    if self.misses:
+                        short *= self.miss_factor[candidates]
+                    lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
+                    lift *= per_token
         prediction = Prediction(
             candidates,
             seconds,
@@ -286,6 +289,7 @@ class PredictedTTFTProducer(DataProducer):
             overflow,
             self.share.shortfall(candidates),
             full,
+            deepest > common_blocks,
         )
         state.write(KEY, prediction)
 

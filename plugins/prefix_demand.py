@@ -53,22 +53,23 @@ class PrefixDemand:
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
-        self._count(hashes, total_blocks)
+        self._count(hashes, total_blocks, None)
 
-    def count_common(self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64]) -> int:
+    def count_common(self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64]) -> tuple[int, int, int]:
         """`count(hashes, total_blocks)`, then `common_blocks(hashes, blocks)`, in one pass over the checkpoints (the
-        counts just made are the ones the common part reads)."""
-        return self._count(hashes, total_blocks, blocks)
+        counts just made are the ones the common part reads). Returns (the common blocks, the fewest blocks a
+        candidate holds when that was counted on the way, else 0, the most blocks a candidate holds)."""
+        holders = _Holders(blocks, hashes)
+        return self._count(hashes, total_blocks, holders), holders.fewest, holders.deepest
 
-    def _count(self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64] | None = None) -> int:
+    def _count(self, hashes: list[int], total_blocks: int, holders: _Holders | None) -> int:
+        """Count the request; with `holders`, also find its common part (as `_common` does)."""
         self.requests = now = self.requests + 1
         self.total = self.total * self._step + 1.0
         reach = min(len(hashes), total_blocks, CHECKPOINTS[0])
         if reach < CHECKPOINTS[-1]:
-            return 0 if blocks is None else self.common_blocks(hashes, blocks)
-        # the common part's prelude first (no count is read there); its checkpoints are within these (a candidate
-        # holds at most the request's blocks)
-        holders = None if blocks is None else _Holders(blocks, hashes)
+            return 0 if holders is None else self._common(hashes, holders)
+        # the common part's checkpoints are within these (a candidate holds at most the request's blocks)
         found = -1 if holders is None or holders.reach < CHECKPOINTS[-1] else 0
         counts = self.counts
         decay = self._decay
@@ -103,7 +104,9 @@ class PrefixDemand:
     def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
         request's blocks each candidate holds); 0 when there is none."""
-        holders = _Holders(blocks, hashes)
+        return self._common(hashes, _Holders(blocks, hashes))
+
+    def _common(self, hashes: list[int], holders: _Holders) -> int:
         if holders.reach < CHECKPOINTS[-1]:
             return holders.held_by_half
         counts, now, total = self.counts, self.requests, self.total
@@ -126,7 +129,7 @@ class PrefixDemand:
 class _Holders:
     """How the candidates hold one request's blocks: what `common_blocks` compares each checkpoint's traffic with."""
 
-    __slots__ = ("blocks", "held_by_half", "least", "n", "ordered", "reach")
+    __slots__ = ("blocks", "deepest", "fewest", "held_by_half", "least", "n", "ordered", "reach")
 
     def __init__(self, blocks: npt.NDArray[np.int64], hashes: list[int]) -> None:
         # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
@@ -135,16 +138,19 @@ class _Holders:
         self.blocks = blocks
         self.n = n = len(blocks)
         self.least = MIN_REQUESTS_PER_CANDIDATE * n
-        self.held_by_half = self.reach = 0
+        self.held_by_half = self.reach = self.deepest = 0
+        #: the fewest blocks a candidate holds, when the sorted counts give it (else 0)
+        self.fewest = 0
         self.ordered: list[int] = []
         if not n:
             return
         if n <= _SORTED_UP_TO:
             self.ordered = ordered = sorted(blocks.tolist())
-            deepest = ordered[-1]
+            self.fewest, deepest = ordered[0], ordered[-1]
         else:
             ordered = []
             deepest = int(blocks[blocks.argmax()])
+        self.deepest = deepest
         if deepest == 0:  # no candidate holds any of it
             return
         # what at least half the candidates hold is common too (one system prompt everyone already has)
