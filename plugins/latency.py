@@ -324,7 +324,8 @@ class PredictedTTFTProducer(DataProducer):
             return
         slot = result.primary.item(0)
         candidates = prediction.candidates
-        i = int(candidates.searchsorted(slot))  # candidates are sorted slots
+        # candidates are sorted slots, usually every slot from 0: then the pick's is at its own index
+        i = slot if slot < len(candidates) and candidates.item(slot) == slot else int(candidates.searchsorted(slot))
         if i >= len(candidates) or candidates.item(i) != slot:
             return
         uncached = prediction.uncached.item(i)
