@@ -53,40 +53,13 @@ class PrefixDemand:
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
-        self._count(hashes, total_blocks, None)
+        self._pass(hashes, total_blocks, None, True)
 
     def count_common(self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64]) -> tuple[int, int, int]:
         """`count(hashes, total_blocks)`, then `common_blocks(hashes, blocks)`, in one pass over the checkpoints (the
         counts just made are the ones the common part reads). Returns (the common blocks, the fewest blocks a
         candidate holds when that was counted on the way, else 0, the most blocks a candidate holds)."""
-        holders = _Holders(blocks, hashes)
-        return self._count(hashes, total_blocks, holders), holders.fewest, holders.deepest
-
-    def _count(self, hashes: list[int], total_blocks: int, holders: _Holders | None) -> int:
-        """Count the request; with `holders`, also find its common part (as `_common` does)."""
-        self.requests = now = self.requests + 1
-        self.total = self.total * self._step + 1.0
-        reach = min(len(hashes), total_blocks, CHECKPOINTS[0])
-        if reach < CHECKPOINTS[-1]:
-            return 0 if holders is None else self._common(hashes, holders)
-        # the common part's checkpoints are within these (a candidate holds at most the request's blocks)
-        found = -1 if holders is None or holders.reach < CHECKPOINTS[-1] else 0
-        counts = self.counts
-        decay = self._decay
-        exp = math.exp
-        total = self.total
-        for depth in _WITHIN[reach]:
-            key = hashes[depth - 1]
-            previous = counts.get(key)
-            seen = 1.0 if previous is None else previous[0] * exp(-decay * (now - previous[1])) + 1.0
-            counts[key] = (seen, now)
-            if not found and holders is not None and depth <= holders.reach:
-                found = holders.common_at(depth, seen, total)
-        if len(counts) > MAX_PREFIXES:
-            self._forget()
-        if holders is None:
-            return 0
-        return found if found > 0 else holders.held_by_half
+        return self._pass(hashes, total_blocks, blocks, True)
 
     def share(self, key: int) -> float:
         """The share of recent requests that passed through the prefix whose last block hash is `key`."""
@@ -104,79 +77,78 @@ class PrefixDemand:
     def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
         request's blocks each candidate holds); 0 when there is none."""
-        return self._common(hashes, _Holders(blocks, hashes))
+        return self._pass(hashes, CHECKPOINTS[0], blocks, False)[0]
 
-    def _common(self, hashes: list[int], holders: _Holders) -> int:
-        if holders.reach < CHECKPOINTS[-1]:
-            return holders.held_by_half
-        counts, now, total = self.counts, self.requests, self.total
-        for depth in _WITHIN[holders.reach]:
-            entry = counts.get(hashes[depth - 1])
-            if entry is None:
+    def _pass(
+        self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64] | None, counting: bool
+    ) -> tuple[int, int, int]:
+        """One pass over the request's checkpoints, deepest first: with `counting`, count the request there; with
+        `blocks`, find its common part. Returns (common blocks, fewest held when the sorted counts give it else 0,
+        most held). All in one function: it runs for every request, and a call costs more than most of its steps."""
+        now = self.requests
+        if counting:
+            self.requests = now = now + 1
+            self.total = self.total * self._step + 1.0
+        common = fewest = deepest = check = n = 0
+        least = 0.0
+        ordered: list[int] = []
+        if blocks is not None and len(blocks):
+            # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
+            # many with numpy. Either way: the deepest count, the median's when at least half hold some, and per
+            # checkpoint how many hold it and the least a holder holds.
+            n = len(blocks)
+            if n <= _SORTED_UP_TO:
+                ordered = sorted(blocks.tolist())
+                fewest, deepest = ordered[0], ordered[-1]
+            else:
+                deepest = int(blocks[blocks.argmax()])
+            if deepest:  # (none held: nothing is common)
+                # what at least half the candidates hold is common too (one system prompt everyone already has)
+                holding_any = n - bisect_right(ordered, 0) if ordered else int(np.count_nonzero(blocks))
+                common = int(_median(ordered, blocks)) if holding_any * 2 >= n else 0
+                # the checkpoints it looks at (a candidate holds at most the request's blocks: within those counted)
+                check = min(deepest, len(hashes), CHECKPOINTS[0])
+                least = MIN_REQUESTS_PER_CANDIDATE * n
+        reach = min(len(hashes), total_blocks, CHECKPOINTS[0]) if counting else check
+        if reach < CHECKPOINTS[-1]:
+            return common, fewest, deepest
+        done = check < CHECKPOINTS[-1]  # whether the common part is found (or not looked for)
+        counts, decay, exp, total = self.counts, self._decay, math.exp, self.total
+        for depth in _WITHIN[reach]:
+            key = hashes[depth - 1]
+            entry = counts.get(key)
+            if counting:
+                seen = 1.0 if entry is None else entry[0] * exp(-decay * (now - entry[1])) + 1.0
+                counts[key] = (seen, now)
+            elif entry is None:
                 continue  # seen 0 times: below `least`
-            seen = entry[0] if entry[1] == now else entry[0] * math.exp(-self._decay * (now - entry[1]))
-            found = holders.common_at(depth, seen, total)
-            if found:
-                return found
-        return holders.held_by_half
+            else:
+                seen = entry[0] if entry[1] == now else entry[0] * exp(-decay * (now - entry[1]))
+            if done or depth > check:
+                continue
+            needed = seen / total * n
+            if needed <= 1.0 or seen < least:  # one holder is enough, and it has one
+                continue
+            if ordered:
+                first = bisect_left(ordered, depth)
+                holders = n - first
+                if needed > holders:
+                    common, done = max(depth, ordered[first] if holders > 1 else depth, common), True
+            elif blocks is not None:
+                holding = blocks >= depth
+                holders = int(np.count_nonzero(holding))
+                if needed > holders:
+                    common, done = max(depth, int(blocks[holding].min()) if holders > 1 else depth, common), True
+            if done and not counting:
+                break
+        if counting and len(counts) > MAX_PREFIXES:
+            self._forget()
+        return common, fewest, deepest
 
     def _forget(self) -> None:
         now = self.requests
         decay = self._decay
         self.counts = {k: v for k, v in self.counts.items() if v[0] * math.exp(-decay * (now - v[1])) >= 1.5}
-
-
-class _Holders:
-    """How the candidates hold one request's blocks: what `common_blocks` compares each checkpoint's traffic with."""
-
-    __slots__ = ("blocks", "deepest", "fewest", "held_by_half", "least", "n", "ordered", "reach")
-
-    def __init__(self, blocks: npt.NDArray[np.int64], hashes: list[int]) -> None:
-        # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
-        # many with numpy. Either way: the deepest count, the median's when at least half hold some, and per
-        # checkpoint how many hold it and the least a holder holds.
-        self.blocks = blocks
-        self.n = n = len(blocks)
-        self.least = MIN_REQUESTS_PER_CANDIDATE * n
-        self.held_by_half = self.reach = self.deepest = 0
-        #: the fewest blocks a candidate holds, when the sorted counts give it (else 0)
-        self.fewest = 0
-        self.ordered: list[int] = []
-        if not n:
-            return
-        if n <= _SORTED_UP_TO:
-            self.ordered = ordered = sorted(blocks.tolist())
-            self.fewest, deepest = ordered[0], ordered[-1]
-        else:
-            ordered = []
-            deepest = int(blocks[blocks.argmax()])
-        self.deepest = deepest
-        if deepest == 0:  # no candidate holds any of it
-            return
-        # what at least half the candidates hold is common too (one system prompt everyone already has)
-        holding_any = n - bisect_right(ordered, 0) if ordered else int(np.count_nonzero(blocks))
-        self.held_by_half = int(_median(ordered, blocks)) if holding_any * 2 >= n else 0
-        self.reach = min(deepest, len(hashes), CHECKPOINTS[0])
-
-    def common_at(self, depth: int, seen: float, total: float) -> int:
-        """The common part when the checkpoint at `depth`, passed by `seen` of `total` recent requests, has fewer
-        holders than its traffic needs; 0 when it does not."""
-        n = self.n
-        needed = seen / total * n
-        if needed <= 1.0 or seen < self.least:  # one holder is enough, and it has one
-            return 0
-        ordered = self.ordered
-        if ordered:
-            first = bisect_left(ordered, depth)
-            holders = n - first
-            if needed > holders:
-                return max(depth, ordered[first] if holders > 1 else depth, self.held_by_half)
-        else:
-            holding = self.blocks >= depth
-            holders = int(np.count_nonzero(holding))
-            if needed > holders:
-                return max(depth, int(self.blocks[holding].min()) if holders > 1 else depth, self.held_by_half)
-        return 0
 
 
 def _median(ordered: list[int], values: npt.NDArray[np.int64]) -> float:
