@@ -224,7 +224,8 @@ class PredictedTTFTProducer(DataProducer):
         per_token = float(prefill_rate) if slowness is None else slowness * prefill_rate
         queued = self.queued_tokens[candidates]
         waiting = self.queued_requests[candidates]
-        if np.count_nonzero(queued):
+        queue_empty = not np.count_nonzero(queued)
+        if not queue_empty:
             queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
         load = table.rows[:_LOAD_ROWS].take(candidates, axis=1)  # the table columns read here, in one gather
         decoding = load[_INFLIGHT]
@@ -238,11 +239,15 @@ class PredictedTTFTProducer(DataProducer):
             np.maximum(external, _ZERO, out=external)
             waiting = waiting + external
             queued = queued + external * self.prompt_tokens
+            queue_empty = False
         limit = max_tokens(state.request)
         output = min(limit, self.output_tokens) if limit else self.output_tokens
-        queueing = queued * prefill_rate
         if per_request:
-            queueing += waiting * (per_request / REQUEST_UNIT)
+            queueing = waiting * (per_request / REQUEST_UNIT)
+            if not queue_empty:  # (an empty queue's prefill adds 0 everywhere)
+                queueing += queued * prefill_rate
+        else:
+            queueing = queued * prefill_rate
         overflow = full = None
         capacity = load[_CACHE_BLOCKS]
         capacity *= load[_BLOCK_SIZE]
