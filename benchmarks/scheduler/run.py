@@ -29,7 +29,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -106,10 +106,27 @@ def warmed(
     endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
 ) -> tuple[EndpointTable, SchedulerRuntime, list[str]]:
     """A table of `endpoints` with random load, its scheduler with the index warmed, and the shared prefixes."""
+    table, scheduler, shared = _unwarmed(endpoints, prompt_chars, seed, shape, config)
+    _warm(table, scheduler, shared, lambda warm, result: scheduler.pre_request(warm, result, table))
+    return table, scheduler, shared
+
+
+def warmed_lifecycle(
+    endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
+) -> tuple[EndpointTable, SchedulerRuntime, list[str], Lifecycle]:
+    """`warmed`, the warm-up's requests too going through a Lifecycle (so they finish, as live ones do)."""
+    table, scheduler, shared = _unwarmed(endpoints, prompt_chars, seed, shape, config)
+    live = Lifecycle(table, scheduler)
+    _warm(table, scheduler, shared, live.after)
+    return table, scheduler, shared, live
+
+
+def _unwarmed(
+    endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
+) -> tuple[EndpointTable, SchedulerRuntime, list[str]]:
     rng = np.random.default_rng(seed)
     table = make_table(endpoints, rng)
     scheduler = build_scheduler(config or default_config(), table)
-    candidates = table.live_slots()
     if shape == "chat":
         shared = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
     else:
@@ -118,11 +135,19 @@ def warmed(
         # (31,250 blocks) must keep them all for the benchmark to measure matches, not evictions
         shared = [(f"conversation {k}: " + "and then the user said something. " * (history // 34 + 1))[:history]
                   for k in range(min(endpoints, 200))]  # fmt: skip
+    return table, scheduler, shared
+
+
+def _warm(
+    table: EndpointTable,
+    scheduler: SchedulerRuntime,
+    shared: list[str],
+    after: Callable[[LLMRequest, SchedulingResult], None],
+) -> None:
+    candidates = table.live_slots()
     for k, prefix in enumerate(shared):  # warm: each shared prefix sent once
         warm = request(-k - 1, prefix + "hello")
-        result = scheduler.schedule(warm, table, candidates)
-        scheduler.pre_request(warm, result, table)
-    return table, scheduler, shared
+        after(warm, scheduler.schedule(warm, table, candidates))
 
 
 def timed_requests(shared: list[str], prompt_chars: int, count: int, first: int = 0) -> Iterator[LLMRequest]:
@@ -141,9 +166,12 @@ def time_picks(
     config: EndpointPickerConfig | None = None,
     lifecycle: bool = False,
 ) -> tuple[float, float, float, float]:
-    table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
+    live = None
+    if lifecycle:
+        table, scheduler, shared, live = warmed_lifecycle(endpoints, prompt_chars, seed, shape, config)
+    else:
+        table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
     candidates = table.live_slots()
-    live = Lifecycle(table, scheduler) if lifecycle else None
     samples, inserts = [], []
     for req in timed_requests(shared, prompt_chars, picks):
         started = time.perf_counter()
