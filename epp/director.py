@@ -387,6 +387,11 @@ class Director:
             if self.table.load_listener is not None:  # plugins release queued prefill at the first chunk
                 self.table.load_listener()
 
+    def response_chunk(self, decision: Decision) -> None:
+        """A chunk of a streamed response body after the first arrived (the endpoint ended an engine step)."""
+        if self.hooks is not None and not decision.released and decision.request.api:
+            self.hooks.response_chunk(decision.result)
+
     def complete(self, decision: Decision, usage: Usage | None) -> None:
         """The response ended (or the stream did): release in-flight load and run completion hooks once."""
         if decision.released:

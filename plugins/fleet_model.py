@@ -16,6 +16,7 @@ from operator import mul
 
 import numpy as np
 
+from epp.plugins.step_phase import STEP_WINDOW
 from epp.scheduling.plugin import require_non_negative, require_positive
 
 DECODE_UNIT = 100.0
@@ -263,15 +264,17 @@ class FleetModel:
 
 def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:
     """TTFT = slowness x (base + per_decode x decoding/100 + per_prefill x work/10,000 + per_request x waiting/10
-    + per_turnover x full), `full` the turnovers of a full KV cache before the request fits (plugins/kv_demand.py)."""
+    + per_turnover x full + per_step x ahead), `full` the turnovers of a full KV cache before the request fits
+    (plugins/kv_demand.py), `ahead` the part of the step window since the endpoint's last response chunk not yet
+    elapsed (plugins/step_phase.py, 0..1)."""
     base = parameters.base_seconds
     per_prefill = PREFILL_UNIT / parameters.prefill_tokens_per_second
     return FleetModel(
         capacity,
-        prior=(base, base / 2, per_prefill, 0.0, TURNOVER_PRIOR),
+        prior=(base, base / 2, per_prefill, 0.0, TURNOVER_PRIOR, base),
         # per_request starts at 0 but may grow to a base per request
-        doubt=(base, base / 2, per_prefill, base, TURNOVER_DOUBT),
-        floors=(0.0, 0.0, per_prefill / 100, 0.0, 0.0),
+        doubt=(base, base / 2, per_prefill, base, TURNOVER_DOUBT, base),
+        floors=(0.0, 0.0, per_prefill / 100, 0.0, 0.0, 0.0),
         drift_per_second=parameters.drift_per_second,
         noise=parameters.observation_noise,
         slowness_rate=parameters.slowness_rate,
@@ -280,9 +283,9 @@ def ttft_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel
 
 
 def ttft_features(
-    decoding: float, work: float, waiting: float, full: float = 0.0
-) -> tuple[float, float, float, float, float]:
-    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT, full)
+    decoding: float, work: float, waiting: float, full: float = 0.0, ahead: float = 0.0
+) -> tuple[float, float, float, float, float, float]:
+    return (1.0, decoding / DECODE_UNIT, work / PREFILL_UNIT, waiting / REQUEST_UNIT, full, ahead / STEP_WINDOW)
 
 
 def decode_model(capacity: int, parameters: PredictedTTFTParameters) -> FleetModel:

@@ -3,7 +3,7 @@
 For each candidate the producer predicts how long this request would wait for its first token there:
 
     TTFT = base + per_decode · decoding / 100 + per_prefill · (queued prefill + own uncached prefill) / 10,000
-           + per_request · waiting / 10 + per_turnover · full
+           + per_request · waiting / 10 + per_turnover · full + per_step · ahead
 
 - queued prefill: the uncached prompt tokens of the requests this EPP sent to the endpoint that have not
   produced their first token yet (exact and never stale: charged at the pick, released at the first chunk),
@@ -13,9 +13,10 @@ For each candidate the producer predicts how long this request would wait for it
 - decoding: requests on the endpoint that are past their first token (their decode tokens share each step);
 - waiting: the requests behind the queued prefill (a full KV cache or batch admits them one by one as others finish,
   whatever their length);
-- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py).
+- full: how many times the endpoint's KV cache must turn over before this request fits (plugins/kv_demand.py);
+- ahead: the part of the engine step in progress still to run, from its last response chunk (plugins/step_phase.py).
 
-The five coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
+The six coefficients are the pool's, learned online from what the EPP observes: the time from the pick to the first
 streamed chunk, learned at that chunk (see FleetModel), and the prompt and cached token counts the server reports in
 `usage` at the end, which teach the bytes-per-token ratio and the miss factors. A per-endpoint slowness factor
 multiplies them, learned from the same first chunks (slownessRate, default 0.1; 0 leaves a slower or degraded
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -52,10 +52,12 @@ from epp.plugins.fleet_model import (
 )
 from epp.plugins.kv_demand import kv_beyond_cache
 from epp.plugins.pick_share import PickShare
+from epp.plugins.prediction import Prediction
 from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
 from epp.plugins.prefix_demand import PrefixDemand
+from epp.plugins.step_phase import STEP_WINDOW, EngineStepPhase
 from epp.plugins.ttft_note import PickNote, max_tokens
 from epp.scheduling.plugin import CycleState, DataProducer
 from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
@@ -66,48 +68,6 @@ _ZERO, _ONE = np.array(0.0), np.array(1.0)  # 0-d: numpy need not convert a Pyth
 _LOADS = ("waiting_queue", "inflight_requests", "scrape_inflight_requests", "cache_num_blocks", "cache_block_size")
 _WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE = map(COLUMNS.index, (*_LOADS, "kv_usage"))
 _LOAD_ROWS = max(_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE) + 1
-
-
-@dataclass(slots=True)
-class Prediction:
-    """Predicted TTFT (seconds) and this request's uncached prompt tokens per candidate, aligned."""
-
-    candidates: SlotArray
-    seconds: npt.NDArray[np.float64]
-    uncached: npt.NDArray[np.float64]
-    queued: npt.NDArray[np.float64]
-    decoding: npt.NDArray[np.float64]
-    #: the fraction of the request's prefix blocks each candidate holds
-    held: npt.NDArray[np.float64]
-    #: requests this EPP sent there that have not produced their first token
-    waiting: npt.NDArray[np.float64]
-    #: the part of `seconds` spent behind the queue (the rest is this request's own prefill and one step)
-    queueing: npt.NDArray[np.float64]
-    #: output tokens this request is expected to generate (its max_tokens, at most the mean seen so far)
-    output_tokens: float
-    #: seconds per uncached prompt token on each candidate (one float when it is the same on every candidate)
-    per_token: npt.NDArray[np.float64] | float
-    #: the fraction of the request's blocks that is a common prefix (see PrefixDemand): no candidate is preferred
-    #: for holding it ...
-    common: float
-    #: ... nor charged for lacking it: seconds to take off each candidate's prediction when scoring (None: none)
-    lift: npt.NDArray[np.float64] | None
-    #: seconds of recomputation this request would cause there by outgrowing the KV cache (not part of its own
-    #: TTFT: the engine preempts running requests and computes their context again)
-    overflow: npt.NDArray[np.float64] | None
-    #: how far each candidate's recent share of the picks falls below the floor (plugins/pick_share.py; None: none)
-    shortfall: npt.NDArray[np.float64] | None = None
-    #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
-    #: no candidate's cache overflows)
-    full: npt.NDArray[np.float64] | None = None
-    #: whether some candidate holds more of the prompt than the common prefix (False: the affinity discounts none)
-    affine: bool = True
-
-    def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
-        if candidates is self.candidates:
-            return values
-        return values[np.searchsorted(self.candidates, candidates)]
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -130,6 +90,7 @@ class PredictedTTFTProducer(DataProducer):
         self.drain = QueuedPrefillDrain(0)
         self.demand = PrefixDemand()
         self.share = PickShare(0)
+        self.phase = EngineStepPhase(0)
         #: KV tokens the requests this EPP sent to each endpoint will hold until they end (uncached prompt plus
         #: expected output each), charged at the pick and released when the response ends
         self.kv_tokens = np.zeros(0)
@@ -154,6 +115,7 @@ class PredictedTTFTProducer(DataProducer):
         self.queued_requests = np.zeros(table.capacity)
         self.drain = QueuedPrefillDrain(table.capacity)
         self.share = PickShare(table.capacity)
+        self.phase = EngineStepPhase(table.capacity)
         self.kv_tokens = np.zeros(table.capacity)
         self.miss_factor = np.ones(table.capacity)
 
@@ -164,6 +126,7 @@ class PredictedTTFTProducer(DataProducer):
             self.queued_requests[slot] = 0.0
             self.drain.reset(slot, self.clock())
             self.share.reset(slot)
+            self.phase.reset(slot)
             self.kv_tokens[slot] = 0.0
             self.miss_factor[slot] = 1.0
             self.model.reset(slot)
@@ -212,16 +175,17 @@ class PredictedTTFTProducer(DataProducer):
             uncached = np.full(len(candidates), prompt_tokens)
             held = np.zeros(len(candidates))
         table = state.table
-        base, per_decode, per_prefill, per_request, per_turnover = model.coefficients
+        base, per_decode, per_prefill, per_request, per_turnover, per_step = model.coefficients
         prefill_rate = np.array(per_prefill / PREFILL_UNIT)
         # seconds per uncached prompt token: the same on every endpoint until some endpoint's slowness is not 1
         slowness = model.slowness[candidates] if model.varied else None
         per_token = float(prefill_rate) if slowness is None else slowness * prefill_rate
         queued = self.queued_tokens[candidates]
         waiting = self.queued_requests[candidates]
+        now = self.clock()
         queue_empty = not np.count_nonzero(queued)
         if not queue_empty:
-            queued -= self.drain.advance(candidates, queued, waiting, per_token, self.clock())
+            queued -= self.drain.advance(candidates, queued, waiting, per_token, now)
         load = table.rows[:_LOAD_ROWS].take(candidates, axis=1)  # the table columns read here, in one gather
         decoding = load[_INFLIGHT]
         decoding -= waiting
@@ -255,7 +219,13 @@ class PredictedTTFTProducer(DataProducer):
             beyond *= per_token
             overflow = beyond
         seconds = uncached * prefill_rate
-        seconds += base
+        ends = self.phase.ends(candidates, now) if per_step else None
+        if ends is None:
+            seconds += base
+        else:  # the step in progress: (max(window end, now) - now) x per_step / window (plugins/step_phase.py)
+            seconds += base - now * (per_step / STEP_WINDOW)
+            ends *= per_step / STEP_WINDOW
+            seconds += ends
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
         if slowness is not None:
@@ -347,6 +317,7 @@ class PredictedTTFTProducer(DataProducer):
             len(state.request.prompt_bytes),
             kv_need,
             0.0 if prediction.full is None else prediction.full.item(i),
+            self.phase.ahead_one(slot, self.clock()),
         )
         result.remember(self._note_key, note)
 
@@ -388,8 +359,14 @@ class PredictedTTFTProducer(DataProducer):
         record_ttft_prediction(abs(note.predicted - ttft) / ttft)
         if table.epoch.item(note.slot) == note.epoch:
             work = note.queued + max(note.uncached, 1.0)
-            features = ttft_features(note.decoding, work, note.waiting, note.full)
+            self.phase.chunk(note.slot, now)
+            features = ttft_features(note.decoding, work, note.waiting, note.full, note.ahead)
             self.model.learn(note.slot, features, ttft, now)
+
+    def response_chunk(self, result: SchedulingResult) -> None:
+        note = result.recall(self._note_key)
+        if note is not None and self.table is not None and self.table.epoch.item(note.slot) == note.epoch:
+            self.phase.chunk(note.slot, self.clock())
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         note = result.recall(self._note_key)

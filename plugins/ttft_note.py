@@ -22,6 +22,8 @@ class PickNote:
     kv_need: float
     #: how many times the endpoint's KV cache had to turn over before this request fit, as predicted
     full: float = 0.0
+    #: seconds of the endpoint's step window not elapsed at the pick (plugins/step_phase.py)
+    ahead: float = 0.0
     released: bool = False
     kv_released: bool = False
     ttft: float | None = None

@@ -4,9 +4,9 @@ every time, so routing policies can be compared over many seeds and fleet shapes
 chosen one through real Envoy, real gRPC and the HTTP simulators.
 
 What the EPP sees is what it would see for real: the request body (parsed by epp's parser), a scrape of every
-engine's waiting/running/KV-usage every --refresh-ms, the first streamed token (director.first_chunk) and
-the final usage (prompt, completion and cached tokens). What it does not see here: network and processing
-latency (0 in virtual time) and the scrape's own delay.
+engine's waiting/running/KV-usage every --refresh-ms, the first streamed token (director.first_chunk), every
+later chunk (director.response_chunk, 16 tokens a chunk) and the final usage (prompt, completion and cached
+tokens). What it does not see here: network and processing latency (0 in virtual time) and the scrape's own delay.
 
     python benchmarks/routing/virtual_fleet.py --workloads high,chat --configs default,recommended --seeds 1,2
 
@@ -15,8 +15,9 @@ A config is a file name of benchmarks/routing/configs/, or a peer policy of virt
 
 With `--trace DIR` every row also writes DIR/<workload>-<load>-<seed>-<config>.json: per request its server, when
 it was sent, admitted by the engine, answered first and finished, what the pick's note predicted and charged,
-the engine's queue and KV usage at its arrival, and the TTFT model's coefficients then (what a prediction error
-comes from; measurement only, the routing is the same).
+the engine's queue and KV usage at its arrival, where the engine was in its step (`step_left`, `step_len`,
+`since_step`, `since_chunk`), and the TTFT model's coefficients then (what a prediction error comes from;
+measurement only, the routing is the same).
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ from vllmsim.engine import Engine, EngineConfig  # noqa: E402
 from vllmsim.server import prompt_text  # noqa: E402
 
 ARRIVAL, STEP, SCRAPE, SLOWDOWN, DELIVER = 0, 1, 2, 3, 4
+#: tokens per streamed chunk after the first (run.py's --stream-interval default): each chunk reaches the EPP
+#: (director.response_chunk) at the end of the engine step that produced its last token
+STREAM_INTERVAL = 16
 
 #: what the predicted-TTFT producer keeps with each pick (its name is the default plugin name)
 PREDICTION_NOTE: StateKey[object] = StateKey("predicted-ttft-producer")
 #: the TTFT model's coefficients, as --trace names them
-COEFFICIENTS = ("base", "per_decode", "per_prefill", "per_request", "per_turnover")
+COEFFICIENTS = ("base", "per_decode", "per_prefill", "per_request", "per_turnover", "per_step")
 
 
 @dataclass
@@ -182,6 +186,9 @@ def simulate(
     admitted: dict[tuple[int, int], float] = {}
     outcomes: dict[int, Outcome] = {}
     busy = [False] * count
+    #: per server: when the step in progress ends and how long it is, when the last step ended and the last
+    #: response chunk left it (for --trace)
+    step_end, step_len, last_end, last_chunk = [0.0] * count, [0.0] * count, [0.0] * count, [0.0] * count
     finished = 0
     arrived = 0
     total = len(requests)
@@ -196,6 +203,7 @@ def simulate(
                 admitted[(server, started.request_id)] = clock[0]
             if duration > 0:
                 busy[server] = True
+                step_end[server], step_len[server] = clock[0] + duration, duration
                 heapq.heappush(events, (clock[0] + duration, STEP, next(order), server))
                 return
             engine.finish_step()
@@ -249,6 +257,13 @@ def simulate(
                     outcomes[payload].trace["adapter_running"] = float(adapter in active)
                     outcomes[payload].trace["adapter_slots_full"] = float(len(active) >= engine_config.max_loras)
                 model = getattr(routers[r].plugins.get("predicted-ttft-producer"), "model", None)
+                busy_now = busy[server]
+                outcomes[payload].trace.update(
+                    step_left=step_end[server] - at if busy_now else 0.0,
+                    step_len=step_len[server] if busy_now else 0.0,
+                    since_step=at - last_end[server],
+                    since_chunk=at - last_chunk[server],
+                )
                 if model is not None:
                     coefficients = dict(zip(COEFFICIENTS, model.coefficients, strict=True))
                     outcomes[payload].trace.update(coefficients, slowness=float(model.slowness[server]))
@@ -257,14 +272,18 @@ def simulate(
             server = payload
             busy[server] = False
             produced, done = engines[server].finish_step()
+            last_end[server] = at
             for sequence in produced:
                 index, r, decision = live[(server, sequence.request_id)]
                 outcome = outcomes[index]
                 if outcome.output_tokens == 0:
-                    outcome.first = at
+                    outcome.first = last_chunk[server] = at
                     outcome.admitted = admitted.pop((server, sequence.request_id), float("nan"))
                     routers[r].director.first_chunk(decision, streamed=True)
                     publish(r)
+                elif (sequence.generated - 1) % STREAM_INTERVAL == 0 or sequence.done:
+                    last_chunk[server] = at  # a later chunk, as run.py's servers stream them
+                    routers[r].director.response_chunk(decision)
                 outcome.output_tokens += 1
             for sequence in done:
                 index, r, decision = live.pop((server, sequence.request_id))
@@ -325,7 +344,9 @@ def _trace_of(engine: Engine, note: object, prompt_tokens: int) -> dict[str, flo
 
 def _write_trace(path: Path, result: Result) -> None:
     rows = [
-        {"server": o.server, "sent": o.sent, "admitted": o.admitted, "first": o.first, "done": o.done} | (o.trace or {})
+        {"server": o.server, "sent": o.sent, "admitted": o.admitted, "first": o.first, "done": o.done}
+        | {"output": o.output_tokens}
+        | (o.trace or {})
         for o in result.outcomes
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

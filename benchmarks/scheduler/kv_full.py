@@ -12,7 +12,6 @@ decision p50 / p99 in ms. To compare two source trees, run this file with each t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,17 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import timed_requests, warmed
+from run import pool_arguments, timed_requests, warmed
 
 from epp.plugins.latency import PredictedTTFTProducer
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--endpoints", type=int, default=100)
-    parser.add_argument("--prompt-chars", type=int, default=8000)
-    parser.add_argument("--picks", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = pool_arguments(__doc__)
     args = parser.parse_args()
     table, scheduler, shared = warmed(args.endpoints, args.prompt_chars, args.seed, "chat", None)
     rng = np.random.default_rng(args.seed)

@@ -150,6 +150,16 @@ def _warm(
         after(warm, scheduler.schedule(warm, table, candidates))
 
 
+def pool_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options of the single-pool decision benchmarks beside this one (kv_full.py, step_busy.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoints", type=int, default=100)
+    parser.add_argument("--prompt-chars", type=int, default=8000)
+    parser.add_argument("--picks", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser
+
+
 def timed_requests(shared: list[str], prompt_chars: int, count: int, first: int = 0) -> Iterator[LLMRequest]:
     """Request i re-sends a shared prefix (round robin) with a fresh tail, cut to `prompt_chars`."""
     tail = "x" * prompt_chars

@@ -36,6 +36,7 @@ class EppProcess(ChildProcess):
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="epp-", suffix=".log")[1])
+        self._stopped_log = ""
 
     def start(self, timeout: float = 20.0, wait_serving: bool = True) -> None:
         log = self.log_path.open("wb")
@@ -64,7 +65,15 @@ class EppProcess(ChildProcess):
         raise TimeoutError(f"epp not SERVING after {timeout}s: {self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        """The log's last 4,000 characters (after `stop`, as they were when it stopped)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return self._stopped_log
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.process, timeout)
+        """Stop the process and remove its log file (its tail stays readable through `log`)."""
+        code = stop_process(self.process, timeout)
+        self._stopped_log = self.log()
+        self.log_path.unlink(missing_ok=True)
+        return code

@@ -126,6 +126,8 @@ class ResponsePhase:
             self._director.first_chunk(self._decision, response.sse)
             if response.sse and self._observer is not None:
                 self._observer.first_response_chunk(self._decision, time.perf_counter() - self._started)
+        elif chunk and response.sse and self._decision is not None:
+            self._director.response_chunk(self._decision)
         responses = response.answer(chunk, end)
         if end:
             self._finish()

@@ -156,6 +156,7 @@ class SchedulerRuntime:
         # Hooks after the pick: producers first (they learn from it), then any other plugin offering one.
         self._picked = [p.picked for p in _overriding(self.producers, "picked")]
         self._first_response = [p.first_response for p in _overriding(self.producers, "first_response")]
+        self._response_chunk = [p.response_chunk for p in _overriding(self.producers, "response_chunk")]
         self._pre_request: list[Callable[[CycleState, SchedulingResult], None]] = [
             p.pre_request for p in _overriding(self.producers, "pre_request")
         ]
@@ -251,6 +252,10 @@ class SchedulerRuntime:
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
         for hook in self._first_response:
             hook(request, result, ttft)
+
+    def response_chunk(self, result: SchedulingResult) -> None:
+        for hook in self._response_chunk:
+            hook(result)
 
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable

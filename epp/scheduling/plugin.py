@@ -201,6 +201,9 @@ class DataProducer(Plugin):
     def first_response(self, request: LLMRequest, result: SchedulingResult, ttft: float | None) -> None:
         pass
 
+    def response_chunk(self, result: SchedulingResult) -> None:
+        pass
+
     def response_complete(self, request: LLMRequest, result: SchedulingResult, usage: Usage | None) -> None:
         pass
 

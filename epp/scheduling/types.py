@@ -189,6 +189,11 @@ class RequestHooks(Protocol):
         when the response is streamed (its first chunk carries the first token), else None."""
         ...
 
+    def response_chunk(self, result: SchedulingResult) -> None:
+        """Runs at each chunk of a streamed response body after the first: the engine ended a step then (its
+        decode steps emit the running requests' tokens at step boundaries)."""
+        ...
+
     def response_complete(
         self, request: LLMRequest, result: SchedulingResult, usage: Usage | None, table: EndpointTable
     ) -> None:

@@ -263,6 +263,35 @@ def test_streamed_response_chunks_pass_through_at_once_and_sse_usage_is_read() -
     assert size == sum(map(len, chunks))
 
 
+def test_each_streamed_chunk_after_the_first_reaches_the_hooks_until_the_response_ends() -> None:
+    """The first chunk is the first token (first_response); every later one marks an engine step's end."""
+    table = make_table("10.0.0.1:8000")
+    seen: list[str] = []
+
+    class Hooks:
+        def pre_request(self, *args: object) -> None:
+            pass
+
+        def first_response(self, *args: object) -> None:
+            seen.append("first")
+
+        def response_chunk(self, result: object) -> None:
+            seen.append("chunk")
+
+        def response_complete(self, *args: object) -> None:
+            seen.append("complete")
+
+    stream = ExtProcStream(Director(table, LeastQueueScheduler(), hooks=Hooks()), openai_parser)  # type: ignore[arg-type]
+    stream.process(headers_msg())
+    stream.process(body_msg(b'{"model":"m","prompt":"p","stream":true}'))
+    stream.process(response_headers_msg("text/event-stream", served="10.0.0.1:8000"))
+    for i, text in enumerate(("a", "b", "c")):
+        stream.process(response_body_msg(b'data: {"choices":[{"text":"%s"}]}\n\n' % text.encode(), end_of_stream=False))
+        assert seen[-1] == ("first" if i == 0 else "chunk")
+    stream.process(response_body_msg(b"data: [DONE]\n\n", end_of_stream=True))
+    assert seen == ["first", "chunk", "chunk", "chunk", "complete"]
+
+
 def test_json_response_usage_is_read_at_end_of_stream() -> None:
     table = make_table("10.0.0.1:8000")
     seen = []
@@ -272,6 +301,9 @@ def test_json_response_usage_is_read_at_end_of_stream() -> None:
             pass
 
         def first_response(self, *args: object) -> None:
+            pass
+
+        def response_chunk(self, result: object) -> None:
             pass
 
         def response_complete(self, request: object, result: object, usage: object, table: object) -> None:

@@ -44,6 +44,9 @@ class Hooks:
     def first_response(self, *args: object) -> None:
         self.first.append(args)
 
+    def response_chunk(self, result: object) -> None:
+        pass
+
     def response_complete(self, request: object, result: object, usage: object, table: object) -> None:
         self.usages.append(usage)
 

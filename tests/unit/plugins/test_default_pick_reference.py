@@ -2,10 +2,11 @@
 
 The producer and scorer are vectorised for speed (plugins/latency.py); here the same formulas are written out per
 candidate with Python floats, in the order docs/plugins.md states them, and over 3,000 seeded random states
-(endpoint loads, queued prefill and its drain, KV caches that overflow, prefix hits and common prefixes, LoRA
-adapters, learned slowness, miss factors, endpoints short of their share of the picks) the scheduler's total scores
-must equal the reference's to the bit and its pick must be one of the reference's best. The prefix match and the
-common-prefix demand are inputs here (the prefix index and plugins/prefix_demand.py have their own tests)."""
+(endpoint loads, queued prefill and its drain, the engine step in progress, KV caches that overflow, prefix hits
+and common prefixes, LoRA adapters, learned slowness, miss factors, endpoints short of their share of the picks)
+the scheduler's total scores must equal the reference's to the bit and its pick must be one of the reference's
+best. The prefix match and the common-prefix demand are inputs here (the prefix index and
+plugins/prefix_demand.py have their own tests)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from epp.plugins.pick_share import SHARE_FLOOR, STARVED_PULL, WARMUP_PER_ENDPOIN
 from epp.plugins.prefill_drain import DRAIN_CAP, DRAIN_SHARE
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer, block_hashes
 from epp.plugins.prefix_index import as_keys
+from epp.plugins.step_phase import STEP_WINDOW
 from epp.scheduling.framework import SchedulerRuntime, build_scheduler
 from epp.scheduling.types import LLMRequest
 
@@ -52,6 +54,8 @@ class Snapshot:
     output_tokens: float
     recent_picks: list[float]
     picks: int
+    window_ends: list[float]
+    latest: float
 
 
 def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
@@ -70,6 +74,8 @@ def snapshot(producer: PredictedTTFTProducer) -> Snapshot:
         producer.output_tokens,
         producer.share.recent.tolist(),
         producer.share.picks,
+        producer.phase.window_ends.tolist(),
+        producer.phase.latest,
     )
 
 
@@ -86,7 +92,7 @@ def reference_totals(
     """(predicted-ttft-scorer + lora-affinity-scorer per candidate, drained tokens per candidate after the pick)."""
     prompt = max(len(request.prompt_bytes) / before.bytes_per_token, 1.0)
     block_tokens = block_bytes / before.bytes_per_token if total_blocks else 0.0
-    base, per_decode, per_prefill, per_request, per_turnover = before.coefficients
+    base, per_decode, per_prefill, per_request, per_turnover, per_step = before.coefficients
     rate = per_prefill / PREFILL_UNIT
     any_queued = any(before.queued[s] != 0 for s in slots)
     any_external = max(table.waiting_queue[s] - table.scrape_inflight_requests[s] for s in slots) > 0
@@ -130,7 +136,14 @@ def reference_totals(
         kv = needs[i]
         if overflows:  # the cache turns over this many times before the request fits
             queueing += max(kv, 0.0) / capacities[i] * per_turnover
-        seconds = uncached * rate + base
+        if per_step and before.latest > NOW:  # the part of the step window since the endpoint's last chunk still
+            # ahead, max(end - now, 0) x per_step / window, summed as (max(end, now) - now) x per_step / window with
+            # the `now` part taken off with the base (the producer's order, for the same bits)
+            step = per_step / STEP_WINDOW
+            seconds = uncached * rate + (base - NOW * step)
+            seconds += max(before.window_ends[s], NOW) * step
+        else:
+            seconds = uncached * rate + base
         if per_decode:
             seconds += decoding * (per_decode / DECODE_UNIT)
         queueing *= slowness
@@ -228,6 +241,12 @@ class World:
             producer.model.set_slowness(int(rng.choice(slots)), float(rng.uniform(0.5, 3.0)))
         producer.model.coefficients[3] = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, 0.05))
         producer.model.coefficients[4] = 0.0 if rng.random() < 0.3 else float(rng.uniform(0, 5.0))
+        producer.model.coefficients[5] = 0.0 if rng.random() < 0.2 else float(rng.uniform(0, 0.1))
+        if rng.random() < 0.3:  # every endpoint's window has passed: the pick skips the arrays
+            producer.phase.window_ends[slots] = NOW - rng.random(n) * STEP_WINDOW
+        else:  # about half of them within their window
+            producer.phase.window_ends[slots] = NOW + (rng.random(n) - 0.5) * 2 * STEP_WINDOW
+        producer.phase.latest = float(producer.phase.window_ends.max())
         producer.bytes_per_token = float(rng.uniform(3.0, 5.0))
         producer.output_tokens = float(rng.uniform(20, 600))
         if rng.random() < 0.5:  # some endpoints short of their share of the picks

@@ -13,9 +13,11 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.observability.extension import EXTENSION
 from epp.plugins.fleet_model import FleetModel, PredictedTTFTParameters, ttft_features, ttft_model
-from epp.plugins.latency import KEY, PredictedTTFTProducer, Prediction
+from epp.plugins.latency import KEY, PredictedTTFTProducer
 from epp.plugins.latency_scorer import PredictedTTFTScorer
+from epp.plugins.prediction import Prediction
 from epp.plugins.prefill_drain import QueuedPrefillDrain
+from epp.plugins.step_phase import STEP_WINDOW, EngineStepPhase
 from epp.requests.openai import parse_openai_body
 from epp.scheduling.framework import build_scheduler
 from epp.scheduling.types import Usage
@@ -62,11 +64,14 @@ def test_queued_prefill_is_charged_at_the_pick_and_released_at_the_first_chunk()
 
 def test_a_warm_endpoint_wins_until_its_queue_costs_more_than_the_prefix_saves() -> None:
     director, producer = _setup(2)
+    clock = [100.0]
+    producer.clock = lambda: clock[0]
     system = "s" * 16_000  # 4,000 tokens shared
     warm = _decide(director, system + "q0" * 100)
     director.first_chunk(warm, streamed=True)  # type: ignore[arg-type]
     director.run_deferred_hooks(warm)  # type: ignore[arg-type]  # the prefix index learns the prompt
     director.complete(warm, None)  # type: ignore[arg-type]
+    clock[0] += 1.0  # its engine step ended long ago
     slot = warm.charged_slot  # type: ignore[attr-defined]
     picks = [_decide(director, system + f"q{i}" * 100, f"r{i}") for i in range(1, 4)]
     # each follow-up saves ~4,000 prefill tokens on the warm endpoint and queues ~100 there: it keeps them
@@ -212,10 +217,14 @@ def test_a_server_that_does_not_report_cached_tokens_teaches_no_miss_factor() ->
 
 
 def _serve(director: Director, decision: object) -> None:
-    """The response starts and ends; the prefix index learns the prompt."""
+    """The response starts and ends; the prefix index learns the prompt. Its endpoint's engine step has ended by
+    the next request (the step window since its last chunk is cleared)."""
     director.first_chunk(decision, streamed=True)  # type: ignore[arg-type]
     director.run_deferred_hooks(decision)  # type: ignore[arg-type]
     director.complete(decision, None)  # type: ignore[arg-type]
+    for producer in director.hooks.producers:  # type: ignore[union-attr]
+        if isinstance(producer, PredictedTTFTProducer):
+            producer.phase.window_ends[:] = 0.0
 
 
 def test_a_prefix_all_traffic_shares_is_common_and_leaves_no_endpoint_idle() -> None:
@@ -349,3 +358,53 @@ def test_the_turnover_coefficient_is_learned_only_where_a_cache_was_full() -> No
         full = 0.5 + (i % 5) * 0.3
         model.learn(0, ttft_features(4, 2000, 1, full), 0.3 + 6.0 * full, now)
     assert model.coefficients[4] == pytest.approx(6.0, rel=0.15)
+
+
+def test_the_step_window_after_an_endpoints_last_chunk_counts_down_to_zero() -> None:
+    phase = EngineStepPhase(3)
+    phase.chunk(1, 10.0)
+    assert phase.ends(slots(0, 1, 2), 9.0) is not None  # before the window ends, the arrays are read
+    now = 10.0 + STEP_WINDOW / 4
+    ends = phase.ends(slots(0, 1, 2), now)
+    assert ends is not None  # no chunk seen at 0 and 2: nothing ahead there
+    assert (ends - now).tolist() == [0.0, pytest.approx(0.75 * STEP_WINDOW), 0.0]
+    assert phase.ahead_one(1, now) == pytest.approx(0.75 * STEP_WINDOW)
+    assert phase.ahead_one(1, 10.0 + 2 * STEP_WINDOW) == 0.0  # the step has ended (or the engine idles)
+    assert phase.ends(slots(0, 1, 2), 10.0 + STEP_WINDOW) is None  # every window has passed: nothing to read
+    phase.reset(1)
+    assert phase.ends(slots(1), 10.0).tolist() == [10.0]  # type: ignore[union-attr]
+
+
+def test_a_response_chunk_prices_the_step_in_progress_on_its_endpoint_only() -> None:
+    director, producer = _setup(2)
+    clock = [100.0]
+    producer.clock = lambda: clock[0]
+    first = _decide(director, "a" * 400, "r1")
+    second = _decide(director, "b" * 400, "r2")
+    director.first_chunk(first, streamed=True)  # type: ignore[arg-type]
+    director.first_chunk(second, streamed=True)  # type: ignore[arg-type]
+    producer.phase.window_ends[:] = 0.0
+    slot = first.charged_slot  # type: ignore[attr-defined]
+    clock[0] += 1.0
+    director.response_chunk(first)  # type: ignore[arg-type]  # its engine just ended a step
+    clock[0] += STEP_WINDOW / 2
+    ahead = [producer.phase.ahead_one(s, clock[0]) for s in (0, 1)]
+    assert ahead[slot] == pytest.approx(STEP_WINDOW / 2) and ahead[1 - slot] == 0.0
+    probe = _decide(director, "c" * 400, "r3")
+    assert probe.charged_slot == 1 - slot  # type: ignore[attr-defined]  # otherwise alike: the idle step wins
+    note = probe.result.recall(producer._note_key)  # type: ignore[attr-defined]
+    assert note is not None and note.ahead == 0.0  # what the model learns this response's TTFT with
+    director.complete(first, None)  # type: ignore[arg-type]
+    clock[0] += STEP_WINDOW
+    director.response_chunk(first)  # type: ignore[arg-type]  # a chunk after the end counts no more
+    assert producer.phase.ahead_one(slot, clock[0]) == 0.0
+
+
+def test_the_model_learns_what_the_step_in_progress_adds() -> None:
+    model = ttft_model(1, PredictedTTFTParameters(slowness_rate=0.0))
+    rng = random.Random(5)
+    for i in range(400):
+        work, ahead = rng.uniform(200, 4000), rng.uniform(0, STEP_WINDOW)
+        truth = 0.02 + work / 15_000 + 0.6 * ahead  # 60 ms of a step still to run when the window starts
+        model.learn(0, ttft_features(0, work, 0, 0.0, ahead), truth, 1.0 + i * 0.01)
+    assert model.coefficients[5] == pytest.approx(0.6 * STEP_WINDOW, rel=0.1)
