@@ -19,24 +19,23 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from epp.datastore.table import EndpointTable, SlotArray
+from epp.datastore.table import SlotArray
 
 Floats = npt.NDArray[np.float64]
 _ZERO = np.array(0.0)
 
 
 def kv_beyond_cache(
-    table: EndpointTable, candidates: SlotArray, kv_tokens: Floats, uncached: Floats, output: float
+    capacity: Floats, kv_usage: Floats, kv_tokens: Floats, candidates: SlotArray, uncached: Floats, output: float
 ) -> tuple[Floats, Floats] | None:
     """Per candidate: the tokens of KV its requests in flight and this one (`uncached` + `output`) need beyond its
     cache, at least 0, and that as a fraction of the cache (`full`); None when no candidate's cache overflows or a
-    cache size has not been scraped yet."""
-    capacity = table.cache_num_blocks[candidates]
-    capacity *= table.cache_block_size[candidates]
+    cache size has not been scraped yet. `capacity` (cache tokens) and `kv_usage` (scraped) are the candidates',
+    `kv_tokens` the column of every slot."""
     if capacity[capacity.argmin()] <= 0:  # a cache size not scraped yet: nothing to compare with
         return None
     beyond = kv_tokens[candidates]
-    np.maximum(beyond, table.kv_usage[candidates] * capacity, out=beyond)  # another replica's, reported
+    np.maximum(beyond, kv_usage * capacity, out=beyond)  # another replica's, reported
     beyond += uncached
     beyond += output
     beyond -= capacity

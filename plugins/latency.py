@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from epp.datastore.table import Endpoint, EndpointTable, SlotArray
+from epp.datastore.table import COLUMNS, Endpoint, EndpointTable, SlotArray
 from epp.observability.extension import record_ttft_prediction
 from epp.plugins.fleet_model import (
     DECODE_UNIT,
@@ -53,6 +52,7 @@ from epp.plugins.fleet_model import (
 )
 from epp.plugins.kv_demand import kv_beyond_cache
 from epp.plugins.pick_share import PickShare
+from epp.plugins.prediction import Prediction
 from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.prefix import STATE_KEY as PREFIX_KEY
 from epp.plugins.prefix import ApproxPrefixCacheProducer
@@ -64,46 +64,10 @@ from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 
 KEY: StateKey[Prediction] = StateKey("predicted-ttft")
 _ZERO, _ONE = np.array(0.0), np.array(1.0)  # 0-d: numpy need not convert a Python float operand on every call
-
-
-@dataclass(slots=True)
-class Prediction:
-    """Predicted TTFT (seconds) and this request's uncached prompt tokens per candidate, aligned."""
-
-    candidates: SlotArray
-    seconds: npt.NDArray[np.float64]
-    uncached: npt.NDArray[np.float64]
-    queued: npt.NDArray[np.float64]
-    decoding: npt.NDArray[np.float64]
-    #: the fraction of the request's prefix blocks each candidate holds
-    held: npt.NDArray[np.float64]
-    #: requests this EPP sent there that have not produced their first token
-    waiting: npt.NDArray[np.float64]
-    #: the part of `seconds` spent behind the queue (the rest is this request's own prefill and one step)
-    queueing: npt.NDArray[np.float64]
-    #: output tokens this request is expected to generate (its max_tokens, at most the mean seen so far)
-    output_tokens: float
-    #: seconds per uncached prompt token on each candidate (one float when it is the same on every candidate)
-    per_token: npt.NDArray[np.float64] | float
-    #: the fraction of the request's blocks that is a common prefix (see PrefixDemand): no candidate is preferred
-    #: for holding it ...
-    common: float
-    #: ... nor charged for lacking it: seconds to take off each candidate's prediction when scoring (None: none)
-    lift: npt.NDArray[np.float64] | None
-    #: seconds of recomputation this request would cause there by outgrowing the KV cache (not part of its own
-    #: TTFT: the engine preempts running requests and computes their context again)
-    overflow: npt.NDArray[np.float64] | None
-    #: how far each candidate's recent share of the picks falls below the floor (plugins/pick_share.py; None: none)
-    shortfall: npt.NDArray[np.float64] | None = None
-    #: how many times each candidate's KV cache must turn over before this request fits (plugins/kv_demand.py; None:
-    #: no candidate's cache overflows)
-    full: npt.NDArray[np.float64] | None = None
-
-    def at(self, candidates: SlotArray, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """`values` (aligned with the producer's candidates) for `candidates`, a sorted subset of them."""
-        if candidates is self.candidates:
-            return values
-        return values[np.searchsorted(self.candidates, candidates)]
+#: rows of EndpointTable.rows the prediction reads, and how many leading rows one gather takes to get them all
+_LOADS = ("waiting_queue", "inflight_requests", "scrape_inflight_requests", "cache_num_blocks", "cache_block_size")
+_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE = map(COLUMNS.index, (*_LOADS, "kv_usage"))
+_LOAD_ROWS = max(_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE) + 1
 
 
 class PredictedTTFTProducer(DataProducer):
@@ -191,15 +155,13 @@ class PredictedTTFTProducer(DataProducer):
         model = self.model
         prompt_tokens = max(len(state.request.prompt_bytes) / self.bytes_per_token, 1.0)
         match = state.read(PREFIX_KEY)
-        common_blocks, block_tokens = 0, 0.0
+        common_blocks, fewest, deepest, block_tokens = 0, 0, 0, 0.0
         counts = None
         if match is not None and match.total_blocks:
             blocks = match.matched_blocks(candidates)
             counts = blocks.astype(np.float64)  # exact (small integers): no later operation mixes in int64
             held = counts / match.total_blocks
-            hashes = match.known_hashes()
-            self.demand.count(hashes, match.total_blocks)
-            common_blocks = self.demand.common_blocks(hashes, blocks)
+            common_blocks, fewest, deepest = self.demand.count_common(match.known_hashes(), match.total_blocks, blocks)
             block_tokens = match.block_bytes / self.bytes_per_token
             uncached = counts * -block_tokens
             uncached += prompt_tokens
@@ -221,26 +183,34 @@ class PredictedTTFTProducer(DataProducer):
         queued = self.queued_tokens[candidates]
         waiting = self.queued_requests[candidates]
         now = self.clock()
-        if np.count_nonzero(queued):
+        queue_empty = not np.count_nonzero(queued)
+        if not queue_empty:
             queued -= self.drain.advance(candidates, queued, waiting, per_token, now)
-        decoding = table.inflight_requests[candidates]
+        load = table.rows[:_LOAD_ROWS].take(candidates, axis=1)  # the table columns read here, in one gather
+        decoding = load[_INFLIGHT]
         decoding -= waiting
         np.maximum(decoding, _ZERO, out=decoding)
         # requests the server reported waiting beyond all this EPP had in flight there at that scrape (another
         # replica's, or sent around the EPP): their size is unknown, so each counts as a typical prompt, uncached
-        external = table.waiting_queue[candidates]
-        external -= table.scrape_inflight_requests[candidates]
+        external = load[_WAITING]
+        external -= load[_SCRAPE_INFLIGHT]
         if external[external.argmax()] > 0:
             np.maximum(external, _ZERO, out=external)
             waiting = waiting + external
             queued = queued + external * self.prompt_tokens
+            queue_empty = False
         limit = max_tokens(state.request)
         output = min(limit, self.output_tokens) if limit else self.output_tokens
-        queueing = queued * prefill_rate
         if per_request:
-            queueing += waiting * (per_request / REQUEST_UNIT)
+            queueing = waiting * (per_request / REQUEST_UNIT)
+            if not queue_empty:  # (an empty queue's prefill adds 0 everywhere)
+                queueing += queued * prefill_rate
+        else:
+            queueing = queued * prefill_rate
         overflow = full = None
-        kv = kv_beyond_cache(table, candidates, self.kv_tokens, uncached, output)
+        capacity = load[_CACHE_BLOCKS]
+        capacity *= load[_BLOCK_SIZE]
+        kv = kv_beyond_cache(capacity, load[_KV_USAGE], self.kv_tokens, candidates, uncached, output)
         if kv is not None:
             beyond, full = kv
             if per_turnover:  # the cache must turn over `full` times before this request fits (plugins/kv_demand.py)
@@ -266,12 +236,13 @@ class PredictedTTFTProducer(DataProducer):
         common = 0.0
         if common_blocks and counts is not None and match is not None:
             common = common_blocks / match.total_blocks
-            short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
-            if short[short.argmax()] > 0:
-                if self.misses:
-                    short *= self.miss_factor[candidates]
-                lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
-                lift *= per_token
+            if fewest < common_blocks:  # some candidate may lack part of it (`fewest` is 0 when not counted)
+                short = np.maximum(common_blocks - counts, _ZERO) * block_tokens
+                if short[short.argmax()] > 0:
+                    if self.misses:
+                        short *= self.miss_factor[candidates]
+                    lift = np.minimum(short, uncached - _ONE)  # >= 0: short is, and uncached >= 1
+                    lift *= per_token
         prediction = Prediction(
             candidates,
             seconds,
@@ -288,6 +259,7 @@ class PredictedTTFTProducer(DataProducer):
             overflow,
             self.share.shortfall(candidates),
             full,
+            deepest > common_blocks,
         )
         state.write(KEY, prediction)
 
@@ -322,16 +294,18 @@ class PredictedTTFTProducer(DataProducer):
             return
         slot = result.primary.item(0)
         candidates = prediction.candidates
-        i = int(candidates.searchsorted(slot))  # candidates are sorted slots
+        # candidates are sorted slots, usually every slot from 0: then the pick's is at its own index
+        i = slot if slot < len(candidates) and candidates.item(slot) == slot else int(candidates.searchsorted(slot))
         if i >= len(candidates) or candidates.item(i) != slot:
             return
         uncached = prediction.uncached.item(i)
         self._advance_drain(slot)
         self.share.picked(slot, len(state.table))
-        self.queued_tokens[slot] += uncached
-        self.queued_requests[slot] += 1.0
+        # .item() and Python floats: the same sums without a numpy scalar each
+        self.queued_tokens[slot] = self.queued_tokens.item(slot) + uncached
+        self.queued_requests[slot] = self.queued_requests.item(slot) + 1.0
         kv_need = uncached + prediction.output_tokens
-        self.kv_tokens[slot] += kv_need
+        self.kv_tokens[slot] = self.kv_tokens.item(slot) + kv_need
         note = PickNote(
             slot,
             state.table.epoch.item(slot),

@@ -88,7 +88,7 @@ class PredictedTTFTScorer(Scorer):
             decode = self.producer.decode_seconds(state, prediction)
             seconds = seconds + self.decode_weight * prediction.at(candidates, decode)
         discount: float | np.ndarray = 1.0
-        if self.affinity > 0:
+        if self.affinity > 0 and prediction.affine:  # (not affine: every candidate's discount would be 1)
             # the pool's pressure: the share of the predicted TTFTs that is queueing (0 idle, towards 1 overloaded)
             # np.add.reduce is what ndarray.sum calls, without the Python wrapper around it (the same bits)
             pressure = float(_sum(prediction.queueing)) / max(float(_sum(prediction.seconds)), 1e-9)

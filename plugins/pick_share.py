@@ -54,8 +54,9 @@ class PickShare:
 
     def picked(self, slot: int, endpoints: int) -> None:
         """This replica picked `slot`."""
-        self.total[slot] += 1.0
-        self.seen[slot] += 1.0
+        # .item() and a Python float add: the same sums without a numpy scalar each
+        self.total[slot] = self.total.item(slot) + 1.0
+        self.seen[slot] = self.seen.item(slot) + 1.0
         self._count(slot, 1.0, endpoints)
 
     def peers_picked(self, slot: int, endpoints: int) -> None:
@@ -69,7 +70,7 @@ class PickShare:
     def _count(self, slot: int, picks: float, endpoints: int) -> None:
         self.picks += int(picks)
         self.weight *= 2.0 ** (picks / (WINDOW_PER_ENDPOINT * max(endpoints, 1)))
-        self.recent[slot] += picks * self.weight
+        self.recent[slot] = self.recent.item(slot) + picks * self.weight
         if self.weight > _RESCALE_ABOVE:
             self.recent /= self.weight
             self.weight = 1.0

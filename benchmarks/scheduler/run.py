@@ -2,7 +2,7 @@
 
     python benchmarks/scheduler/run.py [--config FILE] [--endpoints 10,100,1000,10000] [--prompts 500,8000,32000]
                                        [--shapes chat,conversation] [--picks 2000]
-                                       [--index-endpoints 1000] [--index-entries 31250] [--recording]
+                                       [--index-endpoints 1000] [--index-entries 31250] [--recording] [--lifecycle]
 
 Per (shape, endpoints, prompt size): metrics columns get random load, the index is warmed with each
 shared prefix once, then `--picks` decisions are timed one by one (produce + filters + scorers + picker);
@@ -16,6 +16,8 @@ its resident bytes per entry are reported, with the insert cost per request.
 With --recording: per (shape, endpoints, prompt size), picks alternate between plain and traced + recorded
 in the /debug/decisions ring, and the medians of both are printed with the cost of filling the
 --emit-endpoint-scores metadata from the traced pick.
+With --lifecycle: each pick is charged, and its first chunk and its end come later, as on the live path (see
+Lifecycle); without it only the producers' own queues are charged at the pick, and nothing is released.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from epp.config.schema import EndpointPickerConfig, default_config, load_config_file
 from epp.datastore.table import Endpoint, EndpointTable
+from epp.director import Decision, Director
 from epp.extproc.messages import set_endpoint_scores
 from epp.observability.decisions import DecisionLog
 from epp.plugins.prefix import ApproxPrefixCacheProducer, block_hashes
 from epp.plugins.prefix_index import PrefixIndex, as_keys
 from epp.scheduling.framework import SchedulerRuntime, build_scheduler
-from epp.scheduling.types import LLMRequest
+from epp.scheduling.types import LLMRequest, SchedulingResult, Usage
 from epp_pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -54,17 +58,75 @@ def make_table(count: int, rng: np.random.Generator) -> EndpointTable:
 
 
 def request(i: int, prompt: str) -> LLMRequest:
-    return LLMRequest(f"r{i}", MODEL, MODEL, {}, prompt_bytes=prompt.encode())
+    data = prompt.encode()
+    return LLMRequest(f"r{i}", MODEL, MODEL, {}, prompt_bytes=data, body_size=len(data) + 60)
+
+
+class Lifecycle:
+    """After each timed pick, what the live request path does (epp.director): the pick's endpoint is charged in the
+    in-flight columns and the pre-request hooks run; FIRST_CHUNK picks later the response's first chunk arrives
+    (the producers release the queued prefill and learn the TTFT), COMPLETE picks later the response ends (usage
+    reported, the load released). Time is virtual, TICK seconds per pick, and every endpoint reports its KV cache
+    size, so the KV terms are priced. Without it the benchmark charges only the producers' own queues at the pick
+    and never releases them."""
+
+    FIRST_CHUNK = 20
+    COMPLETE = 100
+    TICK = 0.01
+    CACHE_BLOCKS, BLOCK_SIZE = 9600.0, 16.0
+
+    def __init__(self, table: EndpointTable, scheduler: SchedulerRuntime) -> None:
+        self.now = 1000.0
+        self.director = Director(table, scheduler, hooks=scheduler)
+        self.director.clock = self.clock
+        for plugin in scheduler.plugins.values():
+            if hasattr(plugin, "clock"):
+                plugin.clock = self.clock
+        slots = table.live_slots()
+        table.cache_num_blocks[slots] = self.CACHE_BLOCKS
+        table.cache_block_size[slots] = self.BLOCK_SIZE
+        self.in_flight: deque[Decision] = deque()
+
+    def clock(self) -> float:
+        return self.now
+
+    def after(self, req: LLMRequest, result: SchedulingResult) -> None:
+        """The pick's charge and hooks, then the first chunks and ends that are due."""
+        self.now += self.TICK
+        self.in_flight.append(self.director._commit(req, result, None))
+        if len(self.in_flight) > self.FIRST_CHUNK:
+            self.director.first_chunk(self.in_flight[-self.FIRST_CHUNK - 1], streamed=True)
+        if len(self.in_flight) > self.COMPLETE:
+            done = self.in_flight.popleft()
+            tokens = len(done.request.prompt_bytes) // 4
+            self.director.complete(done, Usage(prompt_tokens=tokens, completion_tokens=128, total_tokens=tokens + 128))
 
 
 def warmed(
     endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
 ) -> tuple[EndpointTable, SchedulerRuntime, list[str]]:
     """A table of `endpoints` with random load, its scheduler with the index warmed, and the shared prefixes."""
+    table, scheduler, shared = _unwarmed(endpoints, prompt_chars, seed, shape, config)
+    _warm(table, scheduler, shared, lambda warm, result: scheduler.pre_request(warm, result, table))
+    return table, scheduler, shared
+
+
+def warmed_lifecycle(
+    endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
+) -> tuple[EndpointTable, SchedulerRuntime, list[str], Lifecycle]:
+    """`warmed`, the warm-up's requests too going through a Lifecycle (so they finish, as live ones do)."""
+    table, scheduler, shared = _unwarmed(endpoints, prompt_chars, seed, shape, config)
+    live = Lifecycle(table, scheduler)
+    _warm(table, scheduler, shared, live.after)
+    return table, scheduler, shared, live
+
+
+def _unwarmed(
+    endpoints: int, prompt_chars: int, seed: int, shape: str, config: EndpointPickerConfig | None
+) -> tuple[EndpointTable, SchedulerRuntime, list[str]]:
     rng = np.random.default_rng(seed)
     table = make_table(endpoints, rng)
     scheduler = build_scheduler(config or default_config(), table)
-    candidates = table.live_slots()
     if shape == "chat":
         shared = [f"system prompt {k}: " + "You are a careful assistant. " * 17 for k in range(min(endpoints, 512))]
     else:
@@ -73,11 +135,19 @@ def warmed(
         # (31,250 blocks) must keep them all for the benchmark to measure matches, not evictions
         shared = [(f"conversation {k}: " + "and then the user said something. " * (history // 34 + 1))[:history]
                   for k in range(min(endpoints, 200))]  # fmt: skip
+    return table, scheduler, shared
+
+
+def _warm(
+    table: EndpointTable,
+    scheduler: SchedulerRuntime,
+    shared: list[str],
+    after: Callable[[LLMRequest, SchedulingResult], None],
+) -> None:
+    candidates = table.live_slots()
     for k, prefix in enumerate(shared):  # warm: each shared prefix sent once
         warm = request(-k - 1, prefix + "hello")
-        result = scheduler.schedule(warm, table, candidates)
-        scheduler.pre_request(warm, result, table)
-    return table, scheduler, shared
+        after(warm, scheduler.schedule(warm, table, candidates))
 
 
 def pool_arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -104,15 +174,23 @@ def time_picks(
     seed: int,
     shape: str = "chat",
     config: EndpointPickerConfig | None = None,
+    lifecycle: bool = False,
 ) -> tuple[float, float, float, float]:
-    table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
+    live = None
+    if lifecycle:
+        table, scheduler, shared, live = warmed_lifecycle(endpoints, prompt_chars, seed, shape, config)
+    else:
+        table, scheduler, shared = warmed(endpoints, prompt_chars, seed, shape, config)
     candidates = table.live_slots()
     samples, inserts = [], []
     for req in timed_requests(shared, prompt_chars, picks):
         started = time.perf_counter()
         result = scheduler.schedule(req, table, candidates)
         decided = time.perf_counter()
-        scheduler.pre_request(req, result, table)  # the index insert, after the response went out
+        if live is None:
+            scheduler.pre_request(req, result, table)  # the index insert, after the response went out
+        else:
+            live.after(req, result)  # the charge and the index insert, then the responses due
         inserts.append(time.perf_counter() - decided)
         samples.append(decided - started)
     samples.sort()
@@ -203,6 +281,12 @@ def main() -> None:
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--config", help="an EndpointPickerConfig file instead of the built-in default")
     parser.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="each pick charged, its first chunk and its end delivered later, as the live path does (see Lifecycle); "
+        "the insert column then includes the charge and the responses due",
+    )
+    parser.add_argument(
         "--recording",
         action="store_true",
         help="instead: the cost of tracing and recording each pick for /debug/decisions and of the endpoint-scores "
@@ -222,7 +306,9 @@ def main() -> None:
             parser.error(f"--shapes: unknown shape {shape!r}; use chat and/or conversation")
         for endpoints in (int(x) for x in args.endpoints.split(",")):
             for chars in (int(x) for x in args.prompts.split(",")):
-                p50, p99, worst, insert = time_picks(endpoints, chars, args.picks, endpoints + chars, shape, config)
+                p50, p99, worst, insert = time_picks(
+                    endpoints, chars, args.picks, endpoints + chars, shape, config, args.lifecycle
+                )
                 print(
                     f"{shape:>12} {endpoints:>9} {chars:>7} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {insert:>14.3f}",
                     flush=True,

@@ -108,6 +108,9 @@ class EndpointTable:
         self.scrape_inflight_prompt_tokens = self._columns["scrape_inflight_prompt_tokens"]
         self.epoch = self._columns["epoch"]
         self._reset_columns = [column for name, column in self._columns.items() if name != "epoch"]
+        #: the numeric columns as the rows of one (column, slot) matrix, in COLUMNS order (the same memory): one
+        #: `rows[:k].take(candidates, axis=1)` gathers several columns for the candidates in one numpy call
+        self.rows: npt.NDArray[np.float64] = flat.reshape(len(COLUMNS), capacity)
 
         self.present = np.zeros(capacity, dtype=np.bool_)
         self.endpoints: list[Endpoint | None] = [None] * capacity

@@ -93,3 +93,21 @@ def test_indexes_stay_consistent_under_random_pool_changes(seed: int) -> None:
             for _, endpoint in list(table.items())[: rng.randint(0, 2)]:
                 table.remove(endpoint.key)
         assert_consistent(table)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_rows_are_the_columns_in_their_order(shared: bool) -> None:
+    """`rows` is the same memory as the named columns (a write to either shows in the other), also over a buffer
+    another process maps."""
+    from epp.datastore.table import COLUMNS
+
+    buffer = bytearray(EndpointTable.buffer_size(6)) if shared else None
+    table = EndpointTable(6, buffer=buffer)
+    assert table.rows.shape == (len(COLUMNS), 6)
+    for i, name in enumerate(COLUMNS):
+        table.column(name)[3] = i + 1.5
+    assert table.rows[:, 3].tolist() == [i + 1.5 for i in range(len(COLUMNS))]
+    table.rows[COLUMNS.index("waiting_queue"), 2] = 7.0
+    assert table.waiting_queue[2] == 7.0
+    picked = table.rows[:12].take([3, 2], axis=1)
+    assert picked[COLUMNS.index("inflight_requests")].tolist() == [COLUMNS.index("inflight_requests") + 1.5, 0.0]

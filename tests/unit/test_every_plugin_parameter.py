@@ -29,12 +29,13 @@ from epp.datastore.table import Endpoint
 from epp.plugins.disagg import PrefixBasedPDDecider
 from epp.plugins.filters import LabelSelectorFilter, PrefixCacheAffinityFilter
 from epp.plugins.fleet_model import ttft_features
-from epp.plugins.latency import KEY, PredictedTTFTProducer, Prediction
+from epp.plugins.latency import KEY, PredictedTTFTProducer
 from epp.plugins.latency_scorer import PredictedTTFTScorer
 from epp.plugins.load import ActiveRequestScorer, LoadAwareScorer, TokenLoadScorer
 from epp.plugins.markers import CoreMetricsExtractor, MetricsDataSource
 from epp.plugins.nohitlru import NoHitLRUScorer
 from epp.plugins.pickers import MaxScorePicker, RandomPicker, WeightedRandomPicker
+from epp.plugins.prediction import Prediction
 from epp.plugins.prefix import STATE_KEY, ApproxPrefixCacheProducer
 from epp.plugins.saturation import ConcurrencyDetector, UtilizationDetector
 from epp.plugins.session import SessionAffinityScorer

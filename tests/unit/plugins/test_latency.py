@@ -13,8 +13,9 @@ from epp.datastore.table import EndpointTable
 from epp.director import Director
 from epp.observability.extension import EXTENSION
 from epp.plugins.fleet_model import FleetModel, PredictedTTFTParameters, ttft_features, ttft_model
-from epp.plugins.latency import KEY, PredictedTTFTProducer, Prediction
+from epp.plugins.latency import KEY, PredictedTTFTProducer
 from epp.plugins.latency_scorer import PredictedTTFTScorer
+from epp.plugins.prediction import Prediction
 from epp.plugins.prefill_drain import QueuedPrefillDrain
 from epp.plugins.step_phase import STEP_WINDOW, EngineStepPhase
 from epp.requests.openai import parse_openai_body
