@@ -65,9 +65,15 @@ from epp.scheduling.types import LLMRequest, SchedulingResult, StateKey, Usage
 KEY: StateKey[Prediction] = StateKey("predicted-ttft")
 _ZERO, _ONE = np.array(0.0), np.array(1.0)  # 0-d: numpy need not convert a Python float operand on every call
 #: rows of EndpointTable.rows the prediction reads, and how many leading rows one gather takes to get them all
-_LOADS = ("waiting_queue", "inflight_requests", "scrape_inflight_requests", "cache_num_blocks", "cache_block_size")
-_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE = map(COLUMNS.index, (*_LOADS, "kv_usage"))
-_LOAD_ROWS = max(_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE) + 1
+_LOADS = [
+    COLUMNS.index(name)
+    for name in (
+        "waiting_queue", "inflight_requests", "scrape_inflight_requests", "cache_num_blocks", "cache_block_size",
+        "kv_usage",
+    )
+]  # fmt: skip
+_WAITING, _INFLIGHT, _SCRAPE_INFLIGHT, _CACHE_BLOCKS, _BLOCK_SIZE, _KV_USAGE = _LOADS
+_LOAD_ROWS = max(_LOADS) + 1
 
 
 class PredictedTTFTProducer(DataProducer):

@@ -53,13 +53,30 @@ class PrefixDemand:
 
     def count(self, hashes: list[int], total_blocks: int) -> None:
         """Count one request whose block hashes (computed so far) are `hashes`, of `total_blocks` blocks."""
-        self._pass(hashes, total_blocks, None, True)
+        self.requests = now = self.requests + 1
+        self.total = self.total * self._step + 1.0
+        reach = min(len(hashes), total_blocks, CHECKPOINTS[0])
+        if reach < CHECKPOINTS[-1]:
+            return
+        counts = self.counts
+        decay = self._decay
+        exp = math.exp
+        for depth in _WITHIN[reach]:
+            key = hashes[depth - 1]
+            previous = counts.get(key)
+            if previous is None:
+                counts[key] = (1.0, now)
+            else:
+                counts[key] = (previous[0] * exp(-decay * (now - previous[1])) + 1.0, now)
+        if len(counts) > MAX_PREFIXES:
+            self._forget()
 
     def count_common(self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64]) -> tuple[int, int, int]:
-        """`count(hashes, total_blocks)`, then `common_blocks(hashes, blocks)`, in one pass over the checkpoints (the
-        counts just made are the ones the common part reads). Returns (the common blocks, the fewest blocks a
-        candidate holds when that was counted on the way, else 0, the most blocks a candidate holds)."""
-        return self._pass(hashes, total_blocks, blocks, True)
+        """`count(hashes, total_blocks)`, then the common part as `common_blocks` finds it. Returns (the common
+        blocks, the fewest blocks a candidate holds when the sorted counts give it, else 0, the most blocks a
+        candidate holds)."""
+        self.count(hashes, total_blocks)
+        return self._common(hashes, blocks)
 
     def share(self, key: int) -> float:
         """The share of recent requests that passed through the prefix whose last block hash is `key`."""
@@ -77,55 +94,38 @@ class PrefixDemand:
     def common_blocks(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> int:
         """The deepest checkpoint of this request held by fewer candidates than its traffic needs (`blocks`: the
         request's blocks each candidate holds); 0 when there is none."""
-        return self._pass(hashes, CHECKPOINTS[0], blocks, False)[0]
+        return self._common(hashes, blocks)[0]
 
-    def _pass(
-        self, hashes: list[int], total_blocks: int, blocks: npt.NDArray[np.int64] | None, counting: bool
-    ) -> tuple[int, int, int]:
-        """One pass over the request's checkpoints, deepest first: with `counting`, count the request there; with
-        `blocks`, find its common part. Returns (common blocks, fewest held when the sorted counts give it else 0,
-        most held). All in one function: it runs for every request, and a call costs more than most of its steps."""
-        now = self.requests
-        if counting:
-            self.requests = now = now + 1
-            self.total = self.total * self._step + 1.0
-        common = fewest = deepest = check = n = 0
-        least = 0.0
+    def _common(self, hashes: list[int], blocks: npt.NDArray[np.int64]) -> tuple[int, int, int]:
+        """(common blocks, fewest held when the sorted counts give it else 0, most held)."""
+        n = len(blocks)
+        if not n:
+            return 0, 0, 0
+        # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
+        # many with numpy. Either way: the deepest count, the median's when at least half hold some, and per
+        # checkpoint how many hold it and the least a holder holds.
         ordered: list[int] = []
-        if blocks is not None and len(blocks):
-            # A few candidates are counted in Python on their sorted counts (a numpy call costs more than the work);
-            # many with numpy. Either way: the deepest count, the median's when at least half hold some, and per
-            # checkpoint how many hold it and the least a holder holds.
-            n = len(blocks)
-            if n <= _SORTED_UP_TO:
-                ordered = sorted(blocks.tolist())
-                fewest, deepest = ordered[0], ordered[-1]
-            else:
-                deepest = int(blocks[blocks.argmax()])
-            if deepest:  # (none held: nothing is common)
-                # what at least half the candidates hold is common too (one system prompt everyone already has)
-                holding_any = n - bisect_right(ordered, 0) if ordered else int(np.count_nonzero(blocks))
-                common = int(_median(ordered, blocks)) if holding_any * 2 >= n else 0
-                # the checkpoints it looks at (a candidate holds at most the request's blocks: within those counted)
-                check = min(deepest, len(hashes), CHECKPOINTS[0])
-                least = MIN_REQUESTS_PER_CANDIDATE * n
-        reach = min(len(hashes), total_blocks, CHECKPOINTS[0]) if counting else check
+        fewest = 0
+        if n <= _SORTED_UP_TO:
+            ordered = sorted(blocks.tolist())
+            fewest, deepest = ordered[0], ordered[-1]
+        else:
+            deepest = int(blocks[blocks.argmax()])
+        if deepest == 0:  # no candidate holds any of it
+            return 0, fewest, 0
+        # what at least half the candidates hold is common too (one system prompt everyone already has)
+        holding_any = n - bisect_right(ordered, 0) if ordered else int(np.count_nonzero(blocks))
+        held_by_half = int(_median(ordered, blocks)) if holding_any * 2 >= n else 0
+        reach = min(deepest, len(hashes), CHECKPOINTS[0])
         if reach < CHECKPOINTS[-1]:
-            return common, fewest, deepest
-        done = check < CHECKPOINTS[-1]  # whether the common part is found (or not looked for)
-        counts, decay, exp, total = self.counts, self._decay, math.exp, self.total
+            return held_by_half, fewest, deepest
+        least = MIN_REQUESTS_PER_CANDIDATE * n
+        counts, now, total = self.counts, self.requests, self.total
         for depth in _WITHIN[reach]:
-            key = hashes[depth - 1]
-            entry = counts.get(key)
-            if counting:
-                seen = 1.0 if entry is None else entry[0] * exp(-decay * (now - entry[1])) + 1.0
-                counts[key] = (seen, now)
-            elif entry is None:
+            entry = counts.get(hashes[depth - 1])
+            if entry is None:
                 continue  # seen 0 times: below `least`
-            else:
-                seen = entry[0] if entry[1] == now else entry[0] * exp(-decay * (now - entry[1]))
-            if done or depth > check:
-                continue
+            seen = entry[0] if entry[1] == now else entry[0] * math.exp(-self._decay * (now - entry[1]))
             needed = seen / total * n
             if needed <= 1.0 or seen < least:  # one holder is enough, and it has one
                 continue
@@ -133,17 +133,14 @@ class PrefixDemand:
                 first = bisect_left(ordered, depth)
                 holders = n - first
                 if needed > holders:
-                    common, done = max(depth, ordered[first] if holders > 1 else depth, common), True
-            elif blocks is not None:
+                    return max(depth, ordered[first] if holders > 1 else depth, held_by_half), fewest, deepest
+            else:
                 holding = blocks >= depth
                 holders = int(np.count_nonzero(holding))
                 if needed > holders:
-                    common, done = max(depth, int(blocks[holding].min()) if holders > 1 else depth, common), True
-            if done and not counting:
-                break
-        if counting and len(counts) > MAX_PREFIXES:
-            self._forget()
-        return common, fewest, deepest
+                    least_held = int(blocks[holding].min()) if holders > 1 else depth
+                    return max(depth, least_held, held_by_half), fewest, deepest
+        return held_by_half, fewest, deepest
 
     def _forget(self) -> None:
         now = self.requests
